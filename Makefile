@@ -1,0 +1,38 @@
+# Quick start: `make demo` trains and evaluates the shapes text-to-image model; `make test` runs the
+# tests. Each creates .venv/ and installs what it needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+.PHONY: demo test lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.py
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	XLA_FLAGS= $(BIN)/python experiments/shapes_demo.py --workdir runs/demo
+
+test: install-test
+	$(BIN)/ruff check jaxdiff tests configs experiments
+	$(BIN)/python -m pytest -q tests
+
+lint: install-test
+	$(BIN)/ruff check jaxdiff tests configs experiments
+	$(BIN)/ruff format --check jaxdiff tests configs experiments
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,52 @@
+"""The diffusion core: processes, noise schedules, parameterizations, losses (pure JAX).
+
+Everything is in "variance exploding" form `x = x0 + sigma * eps`, and meets at the denoiser
+`D(x, sigma, *cond) -> x0_hat` (Karras et al. 2022).
+"""
+
+from jaxdiff.diffusion.denoiser import Denoiser, Diffusion, Network
+from jaxdiff.diffusion.losses import WEIGHTINGS
+from jaxdiff.diffusion.parameterization import (
+    PARAMETERIZATIONS,
+    eps_to_x0,
+    network_target,
+    scalings,
+    v_to_x0,
+    x0_to_eps,
+    x0_to_v,
+)
+from jaxdiff.diffusion.processes import (
+    EDM,
+    PROCESSES,
+    VE,
+    Process,
+    VPCosine,
+    VPDiscrete,
+    make_process,
+)
+from jaxdiff.diffusion.schedules import SCHEDULES, exponential, karras, make_sigmas
+
+__all__ = [
+    "EDM",
+    "PARAMETERIZATIONS",
+    "PROCESSES",
+    "SCHEDULES",
+    "VE",
+    "WEIGHTINGS",
+    "Denoiser",
+    "Diffusion",
+    "Network",
+    "Process",
+    "VPCosine",
+    "VPDiscrete",
+    "eps_to_x0",
+    "exponential",
+    "karras",
+    "make_process",
+    "make_sigmas",
+    "network_target",
+    "scalings",
+    "v_to_x0",
+    "x0_to_eps",
+    "x0_to_v",
+]

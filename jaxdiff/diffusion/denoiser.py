@@ -1,0 +1,128 @@
+"""`Diffusion`: a process, a parameterization and a loss weighting bundled for the trainer.
+
+It turns a network `net(x_in, t, *cond) -> F` into the denoiser (Karras et al. 2022, eq. 7)
+
+    D(x, sigma, *cond) = c_skip * x + c_out * net(c_in * x, c_noise(sigma), *cond)
+
+with `c_in` and `c_noise = process.sigma_to_t` from the process and `(c_skip, c_out)` from the
+parameterization, and gives its training loss and sampling sigmas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.diffusion.losses import check_weighting, denoising_loss, target_weight
+from jaxdiff.diffusion.parameterization import check_parameterization, network_target, scalings
+from jaxdiff.diffusion.processes import Process
+from jaxdiff.diffusion.schedules import make_sigmas
+from jaxdiff.errors import UserError
+
+# net(x_in [B, ...], t [B], *cond) -> F [B, ...]
+Network = Callable[..., jax.Array]
+# D(x [B, ...], sigma [] or [B], *cond) -> x0_hat [B, ...]
+Denoiser = Callable[..., jax.Array]
+
+
+def _per_example(sigma: jax.Array, x: jax.Array) -> jax.Array:
+    """sigma [] or [B] -> [B, 1, ..., 1], broadcastable against x [B, ...]."""
+    sigma = jnp.broadcast_to(sigma, x.shape[:1])  # [B]
+    return sigma.reshape(sigma.shape + (1,) * (x.ndim - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+    """Process + parameterization + loss weighting. Frozen and hashable: static under jit.
+
+    `parameterization` is one of "eps", "v", "x0", "edm" (see `parameterization.py`);
+    `weighting` one of "uniform", "min_snr", "edm" (see `losses.py`); `min_snr_gamma` is the
+    gamma of Min-SNR-gamma weighting. Every combination is well defined: the parameterization
+    only fixes `(c_skip, c_out)`, using the process's `sigma_data` for "v" and "edm".
+    """
+
+    process: Process
+    parameterization: str = "eps"
+    weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.process, Process):
+            raise UserError(
+                f"process {self.process!r} is not a Process; build one with make_process"
+            )
+        check_parameterization(self.parameterization)
+        check_weighting(self.weighting)
+        if not self.min_snr_gamma > 0.0:
+            raise UserError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
+
+    def _network_io(
+        self, net: Network, x: jax.Array, sigma: jax.Array, cond: tuple[Any, ...]
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`(F, c_skip, c_out)` for x [B, ...] and sigma [] or [B]; scalings shaped [B, 1, ...]."""
+        sigma_b = _per_example(sigma, x)  # [B, 1, ..., 1]
+        t = self.process.sigma_to_t(jnp.broadcast_to(sigma, x.shape[:1]))  # [B]
+        c_skip, c_out = scalings(self.parameterization, sigma_b, self.process.sigma_data)
+        out = net(self.process.c_in(sigma_b) * x, t, *cond)  # [B, ...]
+        return out, c_skip, c_out
+
+    def denoiser(self, net: Network) -> Denoiser:
+        """The denoiser `D(x, sigma, *cond) -> x0_hat` of `net`; sigma is [] or [B]."""
+
+        def denoise(x: jax.Array, sigma: jax.Array, *cond: Any) -> jax.Array:
+            out, c_skip, c_out = self._network_io(net, x, sigma, cond)
+            return c_skip * x + c_out * out
+
+        return denoise
+
+    def loss_at(
+        self, net: Network, x0: jax.Array, noise: jax.Array, sigma: jax.Array, *cond: Any
+    ) -> jax.Array:
+        """Weighted denoising loss at given noise levels. x0, noise: [B, ...]; sigma: [B] -> [B].
+
+        Computed in the network's target space: `target_weight * mean((F - target)^2)`.
+        """
+        sigma_b = _per_example(sigma, x0)  # [B, 1, ..., 1]
+        x = x0 + sigma_b * noise  # [B, ...]
+        out, _, _ = self._network_io(net, x, sigma, cond)
+        target = network_target(
+            x0, noise, sigma_b, self.parameterization, self.process.sigma_data
+        )  # [B, ...]
+        weight = target_weight(
+            self.weighting,
+            jnp.broadcast_to(sigma, x0.shape[:1]),
+            self.parameterization,
+            self.process.sigma_data,
+            self.min_snr_gamma,
+        )  # [B]
+        return denoising_loss(out, target, weight)
+
+    def loss(self, net: Network, x0: jax.Array, key: jax.Array, *cond: Any) -> jax.Array:
+        """Per-example training loss [B] for clean data x0 [B, ...].
+
+        Draws sigma from the process's training distribution and Gaussian noise, with example i
+        using `fold_in(key, i)`, so an example's draw does not depend on the batch size.
+        """
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(x0.shape[0]))  # [B]
+        dtype = jnp.promote_types(x0.dtype, jnp.float32)
+
+        def draw(k: jax.Array) -> tuple[jax.Array, jax.Array]:
+            k_sigma, k_noise = jax.random.split(k)
+            sigma = self.process.sample_sigma(k_sigma, ())  # []
+            noise = jax.random.normal(k_noise, x0.shape[1:], dtype)  # [...]
+            return sigma.astype(dtype), noise
+
+        sigma, noise = jax.vmap(draw)(keys)  # [B], [B, ...]
+        return self.loss_at(net, x0.astype(dtype), noise, sigma, *cond)
+
+    def sampling_sigmas(self, n: int, schedule: str = "karras", **options: Any) -> jax.Array:
+        """`[n + 1]` descending sampling sigmas ending in 0, over the process's sigma range.
+
+        `schedule` is "karras" (option `rho`, default 7), "exponential" or "linspace"; options
+        `sigma_min` / `sigma_max` override the process's range.
+        """
+        return make_sigmas(schedule, n, self.process, **options)

@@ -1,0 +1,27 @@
+"""Flax NNX models: the conditional UNet, the KL autoencoder and the CLIP text encoder.
+
+Module trees follow diffusers' `UNet2DConditionModel` / `AutoencoderKL` and transformers'
+`CLIPTextModel`, in NHWC layout; size variants are the named `*_PRESETS`.
+"""
+
+from jaxdiff.models.clip_text import (
+    CLIP_TEXT_PRESETS,
+    CLIPTextOutput,
+    CLIPTextTransformer,
+)
+from jaxdiff.models.layers import LOGICAL_AXES
+from jaxdiff.models.unet import DOWN_BLOCK_TYPES, UNET_PRESETS, UP_BLOCK_TYPES, UNet
+from jaxdiff.models.vae import VAE_PRESETS, AutoencoderKL
+
+__all__ = [
+    "CLIP_TEXT_PRESETS",
+    "DOWN_BLOCK_TYPES",
+    "LOGICAL_AXES",
+    "UNET_PRESETS",
+    "UP_BLOCK_TYPES",
+    "VAE_PRESETS",
+    "AutoencoderKL",
+    "CLIPTextOutput",
+    "CLIPTextTransformer",
+    "UNet",
+]

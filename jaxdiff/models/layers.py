@@ -1,0 +1,281 @@
+"""Building blocks shared by the UNet, the VAE and the text encoder.
+
+Activations are NHWC (images) or [B, T, D] (tokens). Parameters use the flax layout (Linear kernel
+[in, out], Conv kernel [kh, kw, in, out]); module attribute names follow diffusers / transformers
+(`norm1`, `conv1`, `time_emb_proj`, ...), so loading their weights is a name table plus transposes.
+
+Every parameter carries logical axis names (`nnx.with_partitioning`); a config maps each name in
+`LOGICAL_AXES` to a mesh axis (or None) with `nnx.logical_axis_rules`, and `nnx.get_partition_spec`
+turns a model state into PartitionSpecs. No parameter uses the same logical name twice, so any
+mapping of names to distinct-or-None mesh axes gives a valid spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import DTypeLike
+
+from jaxdiff.errors import UserError
+
+LOGICAL_AXES: dict[str, str] = {
+    "embed": "token feature width: transformer / text hidden size, time-embedding output",
+    "heads": "attention projection width (heads x head_dim)",
+    "mlp": "feed-forward hidden width, time-embedding hidden width",
+    "vocab": "token vocabulary",
+    "conv_in": "input channels of a convolution or per-pixel projection",
+    "conv_out": "output channels of a convolution or per-pixel projection",
+    "norm": "channels of a normalization scale / bias",
+}
+"""The logical axis names parameters carry. Spatial kernel axes, position-table rows and the text
+projection's output are unnamed (None)."""
+
+Axes = tuple[str | None, ...]
+
+
+def partitioned(init: nnx.Initializer, axes: Axes) -> nnx.Initializer:
+    """Wraps `init` so the parameter it creates carries the logical axis names `axes`.
+
+    Inside a mesh context (the trainer's `jax.set_mesh` + `nnx.logical_axis_rules`) flax creates the
+    parameter already sharded; without a mesh it is created unsharded and still carries its names.
+    """
+    eager = nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
+    return nnx.with_partitioning(init, axes, eager_sharding=eager)
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    axes: tuple[str, str],
+    *,
+    use_bias: bool = True,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """`torch.nn.Linear` equivalent: kernel [in, out] named `axes`, bias [out] named `axes[1]`."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(nnx.initializers.lecun_normal(), axes),
+        bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    padding: int | Sequence[tuple[int, int]] | None = None,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """`torch.nn.Conv2d` equivalent on NHWC input, kernel [kh, kw, in, out].
+
+    `padding` is torch's symmetric int padding, or explicit ((top, bottom), (left, right)); the
+    default `(kernel_size - 1) // 2` keeps the spatial size at stride 1.
+    """
+    if padding is None:
+        padding = (kernel_size - 1) // 2
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(kernel_size, kernel_size),
+        strides=stride,
+        padding=tuple(padding),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(
+            nnx.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")
+        ),
+        bias_init=partitioned(nnx.initializers.zeros_init(), ("conv_out",)),
+        rngs=rngs,
+    )
+
+
+def _norm_params(num_channels: int, param_dtype: DTypeLike) -> tuple[nnx.Param, nnx.Param]:
+    scale = nnx.Param(
+        partitioned(nnx.initializers.ones_init(), ("norm",))(None, (num_channels,), param_dtype)
+    )
+    bias = nnx.Param(
+        partitioned(nnx.initializers.zeros_init(), ("norm",))(None, (num_channels,), param_dtype)
+    )
+    return scale, bias
+
+
+class GroupNorm(nnx.Module):
+    """`torch.nn.GroupNorm` (Wu & He 2018) over the last (channel) axis, computed in float32.
+
+    Statistics are per example and per group over all positions and the group's channels, with the
+    biased variance, as torch computes them.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+    ):
+        if num_channels % num_groups:
+            raise UserError(
+                f"norm_num_groups={num_groups} does not divide a block's {num_channels} channels; "
+                "accepted: a divisor of every entry of block_out_channels"
+            )
+        self.num_groups = num_groups
+        self.eps = eps
+        self.dtype = dtype
+        self.scale, self.bias = _norm_params(num_channels, param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [B, ..., C] -> [B, ..., C] in the compute dtype."""
+        batch, channels = x.shape[0], x.shape[-1]
+        groups = x.astype(jnp.float32).reshape(
+            batch, -1, self.num_groups, channels // self.num_groups
+        )
+        mean = groups.mean(axis=(1, 3), keepdims=True)  # [B, 1, G, 1]
+        var = jnp.square(groups - mean).mean(axis=(1, 3), keepdims=True)  # [B, 1, G, 1]
+        y = ((groups - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """`torch.nn.LayerNorm` (Ba et al. 2016) over the last axis, computed in float32."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+    ):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale, self.bias = _norm_params(num_features, param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., D] -> [..., D] in the compute dtype."""
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(axis=-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class ResnetBlock2D(nnx.Module):
+    """diffusers `ResnetBlock2D` with `time_embedding_norm="default"` and `output_scale_factor=1`.
+
+    GroupNorm -> SiLU -> conv3x3 (+ projected time embedding) -> GroupNorm -> SiLU -> conv3x3, plus
+    the input (through a 1x1 `conv_shortcut` when the channel count changes); Ho et al. 2020.
+    `temb_channels=None` gives the VAE's variant without a time embedding.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int | None,
+        *,
+        groups: int,
+        eps: float,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.norm1 = GroupNorm(groups, in_channels, eps, **kw)
+        self.conv1 = conv2d(in_channels, out_channels, 3, rngs=rngs, **kw)
+        self.time_emb_proj = (
+            dense(temb_channels, out_channels, ("embed", "conv_out"), rngs=rngs, **kw)
+            if temb_channels is not None
+            else None
+        )
+        self.norm2 = GroupNorm(groups, out_channels, eps, **kw)
+        self.conv2 = conv2d(out_channels, out_channels, 3, rngs=rngs, **kw)
+        self.conv_shortcut = (
+            conv2d(in_channels, out_channels, 1, rngs=rngs, **kw)
+            if in_channels != out_channels
+            else None
+        )
+
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        """x [B, H, W, Cin], temb [B, E] (or None) -> [B, H, W, Cout]."""
+        h = self.conv1(jax.nn.silu(self.norm1(x)))  # [B, H, W, Cout]
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class Downsample2D(nnx.Module):
+    """diffusers `Downsample2D(use_conv=True)`: a stride-2 3x3 conv.
+
+    `padding=1` pads one pixel on every side (the UNet); `padding=0` pads one pixel at the bottom
+    and right only (the VAE encoder), as diffusers does with `F.pad(x, (0, 1, 0, 1))`.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        padding: int,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        pad = ((1, 1), (1, 1)) if padding == 1 else ((0, 1), (0, 1))
+        self.conv = conv2d(
+            channels,
+            channels,
+            3,
+            stride=2,
+            padding=pad,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C] (H, W even: exactly half)."""
+        return self.conv(x)
+
+
+class Upsample2D(nnx.Module):
+    """diffusers `Upsample2D(use_conv=True)`: nearest-neighbour 2x, then a 3x3 conv."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = conv2d(channels, channels, 3, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [B, H, W, C] -> [B, 2H, 2W, C]."""
+        b, h, w, c = x.shape
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(
+            b, 2 * h, 2 * w, c
+        )
+        return self.conv(x)

@@ -1,0 +1,120 @@
+"""The sampler contract and registry.
+
+A sampler is a pure function `sampler(denoise, x, sigmas, key=None, **options) -> x` that
+integrates from noise level `sigmas[0]` down to `sigmas[-1]` with `jax.lax.scan`, where
+`denoise(x, sigma) -> x0_hat` takes a scalar sigma. Samplers never see eps or v.
+
+Adding a sampler is one small module whose functions are decorated with `@register("name")` plus
+one import line in `jaxdiff/samplers/__init__.py`. The registered function takes
+`(denoise, x, sigmas, key)` positionally and its options keyword-only; `register` wraps it so that
+every sampler, before it runs:
+
+- checks `sigmas` (1-D, at least 2 entries, strictly descending, non-negative, finite) when the
+  values are concrete (the check is skipped under tracing);
+- rejects options the sampler does not take with a `UserError` naming the accepted ones;
+- holds its state in at least float32: `x` and `sigmas` are cast up, and the denoiser's output is
+  cast to the state dtype, whatever dtype the network computes in (a bf16 state gives NaNs).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.errors import UserError
+
+# denoise(x [B, ...], sigma []) -> x0_hat [B, ...]
+Denoise = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Sampler(Protocol):
+    """`sampler(denoise, x [B, ...], sigmas [n + 1], key=None, **options) -> x [B, ...]`."""
+
+    def __call__(
+        self,
+        denoise: Denoise,
+        x: jax.Array,
+        sigmas: jax.Array,
+        key: jax.Array | None = None,
+        **options: Any,
+    ) -> jax.Array: ...
+
+
+_REGISTRY: dict[str, Sampler] = {}
+
+
+def check_sigmas(sigmas: jax.Array) -> None:
+    """Raise `UserError` unless concrete `sigmas` are 1-D, of length >= 2, finite, non-negative
+    and strictly descending. Traced sigmas are not checked."""
+    if isinstance(sigmas, jax.core.Tracer):
+        return
+    s = np.asarray(sigmas)
+    if s.ndim != 1 or s.shape[0] < 2:
+        raise UserError(f"sigmas must be 1-D with at least 2 entries; got shape {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise UserError(f"sigmas must be finite and non-negative; got {s.tolist()}")
+    rising = np.flatnonzero(np.diff(s) >= 0)
+    if rising.size:
+        i = int(rising[0])
+        raise UserError(
+            f"sigmas must be strictly descending; got sigmas[{i + 1}]={s[i + 1]} after "
+            f"sigmas[{i}]={s[i]}"
+        )
+
+
+def _check_options(name: str, options: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"accepted: {', '.join(accepted)}" if accepted else "it takes no options"
+        raise UserError(f"sampler {name!r} does not take option {unknown[0]!r}; {takes}")
+
+
+def register(name: str) -> Callable[[Callable[..., jax.Array]], Sampler]:
+    """Decorator: register a sampler function under `name` (see the module docstring)."""
+
+    def decorate(fn: Callable[..., jax.Array]) -> Sampler:
+        if name in _REGISTRY:
+            raise ValueError(f"sampler {name!r} is registered twice")
+        params = inspect.signature(fn).parameters.values()
+        accepted = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+        @functools.wraps(fn)
+        def sampler(
+            denoise: Denoise,
+            x: jax.Array,
+            sigmas: jax.Array,
+            key: jax.Array | None = None,
+            **options: Any,
+        ) -> jax.Array:
+            _check_options(name, options, accepted)
+            check_sigmas(sigmas)
+            x = jnp.asarray(x)
+            dtype = jnp.promote_types(x.dtype, jnp.float32)
+
+            def denoise_state(x: jax.Array, sigma: jax.Array) -> jax.Array:
+                return denoise(x, sigma).astype(dtype)
+
+            return fn(denoise_state, x.astype(dtype), jnp.asarray(sigmas, dtype), key, **options)
+
+        _REGISTRY[name] = sampler
+        return sampler
+
+    return decorate
+
+
+def names() -> list[str]:
+    """Names of all registered samplers, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Sampler:
+    """The sampler registered as `name`."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown sampler {name!r}; accepted: {', '.join(names())}")
+    return _REGISTRY[name]

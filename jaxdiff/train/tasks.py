@@ -1,0 +1,87 @@
+"""What a training job supplies to the trainer, and the registry of jobs by config name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxdiff.configuration import require
+from jaxdiff.errors import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Task(Protocol):
+    """A trainable job: its model, its data stream, its loss and a picture of its progress."""
+
+    trainable: nnx.filterlib.Filter  # the parameters the optimizer and the EMA update
+
+    def build_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
+
+    def initialize(self, model: nnx.Module, workdir: Path) -> None:
+        """Set-up of a fresh run (pretrained parts, files saved beside the checkpoints)."""
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The host batch of ``step``: a function of the step alone, so resuming is exact."""
+
+    def loss(self, model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]: ...
+
+    def preview(self, model: nnx.Module) -> tuple[np.ndarray, dict[str, str]]:
+        """A uint8 image grid showing the model's progress and the PNG text that describes it."""
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Task:
+    """The task named by ``config.task``, with the config validated."""
+    from jaxdiff.train.text_to_image_task import TextToImageTask
+    from jaxdiff.train.vae_task import VAETask
+
+    tasks = {"vae": VAETask, "text_to_image": TextToImageTask}
+    if config.task not in tasks:
+        raise UserError(f"unknown task {config.task!r}; accepted: {', '.join(sorted(tasks))}")
+    validate_common(config)
+    return tasks[config.task](config, None if workdir is None else Path(workdir))
+
+
+def validate_common(config: ml_collections.ConfigDict) -> None:
+    """Checks the fields every task shares; each message names the value and what is accepted."""
+    train = config.train
+    for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        require(train[name] > 0, f"train.{name} must be > 0, got {train[name]}")
+    require(train.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {train.warmup_steps}")
+    require(
+        train.preview_every >= 0, f"train.preview_every must be >= 0, got {train.preview_every}"
+    )
+    require(train.learning_rate > 0, f"train.learning_rate must be > 0, got {train.learning_rate}")
+    require(train.grad_clip > 0, f"train.grad_clip must be > 0, got {train.grad_clip}")
+    require(0.0 <= train.ema_rate < 1.0, f"train.ema_rate must be in [0, 1), got {train.ema_rate}")
+    require(
+        config.model.dtype in DTYPES,
+        f"model.dtype {config.model.dtype!r} is not supported; accepted: {', '.join(DTYPES)}",
+    )
+    require(
+        config.data.name == "shapes",
+        f"data.name {config.data.name!r} is not supported; accepted: shapes",
+    )
+
+
+def step_indices(step: int, batch_size: int) -> np.ndarray:
+    """The dataset indices of ``step``'s batch: ``[step * B, (step + 1) * B)``."""
+    return np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+
+
+def make_dataset(data: ml_collections.ConfigDict):
+    """The embedded ``shapes`` data set described by ``config.data``."""
+    from jaxdiff.data.shapes import ShapesDataset, parse_holdout
+
+    return ShapesDataset(
+        image_size=data.image_size,
+        seed=data.seed,
+        holdout=parse_holdout(data.holdout),
+        background=data.background,
+    )

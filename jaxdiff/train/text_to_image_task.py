@@ -1,0 +1,176 @@
+"""Training a text-conditioned (latent) diffusion model with caption dropout for guidance.
+
+The text encoder and the UNet are trained together from scratch; the autoencoder, when the config
+names a trained one (``vae_workdir``), is frozen and copied into this run's checkpoints, so the
+workdir is self-contained. With ``vae_workdir = ""`` the model works on pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxdiff import images, samplers
+from jaxdiff.configuration import from_json, require
+from jaxdiff.data.shapes import vocabulary
+from jaxdiff.diffusion import Diffusion, make_process
+from jaxdiff.errors import UserError
+from jaxdiff.models.clip_text import CLIPTextTransformer
+from jaxdiff.models.text_to_image import TextToImageModel
+from jaxdiff.models.tokenizer import build_tokenizer, encode, load_tokenizer, save_tokenizer
+from jaxdiff.models.unet import UNet
+from jaxdiff.models.vae import AutoencoderKL
+from jaxdiff.pipelines.text_to_image import TextToImagePipeline
+from jaxdiff.train.tasks import DTYPES, make_dataset, step_indices
+
+AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, beside its weights
+TOKENIZER_DIR = "tokenizer"
+LATENT_SCALE_IMAGES = 1024  # images encoded to measure the latent standard deviation
+
+
+class TextToImageTask:
+    """Denoising loss on (latent) images conditioned on their captions."""
+
+    trainable = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("autoencoder")))
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path | None = None):
+        self.config = config
+        self.data = make_dataset(config.data)
+        saved_tokenizer = workdir is not None and (workdir / TOKENIZER_DIR).is_dir()
+        self.tokenizer = (
+            load_tokenizer(workdir / TOKENIZER_DIR)
+            if saved_tokenizer
+            else build_tokenizer(vocabulary(), config.model.text.max_position_embeddings)
+        )
+        self.autoencoder_config = _autoencoder_config(config, workdir)
+        factor = 1
+        if self.autoencoder_config is not None:
+            factor = 2 ** (len(self.autoencoder_config.block_out_channels) - 1)
+        size = config.data.image_size
+        require(
+            size % factor == 0,
+            f"data.image_size {size} is not divisible by the autoencoder's downsampling factor "
+            f"{factor}; use a multiple of {factor}",
+        )
+        channels = 3 if self.autoencoder_config is None else self.autoencoder_config.latent_channels
+        self.latent_shape = (size // factor, size // factor, channels)
+        unet_factor = 2 ** (len(config.model.unet.block_out_channels) - 1)
+        require(
+            self.latent_shape[0] % unet_factor == 0,
+            f"the UNet's {len(config.model.unet.block_out_channels)} levels need a latent size "
+            f"divisible by {unet_factor}, got {self.latent_shape[0]}",
+        )
+        require(
+            0.0 <= config.train.caption_dropout < 1.0,
+            f"train.caption_dropout must be in [0, 1), got {config.train.caption_dropout}",
+        )
+        sample = config.sample
+        require(sample.steps > 0, f"sample.steps must be > 0, got {sample.steps}")
+        require(sample.guidance >= 0, f"sample.guidance must be >= 0, got {sample.guidance}")
+        samplers.get(sample.sampler)
+        self.diffusion = Diffusion(
+            process=make_process(config.diffusion.process, **config.diffusion.process_options),
+            parameterization=config.diffusion.parameterization,
+            weighting=config.diffusion.weighting,
+            min_snr_gamma=config.diffusion.min_snr_gamma,
+        )
+        self.unconditional_ids = encode(self.tokenizer, [""])  # [1, T]
+
+    def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:
+        model = self.config.model
+        dtype = DTYPES[model.dtype]
+        text_encoder = CLIPTextTransformer(
+            vocab_size=len(self.tokenizer),
+            eos_token_id=self.tokenizer.eos_token_id,
+            **model.text,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        channels = self.latent_shape[-1]
+        unet = UNet(
+            in_channels=channels,
+            out_channels=channels,
+            cross_attention_dim=model.text.hidden_size,
+            **model.unet,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        autoencoder = None
+        if self.autoencoder_config is not None:
+            autoencoder = AutoencoderKL(**self.autoencoder_config, dtype=dtype, rngs=rngs)
+        return TextToImageModel(text_encoder, unet, autoencoder)
+
+    def initialize(self, model: TextToImageModel, workdir: Path) -> None:
+        """Saves the tokenizer; loads the trained autoencoder and measures the latent scale."""
+        save_tokenizer(self.tokenizer, workdir / TOKENIZER_DIR)
+        if model.autoencoder is None:
+            return
+        from jaxdiff.train.trainer import load_trained
+
+        _, autoencoder = load_trained(self.config.vae_workdir)
+        nnx.update(model.autoencoder, nnx.state(autoencoder))
+        sample = self.data.batch(np.arange(LATENT_SCALE_IMAGES))["image"]
+        latents = model.encode_images(jnp.asarray(sample))  # unscaled: latent_scale is still 1
+        model.latent_scale[...] = 1.0 / jnp.std(latents)
+        (workdir / AUTOENCODER_FILE).write_text(
+            json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list)
+        )
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        examples = self.data.batch(step_indices(step, self.config.train.batch_size))
+        return {"image": examples["image"], "ids": encode(self.tokenizer, examples["caption"])}
+
+    def loss(self, model: TextToImageModel, batch: dict, key: jax.Array):
+        latent_key, drop_key, noise_key = jax.random.split(key, 3)
+        x0 = model.encode_images(batch["image"], latent_key).astype(jnp.float32)  # [B, h, w, c]
+        ids = batch["ids"]  # [B, T]
+        drop = jax.random.bernoulli(drop_key, self.config.train.caption_dropout, (ids.shape[0], 1))
+        ids = jnp.where(drop, jnp.asarray(self.unconditional_ids), ids)
+        context = model.encode_text(ids)  # [B, T, D]
+        losses = self.diffusion.loss(model.unet, x0, noise_key, context)  # [B]
+        return jnp.mean(losses), {}
+
+    def pipeline(self, model: TextToImageModel) -> TextToImagePipeline:
+        return TextToImagePipeline(model, self.tokenizer, self.diffusion, self.latent_shape)
+
+    def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, str]]:
+        """One sample for each preview prompt, with the config's sampler settings."""
+        sample = self.config.sample
+        prompts = list(sample.preview_prompts)
+        pictures = self.pipeline(model)(
+            prompts, seed=0, steps=sample.steps, guidance=sample.guidance, sampler=sample.sampler
+        )
+        text = {
+            "prompts": " | ".join(prompts),
+            "seed": 0,
+            "sampler": sample.sampler,
+            "steps": sample.steps,
+            "guidance": sample.guidance,
+        }
+        return images.grid(pictures, columns=len(prompts)), text
+
+
+def _autoencoder_config(
+    config: ml_collections.ConfigDict, workdir: Path | None
+) -> ml_collections.ConfigDict | None:
+    """The frozen autoencoder's architecture: saved in ``workdir`` or read from ``vae_workdir``."""
+    if workdir is not None and (workdir / AUTOENCODER_FILE).is_file():
+        return from_json((workdir / AUTOENCODER_FILE).read_text())
+    if not config.vae_workdir:
+        return None
+    path = Path(config.vae_workdir) / "config.json"
+    if not path.is_file():
+        raise UserError(
+            f"vae_workdir {config.vae_workdir!r} holds no trained autoencoder (no config.json); "
+            "train one with 'jaxdiff train --config configs/shapes_vae.py --workdir DIR'"
+        )
+    vae_config = from_json(path.read_text())
+    if vae_config.task != "vae":
+        raise UserError(f"vae_workdir {config.vae_workdir!r} holds a {vae_config.task!r} run")
+    return vae_config.model.vae

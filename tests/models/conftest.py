@@ -1,0 +1,120 @@
+"""Fixtures for the model tests: copying PyTorch reference weights into the NNX models."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+
+def _copy_torch_weights(torch_model, model: nnx.Module, prefix: str = "") -> None:
+    """Copies every tensor of a diffusers / transformers model into the NNX model of the same tree.
+
+    The module paths are identical; only leaf names and layouts differ (conv OIHW -> HWIO, Linear
+    [out, in] -> [in, out], norm weight -> scale, embedding weight -> embedding). Asserts every
+    shape and that every NNX parameter is filled exactly once.
+    """
+    import torch
+
+    embeddings = {
+        name.removeprefix(prefix)
+        for name, module in torch_model.named_modules()
+        if isinstance(module, torch.nn.Embedding)
+    }
+    filled = set()
+    for name, tensor in torch_model.state_dict().items():
+        w = tensor.detach().float().numpy()
+        *path, leaf = name.removeprefix(prefix).split(".")
+        if leaf == "weight":
+            if ".".join(path) in embeddings:
+                leaf = "embedding"
+            elif w.ndim == 4:
+                leaf, w = "kernel", w.transpose(2, 3, 1, 0)
+            elif w.ndim == 2:
+                leaf, w = "kernel", w.T
+            else:
+                leaf = "scale"
+        node = model
+        for part in path:
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        var = getattr(node, leaf)
+        assert var.shape == w.shape, (name, var.shape, w.shape)
+        assert id(var) not in filled, name
+        var.set_value(jnp.asarray(w))
+        filled.add(id(var))
+    assert len(filled) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _perturb_torch_weights(torch_model, seed: int = 0) -> None:
+    """Adds noise to every parameter so norms and biases are away from their trivial init."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in torch_model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def _random_model(factory: Callable[[], nnx.Module], seed: int = 0) -> nnx.Module:
+    """Builds `factory()` abstractly and fills it with numpy random weights.
+
+    Skips the per-shape XLA compilation of the real initializers (seconds per model on a small
+    CPU); weights are fan-in scaled normals, norm scales near 1, biases and shifts near 0.
+    """
+    model = nnx.eval_shape(factory)
+    rng = np.random.RandomState(seed)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        shape = var.shape
+        if path[-1] == "scale":
+            value = 1 + 0.1 * rng.randn(*shape)
+        elif path[-1] == "bias":
+            value = 0.1 * rng.randn(*shape)
+        elif path[-1] == "embedding":
+            value = 0.02 * rng.randn(*shape)
+        else:
+            value = rng.randn(*shape) / np.sqrt(np.prod(shape[:-1]))
+        var.set_value(jnp.asarray(value, var.dtype))
+    return model
+
+
+def _count_params(model: nnx.Module) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _check_logical_axes(model: nnx.Module) -> None:
+    """Every parameter names each of its axes with a `LOGICAL_AXES` name or None, no name twice."""
+    from jaxdiff.models import LOGICAL_AXES
+
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        axes = var.get_metadata().get("out_sharding")
+        assert axes is not None and len(axes) == len(var.shape), (path, axes, var.shape)
+        named = [a for a in axes if a is not None]
+        assert set(named) <= set(LOGICAL_AXES), (path, axes)
+        assert len(named) == len(set(named)), (path, axes)
+
+
+@pytest.fixture(scope="session")
+def check_logical_axes() -> Callable:
+    return _check_logical_axes
+
+
+@pytest.fixture(scope="session")
+def copy_torch_weights() -> Callable:
+    return _copy_torch_weights
+
+
+@pytest.fixture(scope="session")
+def perturb_torch_weights() -> Callable:
+    return _perturb_torch_weights
+
+
+@pytest.fixture(scope="session")
+def random_model() -> Callable:
+    return _random_model
+
+
+@pytest.fixture(scope="session")
+def count_params() -> Callable:
+    return _count_params

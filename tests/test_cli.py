@@ -1,0 +1,109 @@
+"""The `jaxdiff` command: train, sample, and one-line errors for bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxdiff.cli import main
+from jaxdiff.images import read_png_text
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+T2I_TINY = f"{CONFIGS / 'shapes_t2i.py'}:tiny"
+VAE_TINY = f"{CONFIGS / 'shapes_vae.py'}:tiny"
+
+
+@pytest.fixture(scope="module")
+def t2i_workdir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("t2i")
+    args = ["train", "--config", T2I_TINY, "--workdir", str(workdir), "--no-progress"]
+    assert main([*args, "--config.train.steps=2", "--config.train.preview_every=0"]) == 0
+    return workdir
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        (T2I_TINY, "--config.train.stesp=3", "unknown config key 'train.stesp'"),
+        (T2I_TINY, "--config.train.steps=abc", "takes int, got 'abc'"),
+        (T2I_TINY, "--config.train.steps=0", "train.steps must be > 0, got 0"),
+        (T2I_TINY, "--config.sample.guidance=-1", "sample.guidance must be >= 0, got -1.0"),
+        (T2I_TINY, "--config.sample.sampler=rk45", "unknown sampler 'rk45'; accepted: euler, heun"),
+        (VAE_TINY, "--config.data.image_size=30", "image_size 30 is not divisible by"),
+        (VAE_TINY, "--config.model.dtype=float8", "model.dtype 'float8' is not supported"),
+        (T2I_TINY, "--config.vae_workdir=/no/such/dir", "holds no trained autoencoder"),
+    ],
+)
+def test_bad_training_input_is_one_line_and_writes_nothing(
+    capsys, tmp_path, config, override, message
+):
+    workdir = tmp_path / "run"
+    err = one_line_error(capsys, ["train", "--config", config, "--workdir", str(workdir), override])
+    assert message in err
+    assert not workdir.exists()
+
+
+def test_sample_writes_a_png_with_its_settings(t2i_workdir, tmp_path):
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--workdir", str(t2i_workdir), "--prompt", "a red circle in the center"]
+    argv += ["--negative-prompt", "a blue square in the center", "--seed", "3", "--steps", "3"]
+    argv += ["--guidance", "2.5", "--sampler", "euler", "--num-images", "2", "--out", str(out)]
+    assert main(argv) == 0
+    text = read_png_text(out)
+    assert text["prompt"] == "a red circle in the center"
+    assert text["negative_prompt"] == "a blue square in the center"
+    assert (text["seed"], text["sampler"], text["steps"], text["guidance"]) == (
+        "3",
+        "euler",
+        "3",
+        "2.5",
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", "a purple circle"], "unknown word 'purple' in prompt 'a purple circle'"),
+        (["--prompt", "a red circle", "--steps", "0"], "--steps must be > 0, got 0"),
+        (["--prompt", "a red circle", "--guidance", "-2"], "--guidance must be >= 0, got -2.0"),
+        (["--prompt", "a red circle", "--sampler", "nope"], "unknown sampler 'nope'"),
+        (["--prompt", "a red circle", "--num-images", "0"], "--num-images must be > 0"),
+    ],
+)
+def test_bad_sampling_input_is_one_line(capsys, t2i_workdir, extra, message):
+    before = sorted(t2i_workdir.rglob("*"))
+    err = one_line_error(capsys, ["sample", "--workdir", str(t2i_workdir), *extra])
+    assert message in err
+    assert sorted(t2i_workdir.rglob("*")) == before
+
+
+def test_workdir_without_checkpoint(capsys, tmp_path):
+    err = one_line_error(capsys, ["sample", "--workdir", str(tmp_path), "--prompt", "a red circle"])
+    assert "has no checkpoint" in err
+
+
+def test_usage_errors_are_one_line(capsys):
+    assert "the following arguments are required: --workdir" in one_line_error(
+        capsys, ["train", "--config", T2I_TINY]
+    )
+    assert "invalid choice: 'fly'" in one_line_error(capsys, ["fly"])
+
+
+def test_console_command_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxdiff.cli", "train", "--config", T2I_TINY, "--workdir",
+         str(tmp_path / "w"), "--config.train.steps=-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: train.steps must be > 0, got -1"

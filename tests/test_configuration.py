@@ -1,0 +1,63 @@
+"""Config files and command-line overrides."""
+
+from pathlib import Path
+
+import pytest
+
+from jaxdiff.configuration import from_json, load_config, to_json
+from jaxdiff.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["shapes_vae.py", "shapes_t2i.py"])
+@pytest.mark.parametrize("arg", ["", ":tiny"])
+def test_every_config_loads_and_is_locked(name, arg):
+    config = load_config(f"{CONFIGS / name}{arg}")
+    assert config.train.steps > 0
+    with pytest.raises(AttributeError):
+        config.not_a_field = 1
+
+
+def test_overrides_are_parsed_to_the_existing_type():
+    config = load_config(
+        f"{CONFIGS / 'shapes_t2i.py'}:tiny",
+        [
+            "train.steps=7",
+            "train.learning_rate=0.5",
+            "model.unet.block_out_channels=(8, 16)",
+            "vae_workdir=/some/where",
+            "data.background=plain",
+        ],
+    )
+    assert config.train.steps == 7 and isinstance(config.train.steps, int)
+    assert config.train.learning_rate == 0.5
+    assert config.model.unet.block_out_channels == (8, 16)
+    assert config.vae_workdir == "/some/where"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stesp=3", "unknown config key 'train.stesp'; keys at train:"),
+        ("nope.steps=3", "unknown config key 'nope.steps'"),
+        ("train.steps=ten", "config key 'train.steps' takes int, got 'ten'"),
+        ("train.learning_rate=fast", "takes float"),
+        ("train", "has no '='"),
+        ("train=3", "is a group"),
+        ("model.unet.block_out_channels=(8,", "takes a tuple"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file 'nowhere.py' not found"):
+        load_config("nowhere.py")
+
+
+def test_json_round_trip():
+    config = load_config(f"{CONFIGS / 'shapes_t2i.py'}")
+    assert from_json(to_json(config)).to_dict() == config.to_dict()
