@@ -23,8 +23,12 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# One host device per core: the trainer splits each batch over them (data parallel).
+DEMO_DEVICES ?= 2
+
 demo: install
-	XLA_FLAGS= $(BIN)/python experiments/shapes_demo.py --workdir runs/demo
+	XLA_FLAGS=--xla_force_host_platform_device_count=$(DEMO_DEVICES) \
+		$(BIN)/python experiments/shapes_demo.py --workdir runs/demo
 
 test: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments

@@ -76,17 +76,25 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from jaxdiff import images, samplers
-    from jaxdiff.train.trainer import load_trained
+    from jaxdiff.models.tokenizer import encode
+    from jaxdiff.train.trainer import load_model, load_task
 
+    # Every argument is checked before the weights are loaded.
     if args.num_images <= 0:
         raise UserError(f"--num-images must be > 0, got {args.num_images}")
-    samplers.get(args.sampler)  # an unknown name fails before the model is loaded
-    task, model = load_trained(args.workdir)
+    if args.steps <= 0:
+        raise UserError(f"--steps must be > 0, got {args.steps}")
+    if args.guidance < 0:
+        raise UserError(f"--guidance must be >= 0, got {args.guidance}")
+    samplers.get(args.sampler)
+    task = load_task(args.workdir)
     if not hasattr(task, "pipeline"):
         raise UserError(
             f"workdir {str(args.workdir)!r} holds a {task.config.task!r} model, "
             "not a text-to-image one"
         )
+    encode(task.tokenizer, [*args.prompt, args.negative_prompt])
+    model = load_model(task, args.workdir)
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
     pictures = task.pipeline(model)(
         prompts,

@@ -37,7 +37,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
         (T2I_TINY, "--config.train.steps=0", "train.steps must be > 0, got 0"),
         (T2I_TINY, "--config.sample.guidance=-1", "sample.guidance must be >= 0, got -1.0"),
         (T2I_TINY, "--config.sample.sampler=rk45", "unknown sampler 'rk45'; accepted: euler, heun"),
-        (VAE_TINY, "--config.data.image_size=30", "image_size 30 is not divisible by"),
+        (VAE_TINY, "--config.data.image_size=17", "image_size 17 is not divisible by"),
         (VAE_TINY, "--config.model.dtype=float8", "model.dtype 'float8' is not supported"),
         (T2I_TINY, "--config.vae_workdir=/no/such/dir", "holds no trained autoencoder"),
     ],
@@ -99,8 +99,17 @@ def test_usage_errors_are_one_line(capsys):
 
 def test_console_command_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jaxdiff.cli", "train", "--config", T2I_TINY, "--workdir",
-         str(tmp_path / "w"), "--config.train.steps=-1"],
+        [
+            sys.executable,
+            "-m",
+            "jaxdiff.cli",
+            "train",
+            "--config",
+            T2I_TINY,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.train.steps=-1",
+        ],
         capture_output=True,
         text=True,
         check=False,

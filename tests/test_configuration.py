@@ -1,5 +1,6 @@
 """Config files and command-line overrides."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,12 @@ def test_overrides_are_parsed_to_the_existing_type():
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", [override])
 
 
 def test_missing_config_file():
-    with pytest.raises(UserError, match="config file 'nowhere.py' not found"):
+    with pytest.raises(UserError, match=re.escape("config file 'nowhere.py' not found")):
         load_config("nowhere.py")
 
 

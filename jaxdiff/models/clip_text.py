@@ -277,15 +277,16 @@ CLIP_TEXT_PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=16,
         eos_token_id=98,
     ),
-    # The shapes demo: the CLIP BPE vocabulary and context length, a small width.
+    # The shapes demo with the word-level tokenizer (`jaxdiff.models.tokenizer` over the 28 words
+    # of `jaxdiff.data.shapes.vocabulary()`: ids <pad> 0, <unk> 1, words, start 30, end 31).
     "shapes": dict(
-        vocab_size=49408,
+        vocab_size=32,
         hidden_size=128,
         intermediate_size=512,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=77,
-        eos_token_id=49407,
+        max_position_embeddings=16,
+        eos_token_id=31,
     ),
     # openai/clip-vit-large-patch14 text tower, the SD 1.x encoder (123,060,480 parameters).
     "clip_vit_l14": dict(

@@ -6,8 +6,10 @@ Activations are NHWC (images) or [B, T, D] (tokens). Parameters use the flax lay
 
 Every parameter carries logical axis names (`nnx.with_partitioning`); a config maps each name in
 `LOGICAL_AXES` to a mesh axis (or None) with `nnx.logical_axis_rules`, and `nnx.get_partition_spec`
-turns a model state into PartitionSpecs. No parameter uses the same logical name twice, so any
-mapping of names to distinct-or-None mesh axes gives a valid spec.
+turns a model state into PartitionSpecs. Every name needs a rule (an unmapped name is taken as a
+mesh axis name). No parameter carries a name twice, and the output-side names {heads, mlp,
+conv_out, vocab} never meet on one parameter, nor do the input-side names {embed, conv_in}: mapping
+either group to one mesh axis (FSDP) and the rest to None gives valid specs for every model.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def partitioned(init: nnx.Initializer, axes: Axes) -> nnx.Initializer:
 def dense(
     in_features: int,
     out_features: int,
-    axes: tuple[str, str],
+    axes: tuple[str | None, str | None],
     *,
     use_bias: bool = True,
     dtype: DTypeLike = jnp.float32,

@@ -130,6 +130,35 @@ def test_parameters_shard_by_logical_rules_inside_a_mesh():
     assert specs["bias"].get_value() == jax.P(None)
 
 
+@pytest.mark.parametrize("group", [("heads", "mlp", "conv_out", "vocab"), ("embed", "conv_in")])
+def test_fsdp_rule_groups_give_valid_specs_for_every_model(group):
+    from jaxdiff.models import (
+        CLIP_TEXT_PRESETS,
+        UNET_PRESETS,
+        VAE_PRESETS,
+        AutoencoderKL,
+        CLIPTextTransformer,
+        UNet,
+    )
+
+    models = [
+        lambda: UNet(**UNET_PRESETS["tiny"], use_linear_projection=True, rngs=nnx.Rngs(0)),
+        lambda: UNet(**UNET_PRESETS["tiny"], rngs=nnx.Rngs(0)),
+        lambda: AutoencoderKL(**VAE_PRESETS["tiny"], rngs=nnx.Rngs(0)),
+        lambda: CLIPTextTransformer(
+            **CLIP_TEXT_PRESETS["tiny"], projection_dim=8, rngs=nnx.Rngs(0)
+        ),
+    ]
+    rules = tuple((name, "fsdp" if name in group else None) for name in LOGICAL_AXES)
+    for factory in models:
+        state = nnx.state(nnx.eval_shape(factory), nnx.Param)
+        with nnx.logical_axis_rules(rules):
+            specs = jax.tree.leaves(nnx.get_partition_spec(state))
+        assert specs
+        assert all(tuple(spec).count("fsdp") <= 1 for spec in specs)
+        assert any("fsdp" in tuple(spec) for spec in specs)
+
+
 def test_parameters_without_a_mesh_keep_their_names():
     layer = dense(8, 16, ("embed", "mlp"), rngs=nnx.Rngs(0))
     assert layer.kernel.get_metadata()["out_sharding"] == ("embed", "mlp")
