@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from jaxdiff import images  # noqa: E402
 from jaxdiff.configuration import load_config  # noqa: E402
-from jaxdiff.data.shapes import combinations, parse_holdout  # noqa: E402
+from jaxdiff.data.shapes import SHAPES, combinations, parse_holdout, prompt  # noqa: E402
 from jaxdiff.evaluation import prompt_adherence  # noqa: E402
 from jaxdiff.train.trainer import load_trained, train  # noqa: E402
 
@@ -79,7 +79,11 @@ def main() -> None:
         "samples": result["count"],
         "samples_per_prompt": args.samples_per_prompt,
         "sampling": sampling,
-        "heldout_combinations": sorted(" ".join(c) for c in heldout),
+        "shape_accuracy_by_shape": {
+            name: float(correct[result["targets"][:, 0] == i, 0].mean())
+            for i, name in enumerate(SHAPES)
+        },
+        "heldout_combinations": sorted(prompt(*c) for c in heldout),
         "training": {
             "vae": {"steps": vae_metrics["steps"], "final": _floats(vae_metrics)},
             "text_to_image": {"steps": t2i_metrics["steps"], "final": _floats(t2i_metrics)},
@@ -124,6 +128,7 @@ def _report(metrics: dict, vae_config, t2i_config) -> str:
         for name, r in rows
     )
     t = metrics["seconds"]
+    by_shape = ", ".join(f"{k} {v:.3f}" for k, v in metrics["shape_accuracy_by_shape"].items())
     return f"""# shapes text-to-image demo
 
 ## What was trained
@@ -146,6 +151,8 @@ Attributes are read back from the images by `jaxdiff.evaluation.adherence.read_a
 | prompts | images | shape | colour | position | all correct |
 |---|---|---|---|---|---|
 {table}
+
+Shape read correctly, by the prompt's shape: {by_shape}.
 
 ## Wall time (seconds)
 VAE {t["train_vae"]:.0f}, text-to-image {t["train_text_to_image"]:.0f}, evaluation
