@@ -20,8 +20,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # The PyTorch references the parity tests compare against. torch is pinned exactly: an
-    # unpinned torch pulls in gigabytes of CUDA packages on a CPU machine.
+    # The PyTorch references the parity tests compare against, pinned exactly. On a CPU-only
+    # machine install torch's CPU build first (from its CPU wheel index) so that pip does not
+    # fetch the CUDA build and its gigabytes of CUDA packages.
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "diffusers>=0.40", "ruff>=0.6"],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],

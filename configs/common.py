@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxdiff.errors import UserError
+
 # Combinations never shown in training: each shape, colour and position still appears in others.
 SHAPES_HOLDOUT = (
     "green triangle top right; blue circle center; red square bottom left; "
@@ -45,6 +47,15 @@ def train(steps: int, batch_size: int, learning_rate: float) -> ml_collections.C
             "preview_every": max(1, steps // 2),
         }
     )
+
+
+VARIANTS = (None, "tiny")
+
+
+def check_variant(arg: str | None) -> None:
+    """Every config has the full variant (no argument) and ``tiny``."""
+    if arg not in VARIANTS:
+        raise UserError(f"unknown config variant {arg!r}; accepted: tiny (or none)")
 
 
 def base(task: str) -> ml_collections.ConfigDict:

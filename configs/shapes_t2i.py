@@ -25,6 +25,7 @@ PREVIEW_PROMPTS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    common.check_variant(arg)
     tiny = arg == "tiny"
     config = common.base("text_to_image")
     config.data = common.shapes_data(image_size=16 if tiny else 32)

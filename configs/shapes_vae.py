@@ -12,6 +12,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    common.check_variant(arg)
     tiny = arg == "tiny"
     config = common.base("vae")
     config.data = common.shapes_data(image_size=16 if tiny else 32)

@@ -36,6 +36,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def should_save(self, step: int) -> bool:
+        """Whether ``step`` is due for a checkpoint (every ``save_every`` steps)."""
+        return self._manager.should_save(step)
+
     def save(self, step: int, trees: Mapping[str, Any], force: bool = False) -> bool:
         """Saves ``trees`` (one pytree per item) at ``step`` if due (or ``force``)."""
         args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in trees.items()})

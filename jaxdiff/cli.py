@@ -86,6 +86,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be > 0, got {args.steps}")
     if args.guidance < 0:
         raise UserError(f"--guidance must be >= 0, got {args.guidance}")
+    if not 0 <= args.seed < 2**31:
+        raise UserError(f"--seed must be in [0, 2**31), got {args.seed}")
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {str(args.out)!r} is a directory; give a .png file path")
     samplers.get(args.sampler)
     task = load_task(args.workdir)
     if not hasattr(task, "pipeline"):

@@ -36,5 +36,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's part of the batch to global arrays split over the mesh."""
-    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+    """The global host batch to global arrays split over the mesh; each process contributes
+    only its own contiguous slice of the batch."""
+    count, index = jax.process_count(), jax.process_index()
+
+    def local(a: np.ndarray) -> jax.Array:
+        part = a.shape[0] // count
+        return jax.make_array_from_process_local_data(
+            sharding, a[index * part : (index + 1) * part]
+        )
+
+    return jax.tree.map(local, batch)

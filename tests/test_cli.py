@@ -40,6 +40,8 @@ def one_line_error(capsys, argv: list[str]) -> str:
         (VAE_TINY, "--config.data.image_size=17", "image_size 17 is not divisible by"),
         (VAE_TINY, "--config.model.dtype=float8", "model.dtype 'float8' is not supported"),
         (T2I_TINY, "--config.vae_workdir=/no/such/dir", "holds no trained autoencoder"),
+        (T2I_TINY, "--config.sample.preview_prompts=('a pink star',)", "unknown word 'pink'"),
+        (f"{CONFIGS / 'shapes_t2i.py'}:huge", "--config.seed=1", "unknown config variant 'huge'"),
     ],
 )
 def test_bad_training_input_is_one_line_and_writes_nothing(
@@ -76,6 +78,8 @@ def test_sample_writes_a_png_with_its_settings(t2i_workdir, tmp_path):
         (["--prompt", "a red circle", "--guidance", "-2"], "--guidance must be >= 0, got -2.0"),
         (["--prompt", "a red circle", "--sampler", "nope"], "unknown sampler 'nope'"),
         (["--prompt", "a red circle", "--num-images", "0"], "--num-images must be > 0"),
+        (["--prompt", "a red circle", "--seed", "-1"], "--seed must be in [0, 2**31), got -1"),
+        (["--prompt", "a red circle", "--out", "/tmp"], "--out '/tmp' is a directory"),
     ],
 )
 def test_bad_sampling_input_is_one_line(capsys, t2i_workdir, extra, message):
@@ -83,6 +87,19 @@ def test_bad_sampling_input_is_one_line(capsys, t2i_workdir, extra, message):
     err = one_line_error(capsys, ["sample", "--workdir", str(t2i_workdir), *extra])
     assert message in err
     assert sorted(t2i_workdir.rglob("*")) == before
+
+
+def test_workdir_that_is_a_file(capsys, tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    err = one_line_error(capsys, ["train", "--config", T2I_TINY, "--workdir", str(path)])
+    assert "is a file" in err
+
+
+def test_vae_workdir_holding_another_task(capsys, tmp_path, t2i_workdir):
+    argv = ["train", "--config", T2I_TINY, "--workdir", str(tmp_path / "w")]
+    err = one_line_error(capsys, [*argv, f"--config.vae_workdir={t2i_workdir}"])
+    assert "holds a 'text_to_image' run, not an autoencoder" in err
 
 
 def test_workdir_without_checkpoint(capsys, tmp_path):

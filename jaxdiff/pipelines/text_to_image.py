@@ -9,6 +9,7 @@ depend on how many images are made with it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -38,7 +39,6 @@ class TextToImagePipeline:
         self.diffusion = diffusion
         self.latent_shape = tuple(latent_shape)  # (h, w, c)
         self._graphdef, self._state = nnx.split(model)
-        self._compiled: dict[tuple, Callable] = {}
 
     def __call__(
         self,
@@ -68,34 +68,46 @@ class TextToImagePipeline:
         )
         require(steps > 0, f"steps must be > 0, got {steps}")
         require(guidance >= 0, f"guidance must be >= 0, got {guidance}")
+        require(0 <= seed < 2**31, f"seed must be in [0, 2**31), got {seed}")
         options = dict(sampler_options or {})
         run = self._function(sampler, options)
         sigmas = self.diffusion.sampling_sigmas(steps, schedule)
         samplers.check_sigmas(sigmas)
         ids = jnp.asarray(encode(self.tokenizer, prompts))
         negative_ids = jnp.asarray(encode(self.tokenizer, negative_prompts))
-        out = run(self._state, ids, negative_ids, jnp.int32(seed), jnp.float32(guidance), sigmas)
+        out = run(
+            self._graphdef,
+            self._state,
+            ids,
+            negative_ids,
+            jnp.int32(seed),
+            jnp.float32(guidance),
+            sigmas,
+        )
         return to_uint8(np.asarray(out))
 
     def _function(self, sampler: str, options: dict) -> Callable:
-        cache_key = (sampler, tuple(sorted(options.items())))
-        if cache_key not in self._compiled:
-            self._compiled[cache_key] = jax.jit(self._make_run(samplers.get(sampler), options))
-        return self._compiled[cache_key]
+        key = (samplers.get(sampler), tuple(sorted(options.items())), self.diffusion)
+        return _compiled_run(*key, self.latent_shape)
 
-    def _make_run(self, sample: Callable, options: dict) -> Callable:
-        graphdef, diffusion, latent_shape = self._graphdef, self.diffusion, self.latent_shape
 
-        def run(state, ids, negative_ids, seed, guidance, sigmas):
-            model = nnx.merge(graphdef, state)
-            context = model.encode_text(ids)  # [B, T, D]
-            uncond = model.encode_text(negative_ids)  # [B, T, D]
-            denoise = samplers.cfg(diffusion.denoiser(model.unet), context, uncond, guidance)
-            noise_root, sampler_key = jax.random.split(jax.random.key(seed))
-            noise = jax.vmap(
-                lambda i: jax.random.normal(jax.random.fold_in(noise_root, i), latent_shape)
-            )(jnp.arange(ids.shape[0]))  # [B, h, w, c]
-            latents = sample(denoise, noise * sigmas[0], sigmas, key=sampler_key, **options)
-            return model.decode_latents(latents)  # [B, H, W, 3] in [-1, 1]
+@functools.cache
+def _compiled_run(
+    sample: Callable, options: tuple, diffusion: Diffusion, latent_shape: tuple[int, int, int]
+) -> Callable:
+    """The jit-compiled sampling loop, shared by every pipeline with the same settings; the model
+    structure is a static argument, so new weights (a training preview, say) reuse the code."""
 
-        return run
+    def run(graphdef, state, ids, negative_ids, seed, guidance, sigmas):
+        model = nnx.merge(graphdef, state)
+        context = model.encode_text(ids)  # [B, T, D]
+        uncond = model.encode_text(negative_ids)  # [B, T, D]
+        denoise = samplers.cfg(diffusion.denoiser(model.unet), context, uncond, guidance)
+        noise_root, sampler_key = jax.random.split(jax.random.key(seed))
+        noise = jax.vmap(
+            lambda i: jax.random.normal(jax.random.fold_in(noise_root, i), latent_shape)
+        )(jnp.arange(ids.shape[0]))  # [B, h, w, c]
+        latents = sample(denoise, noise * sigmas[0], sigmas, key=sampler_key, **dict(options))
+        return model.decode_latents(latents)  # [B, H, W, 3] in [-1, 1]
+
+    return jax.jit(run, static_argnums=0)

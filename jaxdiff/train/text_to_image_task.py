@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff import images, samplers
+from jaxdiff.checkpoint import latest_step
 from jaxdiff.configuration import from_json, require
 from jaxdiff.data.shapes import vocabulary
 from jaxdiff.diffusion import Diffusion, make_process
@@ -74,6 +75,10 @@ class TextToImageTask:
         require(sample.steps > 0, f"sample.steps must be > 0, got {sample.steps}")
         require(sample.guidance >= 0, f"sample.guidance must be >= 0, got {sample.guidance}")
         samplers.get(sample.sampler)
+        require(
+            len(sample.preview_prompts) > 0 or not config.train.preview_every,
+            "sample.preview_prompts is empty; give prompts or set train.preview_every=0",
+        )
         self.diffusion = Diffusion(
             process=make_process(config.diffusion.process, **config.diffusion.process_options),
             parameterization=config.diffusion.parameterization,
@@ -81,6 +86,7 @@ class TextToImageTask:
             min_snr_gamma=config.diffusion.min_snr_gamma,
         )
         self.unconditional_ids = encode(self.tokenizer, [""])  # [1, T]
+        encode(self.tokenizer, list(sample.preview_prompts))  # unknown words fail now, not later
 
     def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:
         model = self.config.model
@@ -164,13 +170,20 @@ def _autoencoder_config(
         return from_json((workdir / AUTOENCODER_FILE).read_text())
     if not config.vae_workdir:
         return None
-    path = Path(config.vae_workdir) / "config.json"
-    if not path.is_file():
+    vae_workdir = Path(config.vae_workdir)
+    path = vae_workdir / "config.json"
+    if not path.is_file() or latest_step(vae_workdir / "checkpoints") is None:
         raise UserError(
-            f"vae_workdir {config.vae_workdir!r} holds no trained autoencoder (no config.json); "
+            f"vae_workdir {config.vae_workdir!r} holds no trained autoencoder; "
             "train one with 'jaxdiff train --config configs/shapes_vae.py --workdir DIR'"
         )
-    vae_config = from_json(path.read_text())
-    if vae_config.task != "vae":
-        raise UserError(f"vae_workdir {config.vae_workdir!r} holds a {vae_config.task!r} run")
+    try:
+        vae_config = from_json(path.read_text())
+        task = vae_config.task
+    except (ValueError, AttributeError):
+        raise UserError(f"{path} is not a jaxdiff config") from None
+    if task != "vae":
+        raise UserError(
+            f"vae_workdir {config.vae_workdir!r} holds a {task!r} run, not an autoencoder"
+        )
     return vae_config.model.vae

@@ -55,6 +55,23 @@ def test_resume_gives_the_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(params(uninterrupted_ema), params(resumed_ema), strict=True):
         np.testing.assert_array_equal(a, b)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert logged == sorted(set(logged)), "each step is logged once, also across the resume"
+
+
+def test_divergence_stops_before_a_checkpoint(tmp_path):
+    config = tiny(
+        "shapes_vae.py",
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "train.learning_rate=1e30",
+        "train.preview_every=0",
+    )
+    with pytest.raises(UserError, match="training diverged: loss is"):
+        train(config, tmp_path, progress=False)
+    if (tmp_path / "checkpoints").is_dir() and any((tmp_path / "checkpoints").iterdir()):
+        _, model = load_trained(tmp_path, use_ema=False)
+        assert all(np.isfinite(p).all() for p in params(model))
 
 
 def test_workdir_of_another_model_is_refused(tmp_path, vae_workdir):
