@@ -43,7 +43,10 @@ def evaluate(
         pictures.append(generate(chunk, seed=seed + start, **sampling))
     pictures = np.concatenate(pictures)  # [N, H, W, 3]
     read = read_attributes(pictures)  # [N, 3]
-    correct = read == targets  # [N, 3]
-    scores = {name: float(correct[:, i].mean()) for i, name in enumerate(ATTRIBUTES)}
-    scores["all"] = float(correct.all(axis=1).mean())
-    return {**scores, "count": len(prompts), "read": read, "targets": targets, "images": pictures}
+    return {**scores(read == targets), "read": read, "targets": targets, "images": pictures}
+
+
+def scores(correct: np.ndarray) -> dict:
+    """Fractions right per attribute and for all three at once, from a ``[N, 3]`` bool array."""
+    result = {name: float(correct[:, i].mean()) for i, name in enumerate(ATTRIBUTES)}
+    return {**result, "all": float(correct.all(axis=1).mean()), "count": len(correct)}

@@ -22,6 +22,25 @@ from jaxdiff.models.layers import Downsample2D, GroupNorm, ResnetBlock2D, Upsamp
 _EPS = 1e-6
 
 
+def _resnet_stack(
+    in_channels: int, out_channels: int, num_layers: int, groups: int, kw: dict[str, Any]
+) -> nnx.List:
+    """``num_layers`` time-free residual blocks, the first changing the channel count."""
+    return nnx.List(
+        [
+            ResnetBlock2D(
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                None,
+                groups=groups,
+                eps=_EPS,
+                **kw,
+            )
+            for i in range(num_layers)
+        ]
+    )
+
+
 class DownEncoderBlock2D(nnx.Module):
     """diffusers `DownEncoderBlock2D`: `resnets` (no time embedding), optional `downsamplers[0]`
     (stride-2 conv padded at the bottom and right)."""
@@ -39,19 +58,7 @@ class DownEncoderBlock2D(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(
-                    in_channels if i == 0 else out_channels,
-                    out_channels,
-                    None,
-                    groups=groups,
-                    eps=_EPS,
-                    **kw,
-                )
-                for i in range(num_layers)
-            ]
-        )
+        self.resnets = _resnet_stack(in_channels, out_channels, num_layers, groups, kw)
         self.downsamplers = nnx.List(
             [Downsample2D(out_channels, 0, **kw)] if add_downsample else []
         )
@@ -81,19 +88,7 @@ class UpDecoderBlock2D(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(
-                    in_channels if i == 0 else out_channels,
-                    out_channels,
-                    None,
-                    groups=groups,
-                    eps=_EPS,
-                    **kw,
-                )
-                for i in range(num_layers)
-            ]
-        )
+        self.resnets = _resnet_stack(in_channels, out_channels, num_layers, groups, kw)
         self.upsamplers = nnx.List([Upsample2D(out_channels, **kw)] if add_upsample else [])
 
     def __call__(self, x: jax.Array) -> jax.Array:
