@@ -77,17 +77,13 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from jaxdiff import images, samplers
     from jaxdiff.models.tokenizer import encode
+    from jaxdiff.pipelines.text_to_image import check_sampling
     from jaxdiff.train.trainer import load_model, load_task
 
     # Every argument is checked before the weights are loaded.
     if args.num_images <= 0:
         raise UserError(f"--num-images must be > 0, got {args.num_images}")
-    if args.steps <= 0:
-        raise UserError(f"--steps must be > 0, got {args.steps}")
-    if args.guidance < 0:
-        raise UserError(f"--guidance must be >= 0, got {args.guidance}")
-    if not 0 <= args.seed < 2**31:
-        raise UserError(f"--seed must be in [0, 2**31), got {args.seed}")
+    check_sampling(args.steps, args.guidance, args.seed, prefix="--")
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {str(args.out)!r} is a directory; give a .png file path")
     samplers.get(args.sampler)

@@ -66,9 +66,7 @@ class TextToImagePipeline:
             f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts; "
             "give one per prompt or none",
         )
-        require(steps > 0, f"steps must be > 0, got {steps}")
-        require(guidance >= 0, f"guidance must be >= 0, got {guidance}")
-        require(0 <= seed < 2**31, f"seed must be in [0, 2**31), got {seed}")
+        check_sampling(steps, guidance, seed)
         options = dict(sampler_options or {})
         run = self._function(sampler, options)
         sigmas = self.diffusion.sampling_sigmas(steps, schedule)
@@ -89,6 +87,13 @@ class TextToImagePipeline:
     def _function(self, sampler: str, options: dict) -> Callable:
         key = (samplers.get(sampler), tuple(sorted(options.items())), self.diffusion)
         return _compiled_run(*key, self.latent_shape)
+
+
+def check_sampling(steps: int, guidance: float, seed: int, prefix: str = "") -> None:
+    """One-line errors for sampling settings; ``prefix`` names them as the caller spells them."""
+    require(steps > 0, f"{prefix}steps must be > 0, got {steps}")
+    require(guidance >= 0, f"{prefix}guidance must be >= 0, got {guidance}")
+    require(0 <= seed < 2**31, f"{prefix}seed must be in [0, 2**31), got {seed}")
 
 
 @functools.cache
