@@ -32,7 +32,7 @@ demo: install
 
 test: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 lint: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments

@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",
     "tqdm>=4.66",
     "matplotlib>=3.8",
+    "scipy>=1.11",
     "tensorboardX>=2.6",
 ]
 

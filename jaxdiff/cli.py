@@ -1,7 +1,9 @@
-"""The ``jaxdiff`` command: ``train`` and ``sample``.
+"""The ``jaxdiff`` command: ``train``, ``sample`` and ``compare-samplers``.
 
     jaxdiff train --config configs/shapes_t2i.py[:tiny] --workdir W [--config.train.steps=100 ...]
     jaxdiff sample --workdir W --prompt "a red circle in the center" --seed 0 --steps 20
+    jaxdiff compare-samplers --config configs/compare_samplers_gmm.py --out DIR
+    jaxdiff compare-samplers --config configs/compare_samplers_shapes.py --workdir W --out DIR
 
 Bad input ends the command with one line on stderr and exit code 2.
 """
@@ -45,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", default="heun", help="a name from jaxdiff.samplers.names()")
     sample.add_argument("--num-images", type=int, default=4, help="images per prompt")
     sample.add_argument("--out", type=Path, help="PNG path (default: WORKDIR/samples/...)")
+
+    compare = commands.add_parser(
+        "compare-samplers",
+        help="measure sampler error exactly (Gaussian mixtures) or on a trained model",
+    )
+    compare.add_argument(
+        "--config", required=True, help="path/to/config.py or path/to/config.py:arg"
+    )
+    compare.add_argument("--out", required=True, type=Path, help="folder for the CSV, report, plot")
+    compare.add_argument("--workdir", type=Path, help="a trained text-to-image run (model configs)")
+    compare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -54,10 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = [a for a in argv if not a.startswith("--config.")]
     try:
         args = build_parser().parse_args(rest)
-        if overrides and args.command != "train":
-            raise UserError(f"config overrides are only for 'train', got {overrides[0]!r}")
+        if overrides and args.command == "sample":
+            raise UserError(f"'sample' takes no config overrides, got {overrides[0]!r}")
         if args.command == "train":
             return _train(args, overrides)
+        if args.command == "compare-samplers":
+            return _compare_samplers(args, overrides)
         return _sample(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -115,6 +130,41 @@ def _sample(args: argparse.Namespace) -> int:
     }
     images.save_png(out, images.grid(pictures, columns=args.num_images), text, scale=4)
     print(f"wrote {out}")
+    return 0
+
+
+def _compare_samplers(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxdiff.configuration import load_config
+    from jaxdiff.evaluation import comparison_report as report
+
+    config = load_config(args.config, overrides)
+    if config.get("problem") not in ("mixtures", "model"):
+        raise UserError(
+            f"config {args.config!r} has problem={config.get('problem')!r}; "
+            "a sampler comparison config sets problem to 'mixtures' or 'model'"
+        )
+    if config.problem == "model":
+        from jaxdiff.evaluation.compare_on_model import ADHERENCE, compare_on_model
+
+        if args.workdir is None:
+            raise UserError(f"config {args.config!r} compares samplers on a model; give --workdir")
+        rows = compare_on_model(config, args.workdir, progress=not args.no_progress)
+        notes = {
+            rows[0]["problem"]: [f"Reference: {config.reference}, {config.reference_steps} steps."]
+        }
+        metrics, title = ADHERENCE, f"Samplers on the trained model {args.workdir}"
+    else:
+        from jaxdiff.diffusion.processes import make_process
+        from jaxdiff.evaluation.compare_samplers import compare_on_mixtures
+
+        if args.workdir is not None:
+            raise UserError(f"config {args.config!r} compares samplers on mixtures; drop --workdir")
+        process = make_process(**config.process)
+        rows, floors = compare_on_mixtures(config, process, progress=not args.no_progress)
+        notes, metrics = report.gmm_notes(floors), report.GMM_METRICS
+        title = "Samplers on Gaussian mixtures"
+    paths = report.write_report(rows, notes, config.nfe, metrics, args.out, title)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 

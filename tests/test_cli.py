@@ -36,7 +36,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
         (T2I_TINY, "--config.train.steps=abc", "takes int, got 'abc'"),
         (T2I_TINY, "--config.train.steps=0", "train.steps must be > 0, got 0"),
         (T2I_TINY, "--config.sample.guidance=-1", "sample.guidance must be >= 0, got -1.0"),
-        (T2I_TINY, "--config.sample.sampler=rk45", "unknown sampler 'rk45'; accepted: euler, heun"),
+        (T2I_TINY, "--config.sample.sampler=rk45", "unknown sampler 'rk45'; accepted: ddim, ddpm"),
         (VAE_TINY, "--config.data.image_size=17", "image_size 17 is not divisible by"),
         (VAE_TINY, "--config.model.dtype=float8", "model.dtype 'float8' is not supported"),
         (T2I_TINY, "--config.vae_workdir=/no/such/dir", "holds no trained autoencoder"),
@@ -133,3 +133,53 @@ def test_console_command_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: train.steps must be > 0, got -1"
+
+
+GMM_TINY = f"{CONFIGS / 'compare_samplers_gmm.py'}:tiny"
+SHAPES_COMPARE_TINY = f"{CONFIGS / 'compare_samplers_shapes.py'}:tiny"
+
+
+def test_compare_samplers_on_mixtures_writes_csv_report_and_plot(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare-samplers", "--config", GMM_TINY, "--out", str(out), "--no-progress"]
+    assert main([*args, "--config.num_samples=32", "--config.mixtures.sharp.dim=2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "error_vs_nfe.png",
+        "report.md",
+        "results.csv",
+    ]
+    report = (out / "report.md").read_text()
+    assert "## smooth" in report and "## sharp" in report and "Noise floor" in report
+
+
+def test_compare_samplers_on_a_trained_model(t2i_workdir, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare-samplers", "--config", SHAPES_COMPARE_TINY, "--out", str(out)]
+    assert main([*args, "--workdir", str(t2i_workdir), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| heun (karras) |" in report and "adherence (all)" in report
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config", GMM_TINY, "--workdir", "w"], "compares samplers on mixtures; drop --workdir"),
+        (["--config", SHAPES_COMPARE_TINY], "compares samplers on a model; give --workdir"),
+        (["--config", GMM_TINY, "--config.samplers=('eulr',)"], "unknown sampler 'eulr'"),
+        (
+            [
+                "--config",
+                GMM_TINY,
+                "--config.nfe=(1,)",
+                "--config.samplers=('heun',)",
+                "--config.schedules=('discrete:steps_offset=1,final_sigma=sigma_min',)",
+            ],
+            "NFE=1 is too small for sampler 'heun': one step makes 2 denoiser calls",
+        ),
+        (["--config", GMM_TINY, "--config.problem=cats"], "has problem='cats'"),
+    ],
+)
+def test_bad_compare_input_is_one_line(capsys, tmp_path, extra, message):
+    err = one_line_error(capsys, ["compare-samplers", "--out", str(tmp_path / "o"), *extra])
+    assert message in err
+    assert not (tmp_path / "o").exists()

@@ -24,7 +24,17 @@ from jaxdiff.diffusion.processes import (
     VPDiscrete,
     make_process,
 )
-from jaxdiff.diffusion.schedules import SCHEDULES, exponential, karras, make_sigmas
+from jaxdiff.diffusion.schedules import (
+    SCHEDULES,
+    discrete,
+    discrete_timesteps,
+    exponential,
+    karras,
+    logsnr_uniform,
+    make_sigmas,
+    polyexponential,
+    vp_uniform_time,
+)
 
 __all__ = [
     "EDM",
@@ -39,14 +49,19 @@ __all__ = [
     "Process",
     "VPCosine",
     "VPDiscrete",
+    "discrete",
+    "discrete_timesteps",
     "eps_to_x0",
     "exponential",
     "karras",
+    "logsnr_uniform",
     "make_process",
     "make_sigmas",
     "network_target",
+    "polyexponential",
     "scalings",
     "v_to_x0",
+    "vp_uniform_time",
     "x0_to_eps",
     "x0_to_v",
 ]

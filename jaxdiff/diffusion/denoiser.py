@@ -120,9 +120,9 @@ class Diffusion:
         return self.loss_at(net, x0.astype(dtype), noise, sigma, *cond)
 
     def sampling_sigmas(self, n: int, schedule: str = "karras", **options: Any) -> jax.Array:
-        """`[n + 1]` descending sampling sigmas ending in 0, over the process's sigma range.
-
-        `schedule` is "karras" (option `rho`, default 7), "exponential" or "linspace"; options
-        `sigma_min` / `sigma_max` override the process's range.
+        """`[n + 1]` descending sampling sigmas from the schedule `schedule`, a name in
+        `jaxdiff.diffusion.SCHEDULES` ("karras", "exponential", "discrete", ...), over the
+        process's sigma range; `options` go to the schedule (`sigma_min` / `sigma_max` override
+        the range of the continuous ones).
         """
         return make_sigmas(schedule, n, self.process, **options)

@@ -56,6 +56,25 @@ class TextToImagePipeline:
         ``negative_prompts`` (default: the empty prompt) replace the unconditional branch of
         classifier-free guidance (Ho & Salimans 2022); ``guidance`` 1 is the conditional model.
         """
+        latents = self.latents(
+            prompts, negative_prompts, seed, steps, guidance, sampler, schedule, sampler_options
+        )
+        return self.decode(latents)
+
+    def latents(
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str] | None = None,
+        seed: int = 0,
+        steps: int = 20,
+        guidance: float = 3.0,
+        sampler: str = "heun",
+        schedule: str = "karras",
+        sampler_options: dict | None = None,
+        schedule_options: dict | None = None,
+    ) -> jax.Array:
+        """The sampled latents ``[len(prompts), h, w, c]`` float32 that ``__call__`` decodes;
+        ``schedule_options`` go to the sigma schedule (``Diffusion.sampling_sigmas``)."""
         prompts = list(prompts)
         require(len(prompts) > 0, "no prompt given; pass at least one prompt")
         negative_prompts = (
@@ -69,11 +88,11 @@ class TextToImagePipeline:
         check_sampling(steps, guidance, seed)
         options = dict(sampler_options or {})
         run = self._function(sampler, options)
-        sigmas = self.diffusion.sampling_sigmas(steps, schedule)
+        sigmas = self.diffusion.sampling_sigmas(steps, schedule, **(schedule_options or {}))
         samplers.check_sigmas(sigmas)
         ids = jnp.asarray(encode(self.tokenizer, prompts))
         negative_ids = jnp.asarray(encode(self.tokenizer, negative_prompts))
-        out = run(
+        return run(
             self._graphdef,
             self._state,
             ids,
@@ -82,7 +101,10 @@ class TextToImagePipeline:
             jnp.float32(guidance),
             sigmas,
         )
-        return to_uint8(np.asarray(out))
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        """Latents ``[B, h, w, c]`` -> images ``[B, H, W, 3]`` uint8."""
+        return to_uint8(np.asarray(_decode(self._graphdef, self._state, latents)))
 
     def _function(self, sampler: str, options: dict) -> Callable:
         key = (samplers.get(sampler), tuple(sorted(options.items())), self.diffusion)
@@ -112,7 +134,12 @@ def _compiled_run(
         noise = jax.vmap(
             lambda i: jax.random.normal(jax.random.fold_in(noise_root, i), latent_shape)
         )(jnp.arange(ids.shape[0]))  # [B, h, w, c]
-        latents = sample(denoise, noise * sigmas[0], sigmas, key=sampler_key, **dict(options))
-        return model.decode_latents(latents)  # [B, H, W, 3] in [-1, 1]
+        return sample(denoise, noise * sigmas[0], sigmas, key=sampler_key, **dict(options))
 
     return jax.jit(run, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef, state, latents: jax.Array) -> jax.Array:
+    """Latents [B, h, w, c] -> images [B, H, W, 3] in [-1, 1]."""
+    return nnx.merge(graphdef, state).decode_latents(latents)

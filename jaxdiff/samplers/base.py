@@ -5,9 +5,12 @@ integrates from noise level `sigmas[0]` down to `sigmas[-1]` with `jax.lax.scan`
 `denoise(x, sigma) -> x0_hat` takes a scalar sigma. Samplers never see eps or v.
 
 Adding a sampler is one small module whose functions are decorated with `@register("name")` plus
-one import line in `jaxdiff/samplers/__init__.py`. The registered function takes
-`(denoise, x, sigmas, key)` positionally and its options keyword-only; `register` wraps it so that
-every sampler, before it runs:
+one import line in `jaxdiff/samplers/__init__.py`. `register` also records `evals_per_step`, the
+denoiser calls one step makes (2 for Heun), which a benchmark uses to turn a budget of function
+evaluations into a number of steps, and read back with `evals_per_step(name)`.
+
+The registered function takes `(denoise, x, sigmas, key)` positionally and its options
+keyword-only; `register` wraps it so that every sampler, before it runs:
 
 - checks `sigmas` (1-D, at least 2 entries, strictly descending, non-negative, finite) when the
   values are concrete (the check is skipped under tracing);
@@ -47,6 +50,8 @@ class Sampler(Protocol):
 
 
 _REGISTRY: dict[str, Sampler] = {}
+_EVALS_PER_STEP: dict[str, int] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def check_sigmas(sigmas: jax.Array) -> None:
@@ -75,14 +80,25 @@ def _check_options(name: str, options: dict[str, Any], accepted: tuple[str, ...]
         raise UserError(f"sampler {name!r} does not take option {unknown[0]!r}; {takes}")
 
 
-def register(name: str) -> Callable[[Callable[..., jax.Array]], Sampler]:
+def check_option(sampler: str, option: str, value: Any, accepted: tuple) -> None:
+    """`UserError` unless `value` is one of `accepted`, of the same type (so neither `True` nor
+    `2.0` passes for `2`)."""
+    if type(value) is not type(accepted[0]) or value not in accepted:
+        raise UserError(
+            f"sampler {sampler!r}: {option}={value!r} must be one of "
+            f"{', '.join(map(str, accepted))}"
+        )
+
+
+def register(name: str, evals_per_step: int = 1) -> Callable[[Callable[..., jax.Array]], Sampler]:
     """Decorator: register a sampler function under `name` (see the module docstring)."""
 
     def decorate(fn: Callable[..., jax.Array]) -> Sampler:
         if name in _REGISTRY:
             raise ValueError(f"sampler {name!r} is registered twice")
         params = inspect.signature(fn).parameters.values()
-        accepted = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        defaults = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        accepted = tuple(defaults)
 
         @functools.wraps(fn)
         def sampler(
@@ -103,6 +119,8 @@ def register(name: str) -> Callable[[Callable[..., jax.Array]], Sampler]:
             return fn(denoise_state, x.astype(dtype), jnp.asarray(sigmas, dtype), key, **options)
 
         _REGISTRY[name] = sampler
+        _EVALS_PER_STEP[name] = evals_per_step
+        _DEFAULTS[name] = defaults
         return sampler
 
     return decorate
@@ -118,3 +136,22 @@ def get(name: str) -> Sampler:
     if name not in _REGISTRY:
         raise UserError(f"unknown sampler {name!r}; accepted: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def evals_per_step(name: str) -> int:
+    """Denoiser calls per step of the sampler `name` (at most; a last step to 0 may make fewer)."""
+    get(name)
+    return _EVALS_PER_STEP[name]
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+    """The options the sampler `name` takes, with their defaults."""
+    get(name)
+    return dict(_DEFAULTS[name])
+
+
+def is_stochastic(name: str, options: dict[str, Any]) -> bool:
+    """Whether the sampler `name` with `options` adds noise: it takes a `noise` source and its
+    `eta` (if it has one) is positive."""
+    defaults = option_defaults(name) | options
+    return "noise" in defaults and defaults.get("eta", 1.0) > 0

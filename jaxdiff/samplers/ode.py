@@ -79,7 +79,7 @@ def euler(
     return x
 
 
-@register("heun")
+@register("heun", evals_per_step=2)
 def heun(
     denoise: Denoise,
     x: jax.Array,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +28,7 @@ def test_notebook_runs_in_tiny_mode(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     namespace: dict = {}
     for i, source in enumerate(code_cells(path)):
-        source = source.replace("'/tmp/jaxdiff_quickstart'", repr(str(tmp_path)))
+        source = re.sub(r"'/tmp/jaxdiff_\w+'", repr(str(tmp_path)), source)
         exec(compile(source, f"{path.name}[{i}]", "exec"), namespace)  # noqa: S102
     assert namespace["TINY"] is True
     assert os.listdir(tmp_path)

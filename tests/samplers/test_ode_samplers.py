@@ -90,7 +90,7 @@ def test_bf16_denoiser_keeps_a_float32_state():
 
     x = (jax.random.normal(jax.random.key(3), (2, 8)) * SIGMA_MAX).astype(jnp.bfloat16)
     for name in samplers.names():
-        out = samplers.get(name)(bf16_denoiser, x, karras(10, 0.002, SIGMA_MAX))
+        out = samplers.get(name)(bf16_denoiser, x, karras(10, 0.002, SIGMA_MAX), jax.random.key(0))
         assert out.dtype == jnp.float32, name
         assert bool(jnp.all(jnp.isfinite(out))), name
 
