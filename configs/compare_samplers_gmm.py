@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "projections": 64 if tiny else 256,
             "nfe": (5, 10) if tiny else (5, 10, 20, 50),
             "samplers": SAMPLERS[:2] if tiny else SAMPLERS,
-            "schedules": ("karras",) if tiny else ("karras", "exponential"),
+            "schedules": ("karras",) if tiny else ("karras", "exponential", _discrete("euler")),
             "adaptive_rtols": (1e-2,) if tiny else (1e-2, 1e-3, 1e-4),
             "diffusers": DIFFUSERS[:1] if tiny else DIFFUSERS,
         }

@@ -16,6 +16,7 @@ et al.) from `scipy.integrate.solve_ivp` at tight tolerance, independent of ever
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,14 @@ def as_dtype(mixture: GaussianMixture, dtype: jnp.dtype) -> GaussianMixture:
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), mixture)
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _flat_velocity(
+    mixture: GaussianMixture, y: jax.Array, sigma: jax.Array, shape: tuple[int, ...]
+) -> jax.Array:
+    """The PF-ODE velocity of the flattened state `y [prod(shape)]`, as `solve_ivp` wants it."""
+    return mixture.velocity(y.reshape(shape), sigma).reshape(-1)
+
+
 def reference_solution(
     mixture: GaussianMixture,
     x: np.ndarray,
@@ -132,17 +141,15 @@ def reference_solution(
             f"reference solution needs 0 <= sigma_end={sigma_end} < sigma_start={sigma_start}"
         )
     x = np.asarray(x, np.float64)
-    shape = x.shape
     with jax.enable_x64(True):
         mix64 = as_dtype(mixture, jnp.float64)
-        velocity = jax.jit(lambda y, s: mix64.velocity(y.reshape(shape), s).reshape(-1))
 
         def rhs(sigma: float, y: np.ndarray) -> np.ndarray:
-            return np.asarray(velocity(jnp.asarray(y), jnp.asarray(sigma)))
+            return np.asarray(_flat_velocity(mix64, jnp.asarray(y), jnp.asarray(sigma), x.shape))
 
         result = solve_ivp(
             rhs, (sigma_start, sigma_end), x.reshape(-1), method="DOP853", rtol=rtol, atol=atol
         )
     if not result.success:
         raise RuntimeError(f"reference PF-ODE solve failed: {result.message}")
-    return result.y[:, -1].reshape(shape), int(result.nfev)
+    return result.y[:, -1].reshape(x.shape), int(result.nfev)

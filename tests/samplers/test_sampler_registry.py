@@ -64,3 +64,24 @@ def test_check_sigmas_errors(sigmas, message):
 def test_check_sigmas_accepts_schedules_ending_above_zero():
     check_sigmas(jnp.array([10.0, 1.0, 0.1]))
     check_sigmas([3.0, 0.0])
+
+
+def test_stochastic_samplers_are_told_apart_by_their_noise_and_eta():
+    assert not samplers.is_stochastic("euler", {})
+    assert not samplers.is_stochastic("ddim", {})
+    assert samplers.is_stochastic("ddim", {"eta": 0.5})
+    assert samplers.is_stochastic("euler_ancestral", {})
+    assert not samplers.is_stochastic("dpmpp_2m_sde", {"eta": 0.0})
+    assert samplers.is_stochastic("ddpm", {})
+    assert samplers.option_defaults("unipc") == {
+        "order": 2,
+        "variant": "bh2",
+        "corrector": True,
+        "lower_order_final": True,
+    }
+
+
+def test_every_sampler_registers_its_calls_per_step():
+    two_stage = {"heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"}
+    assert {n for n in samplers.names() if samplers.evals_per_step(n) == 2} == two_stage
+    assert (samplers.evals_per_step("dpm_adaptive"), samplers.evals_per_step("pndm")) == (3, 4)
