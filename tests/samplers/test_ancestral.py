@@ -23,12 +23,13 @@ from diffusers import (
 from jaxdiff import samplers
 from jaxdiff.diffusion import karras
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
 from jaxdiff.samplers.noise import independent_noise
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from diffusers_reference import initial_noise, jax_denoiser, run_diffusers, sigma_at
 
-SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SD = SD_SCHEDULE
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpm_2_ancestral")
 ALL = ("ddpm", "ddim", "euler_ancestral", "dpm_2", "dpm_2_ancestral")
 S = 0.5  # std of the Gaussian data

@@ -20,6 +20,7 @@ import jaxdiff.samplers.dpm_solver_sde  # noqa: F401  (registers the stochastic 
 from jaxdiff import samplers
 from jaxdiff.diffusion import karras
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
 from jaxdiff.evaluation.gmm import reference_solution
 from jaxdiff.samplers.noise import independent_noise
 
@@ -33,7 +34,7 @@ from diffusers_reference import (
     sigma_at,
 )
 
-SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SD = SD_SCHEDULE
 MU, S = 0.3, 0.5
 DETERMINISTIC = ("dpmpp_2m", "dpmpp_3m", "dpm_solver", "dpm_adaptive")
 STOCHASTIC = ("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_2s_ancestral", "dpmpp_sde")

@@ -19,6 +19,7 @@ from diffusers import DEISMultistepScheduler, LMSDiscreteScheduler, PNDMSchedule
 from jaxdiff import samplers
 from jaxdiff.diffusion import karras
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
 from jaxdiff.samplers import multistep
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -30,7 +31,7 @@ from diffusers_reference import (
     sigma_at,
 )
 
-SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SD = SD_SCHEDULE
 NAMES = ("lms", "ipndm", "deis", "plms", "pndm")
 S, MU = 0.5, 0.3
 

@@ -16,11 +16,12 @@ import pytest
 from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
 
 from jaxdiff import samplers
+from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from diffusers_reference import initial_noise, jax_denoiser, run_diffusers, sigma_at
 
-SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SD = SD_SCHEDULE
 LEADING = {"steps_offset": 1, "timestep_spacing": "leading"}  # SD's config
 
 
