@@ -100,7 +100,7 @@ def gmm_notes(floors: dict[str, dict[str, float]]) -> dict[str, list[str]]:
     return {
         name: [
             f"Reference PF-ODE endpoint change when the tolerance is halved: "
-            f"{floor['reference_drift']:.1e}. Noise floor of exact samples: "
+            f"{floor['reference_drift']:.1e}. Medians over seeds. Noise floor of exact samples: "
             + ", ".join(f"{label} {floor[m]:.2e}" for m, label in GMM_METRICS.items()),
         ]
         for name, floor in floors.items()
@@ -188,7 +188,7 @@ def markdown(
             "",
             *head,
             "",
-            "Coupled RMSE to the reference solution (median over seeds) by NFE budget, for the "
+            "Coupled RMSE to the reference solution by NFE budget, for the "
             "deterministic samplers; the counted NFE in brackets where it differs from the "
             "budget; order: the fitted slope of -log(RMSE) against log(NFE).",
             "",
