@@ -82,6 +82,13 @@ class GaussianMixture:
         return x0 + sigma * jax.random.normal(k_noise, x0.shape, dtype)
 
 
+@jax.jit
+def exact_denoise(mixture: GaussianMixture, x: jax.Array, sigma: jax.Array) -> jax.Array:
+    """`mixture.denoise` compiled once per shape and dtype, for host loops that call it step by
+    step (diffusers' schedulers). x: [B, d], sigma: [] -> [B, d]"""
+    return mixture.denoise(x, sigma)
+
+
 def make_mixture(
     dim: int = 2,
     components: int = 8,

@@ -29,7 +29,7 @@ from jaxdiff.diffusion.processes import Process
 from jaxdiff.diffusion.schedules import make_sigmas
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation import diffusers_schedulers
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype
+from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, exact_denoise
 
 ADAPTIVE = "dpm_adaptive"
 # (x [B, d] float64 at the run's first sigma, seed) -> (x at its last sigma, counted NFE)
@@ -246,10 +246,10 @@ def _diffusers_executor(spec: str, steps: int) -> tuple[Execute, np.ndarray]:
         scheduler.set_timesteps(steps)  # resets the scheduler's step counter and history
         step_kwargs = {"generator": torch.Generator().manual_seed(seed)} if takes_generator else {}
         with jax.enable_x64(True):
-            denoise = jax.jit(as_dtype(mixture, jnp.float64).denoise)
+            mix64 = as_dtype(mixture, jnp.float64)
 
             def numpy_denoise(z: np.ndarray, sigma: float) -> np.ndarray:
-                return np.asarray(denoise(jnp.asarray(z), jnp.asarray(sigma)))
+                return np.asarray(exact_denoise(mix64, jnp.asarray(z), jnp.asarray(sigma)))
 
             out, model_sigmas = diffusers_schedulers.run_scheduler(
                 scheduler, numpy_denoise, x, sigmas[0], sigmas[-1], step_kwargs

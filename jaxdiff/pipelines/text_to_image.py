@@ -40,26 +40,11 @@ class TextToImagePipeline:
         self.latent_shape = tuple(latent_shape)  # (h, w, c)
         self._graphdef, self._state = nnx.split(model)
 
-    def __call__(
-        self,
-        prompts: Sequence[str],
-        negative_prompts: Sequence[str] | None = None,
-        seed: int = 0,
-        steps: int = 20,
-        guidance: float = 3.0,
-        sampler: str = "heun",
-        schedule: str = "karras",
-        sampler_options: dict | None = None,
-    ) -> np.ndarray:
-        """Images ``[len(prompts), H, W, 3]`` uint8, one per prompt.
-
-        ``negative_prompts`` (default: the empty prompt) replace the unconditional branch of
-        classifier-free guidance (Ho & Salimans 2022); ``guidance`` 1 is the conditional model.
-        """
-        latents = self.latents(
-            prompts, negative_prompts, seed, steps, guidance, sampler, schedule, sampler_options
-        )
-        return self.decode(latents)
+    def __call__(self, prompts: Sequence[str], **sampling) -> np.ndarray:
+        """Images ``[len(prompts), H, W, 3]`` uint8, one per prompt; ``sampling`` takes the
+        keyword arguments of :meth:`latents` (negative prompts, seed, steps, guidance, sampler,
+        schedule and their options)."""
+        return self.decode(self.latents(prompts, **sampling))
 
     def latents(
         self,
@@ -73,8 +58,12 @@ class TextToImagePipeline:
         sampler_options: dict | None = None,
         schedule_options: dict | None = None,
     ) -> jax.Array:
-        """The sampled latents ``[len(prompts), h, w, c]`` float32 that ``__call__`` decodes;
-        ``schedule_options`` go to the sigma schedule (``Diffusion.sampling_sigmas``)."""
+        """The sampled latents ``[len(prompts), h, w, c]`` float32 that ``__call__`` decodes.
+
+        ``negative_prompts`` (default: the empty prompt) replace the unconditional branch of
+        classifier-free guidance (Ho & Salimans 2022); ``guidance`` 1 is the conditional model;
+        ``schedule_options`` go to the sigma schedule (``Diffusion.sampling_sigmas``).
+        """
         prompts = list(prompts)
         require(len(prompts) > 0, "no prompt given; pass at least one prompt")
         negative_prompts = (

@@ -93,7 +93,7 @@ def _dpm_2_step(denoise: Denoise, x: jax.Array, sigma: jax.Array, sigma_to: jax.
     return jax.lax.cond(sigma_to > 0, midpoint, lambda: x + d * (sigma_to - sigma))
 
 
-def _sample(
+def ancestral_sample(
     step: Step,
     denoise: Denoise,
     x: jax.Array,
@@ -102,9 +102,10 @@ def _sample(
     eta: float = 0.0,
     s_noise: float = 1.0,
 ) -> jax.Array:
-    """Run `step` over every interval of `sigmas` in one scan; with a noise source, each step goes
-    to `sigma_down` and adds `s_noise * sigma_up * noise_fn(sigma, sigma_next)`, else it goes to
-    `sigma_next`. x: [B, ...]; sigmas: [n + 1]."""
+    """Run `step(denoise, x, sigma, sigma_to)` over every interval of `sigmas` in one scan; with a
+    noise source, each step goes to `sigma_down` and adds
+    `s_noise * sigma_up * noise_fn(sigma, sigma_next)`, else it goes to `sigma_next`. Shared by
+    every ancestral sampler. x: [B, ...]; sigmas: [n + 1]."""
 
     def body(x: jax.Array, interval: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         sigma, sigma_next = interval
@@ -135,7 +136,7 @@ def ddpm(
     fewer steps than training steps (the chain of the chosen timesteps). Needs a key.
     x: [B, ...]; sigmas: [n + 1] descending. One denoiser call per step."""
     noise_fn = stochastic_noise("ddpm", 1.0, noise, key, x, sigmas)
-    return _sample(_euler_step, denoise, x, sigmas, noise_fn, 1.0, s_noise)
+    return ancestral_sample(_euler_step, denoise, x, sigmas, noise_fn, 1.0, s_noise)
 
 
 @register("ddim")
@@ -155,7 +156,7 @@ def ddim(
     `eta > 1` clamps `sigma_up` to `sigma_next` as k-diffusion does (diffusers gives NaN there).
     x: [B, ...]; sigmas: [n + 1] descending. One denoiser call per step; a key when `eta > 0`."""
     noise_fn = stochastic_noise("ddim", eta, noise, key, x, sigmas)
-    return _sample(_euler_step, denoise, x, sigmas, noise_fn, eta, s_noise)
+    return ancestral_sample(_euler_step, denoise, x, sigmas, noise_fn, eta, s_noise)
 
 
 @register("euler_ancestral")
@@ -174,7 +175,7 @@ def euler_ancestral(
     The same method as `ddim`, with k-diffusion's default `eta = 1`.
     x: [B, ...]; sigmas: [n + 1] descending. One denoiser call per step; a key when `eta > 0`."""
     noise_fn = stochastic_noise("euler_ancestral", eta, noise, key, x, sigmas)
-    return _sample(_euler_step, denoise, x, sigmas, noise_fn, eta, s_noise)
+    return ancestral_sample(_euler_step, denoise, x, sigmas, noise_fn, eta, s_noise)
 
 
 @register("dpm_2", evals_per_step=2)
@@ -189,7 +190,7 @@ def dpm_2(
     step. Matches diffusers' `KDPM2DiscreteScheduler`, which makes the same denoiser calls (its
     midpoint timestep maps back to the same sigma). Deterministic; `key` is unused.
     x: [B, ...]; sigmas: [n + 1] descending. Two denoiser calls per step (one into sigma = 0)."""
-    return _sample(_dpm_2_step, denoise, x, sigmas)
+    return ancestral_sample(_dpm_2_step, denoise, x, sigmas)
 
 
 @register("dpm_2_ancestral", evals_per_step=2)
@@ -211,4 +212,4 @@ def dpm_2_ancestral(
     x: [B, ...]; sigmas: [n + 1] descending. Two denoiser calls per step (one into sigma = 0);
     a key when `eta > 0`."""
     noise_fn = stochastic_noise("dpm_2_ancestral", eta, noise, key, x, sigmas)
-    return _sample(_dpm_2_step, denoise, x, sigmas, noise_fn, eta, s_noise)
+    return ancestral_sample(_dpm_2_step, denoise, x, sigmas, noise_fn, eta, s_noise)

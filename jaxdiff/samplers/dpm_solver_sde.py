@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.errors import UserError
-from jaxdiff.samplers.ancestral import ancestral_step
+from jaxdiff.samplers.ancestral import ancestral_sample, ancestral_step
 from jaxdiff.samplers.base import Denoise, register
 from jaxdiff.samplers.dpm_solver import dpmpp_multistep, positive_or_half
 from jaxdiff.samplers.noise import stochastic_noise
@@ -93,6 +93,22 @@ def _to(x: jax.Array, d: jax.Array, sigma: jax.Array, sigma_to: jax.Array) -> ja
     return d + (sigma_to / sigma) * (x - d)
 
 
+def _dpmpp_2s_step(
+    denoise: Denoise, x: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+) -> jax.Array:
+    """DPM-Solver++(2S) from sigma to sigma_to with its midpoint `sqrt(sigma * sigma_to)` in
+    lambda: two denoiser calls; into sigma_to = 0 the denoised sample (one call). [B, ...]"""
+    d = denoise(x, sigma)  # [B, ...]
+
+    def second_order() -> jax.Array:
+        to = positive_or_half(sigma, sigma_to)
+        sigma_mid = jnp.sqrt(sigma * to)
+        d_mid = denoise(_to(x, d, sigma, sigma_mid), sigma_mid)
+        return _to(x, d_mid, sigma, to)
+
+    return jax.lax.cond(sigma_to > 0, second_order, lambda: d)
+
+
 @register("dpmpp_2s_ancestral", evals_per_step=2)
 def dpmpp_2s_ancestral(
     denoise: Denoise,
@@ -112,25 +128,7 @@ def dpmpp_2s_ancestral(
     step, `x = D`. `eta = 0` is the deterministic DPM-Solver++(2S). x: [B, ...]; sigmas: [n + 1].
     """
     noise_fn = stochastic_noise("dpmpp_2s_ancestral", eta, noise, key, x, sigmas)
-
-    def step(x: jax.Array, inp: tuple) -> tuple[jax.Array, None]:
-        sigma, sigma_next = inp
-        d = denoise(x, sigma)  # [B, ...]
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-
-        def second_order() -> jax.Array:
-            down = positive_or_half(sigma, sigma_down)
-            sigma_mid = jnp.sqrt(sigma * down)  # the midpoint in lambda
-            d_mid = denoise(_to(x, d, sigma, sigma_mid), sigma_mid)
-            return _to(x, d_mid, sigma, down)
-
-        x = jax.lax.cond(sigma_down > 0, second_order, lambda: d)
-        if noise_fn is not None:
-            x = x + s_noise * sigma_up * noise_fn(sigma, sigma_next)
-        return x, None
-
-    x, _ = jax.lax.scan(step, x, (sigmas[:-1], sigmas[1:]))
-    return x
+    return ancestral_sample(_dpmpp_2s_step, denoise, x, sigmas, noise_fn, eta, s_noise)
 
 
 @register("dpmpp_sde", evals_per_step=2)

@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxdiff.evaluation import diffusers_schedulers
 from jaxdiff.evaluation.diffusers_schedulers import scheduler_sigmas, sigma_at
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, make_mixture
+from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, exact_denoise, make_mixture
 
 MIXTURE = make_mixture(dim=3, components=4, spread=1.0, component_std=0.3, seed=0)
 
@@ -40,9 +40,12 @@ def initial_noise(n: int, sigma: float, seed: int = 0, mixture: GaussianMixture 
 
 
 def _numpy_denoiser(mixture: GaussianMixture):
+    with jax.enable_x64(True):
+        mix64 = as_dtype(mixture, jnp.float64)
+
     def denoise(x: np.ndarray, sigma: float) -> np.ndarray:
         with jax.enable_x64(True):
-            return np.asarray(as_dtype(mixture, jnp.float64).denoise(jnp.asarray(x), sigma))
+            return np.asarray(exact_denoise(mix64, jnp.asarray(x), jnp.asarray(sigma)))
 
     return denoise
 
