@@ -183,3 +183,18 @@ def test_bad_compare_input_is_one_line(capsys, tmp_path, extra, message):
     err = one_line_error(capsys, ["compare-samplers", "--out", str(tmp_path / "o"), *extra])
     assert message in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config.samplers=('dpm_adaptive',)"], "'dpm_adaptive' picks its own steps"),
+        (["--config.prompts=0"], "prompts=0 must be in [1, 90]"),
+        (["--config.schedules=('wavy',)"], "unknown sigma schedule 'wavy'"),
+    ],
+)
+def test_bad_model_compare_input_is_one_line(capsys, tmp_path, t2i_workdir, extra, message):
+    args = ["compare-samplers", "--config", SHAPES_COMPARE_TINY, "--workdir", str(t2i_workdir)]
+    err = one_line_error(capsys, [*args, "--out", str(tmp_path / "o"), *extra])
+    assert message in err
+    assert not (tmp_path / "o").exists()
