@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, first_line
 
 
 class Checkpointer:
@@ -55,9 +55,9 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=args)
         except (ValueError, KeyError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise UserError(
-                f"checkpoint step {step} in {self.directory} does not fit this model: {first_line}"
+                f"checkpoint step {step} in {self.directory} does not fit this model: "
+                f"{first_line(error)}"
             ) from None
         return {name: restored[name] for name in templates}
 

@@ -1,9 +1,11 @@
-"""The ``jaxdiff`` command: ``train``, ``sample`` and ``compare-samplers``.
+"""The ``jaxdiff`` command: ``train``, ``sample``, ``compare-samplers`` and ``convert``.
 
     jaxdiff train --config configs/shapes_t2i.py[:tiny] --workdir W [--config.train.steps=100 ...]
     jaxdiff sample --workdir W --prompt "a red circle in the center" --seed 0 --steps 20
     jaxdiff compare-samplers --config configs/compare_samplers_gmm.py --out DIR
     jaxdiff compare-samplers --config configs/compare_samplers_shapes.py --workdir W --out DIR
+    jaxdiff convert stable-diffusion-v1-5/stable-diffusion-v1-5 sd15-jaxdiff --to jaxdiff
+    jaxdiff convert sd15-jaxdiff sd15-diffusers --to diffusers [--dtype float16]
 
 Bad input ends the command with one line on stderr and exit code 2.
 """
@@ -58,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, type=Path, help="folder for the CSV, report, plot")
     compare.add_argument("--workdir", type=Path, help="a trained text-to-image run (model configs)")
     compare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    convert = commands.add_parser(
+        "convert", help="convert a network or model folder (or hub id) between formats"
+    )
+    convert.add_argument("source", help="network folder, model folder (model_index.json) or hub id")
+    convert.add_argument("out", type=Path, help="the new folder to write")
+    convert.add_argument("--to", required=True, help="jaxdiff or diffusers")
+    convert.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype (the source's)"
+    )
+    convert.add_argument("--variant", help="source weights variant, e.g. fp16")
     return parser
 
 
@@ -67,12 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = [a for a in argv if not a.startswith("--config.")]
     try:
         args = build_parser().parse_args(rest)
-        if overrides and args.command == "sample":
-            raise UserError(f"'sample' takes no config overrides, got {overrides[0]!r}")
+        if overrides and args.command in ("sample", "convert"):
+            raise UserError(f"{args.command!r} takes no config overrides, got {overrides[0]!r}")
         if args.command == "train":
             return _train(args, overrides)
         if args.command == "compare-samplers":
             return _compare_samplers(args, overrides)
+        if args.command == "convert":
+            return _convert(args)
         return _sample(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -165,6 +180,17 @@ def _compare_samplers(args: argparse.Namespace, overrides: list[str]) -> int:
         title = "Samplers on Gaussian mixtures"
     paths = report.write_report(rows, notes, config.nfe, metrics, args.out, title)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from jaxdiff.convert.conversion import convert
+
+    dtype = getattr(jnp, args.dtype) if args.dtype else None
+    written = convert(args.source, args.out, args.to, dtype=dtype, variant=args.variant)
+    print(f"wrote {args.out}: {', '.join(written)}")
     return 0
 
 

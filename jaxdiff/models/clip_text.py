@@ -17,7 +17,7 @@ from jax.typing import DTypeLike
 
 from jaxdiff.errors import UserError
 from jaxdiff.models.attention import attention
-from jaxdiff.models.layers import LayerNorm, dense, partitioned
+from jaxdiff.models.layers import LayerNorm, architecture, dense, partitioned
 
 HIDDEN_ACTS = ("quick_gelu", "gelu")
 
@@ -195,6 +195,7 @@ class CLIPTextTransformer(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
+        self.architecture = architecture(locals())
         if hidden_act not in HIDDEN_ACTS:
             raise UserError(
                 f"unknown hidden_act {hidden_act!r}; accepted: {', '.join(HIDDEN_ACTS)}"

@@ -281,3 +281,23 @@ class Upsample2D(nnx.Module):
             b, 2 * h, 2 * w, c
         )
         return self.conv(x)
+
+
+Architecture = tuple[tuple[str, object], ...]
+"""A model's architecture arguments as hashable static data: ((name, value), ...)."""
+
+_RUN_OPTIONS = ("self", "rngs", "dtype", "param_dtype", "__class__")
+
+
+def architecture(arguments: dict[str, object]) -> Architecture:
+    """The architecture arguments among a constructor's ``locals()``, lists frozen to tuples.
+
+    Dtypes and the RNG are left out: they say how a model runs, not what it is. A model stores
+    this as ``self.architecture``; ``Model(**dict(model.architecture), rngs=...)`` rebuilds it and
+    the weight converters write it out as a diffusers / transformers config.
+    """
+
+    def freeze(value: object) -> object:
+        return tuple(freeze(v) for v in value) if isinstance(value, list | tuple) else value
+
+    return tuple((k, freeze(v)) for k, v in arguments.items() if k not in _RUN_OPTIONS)

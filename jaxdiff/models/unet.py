@@ -20,7 +20,14 @@ from jax.typing import DTypeLike
 from jaxdiff.errors import UserError
 from jaxdiff.models.attention import Transformer2DModel
 from jaxdiff.models.embeddings import TimestepEmbedding, Timesteps
-from jaxdiff.models.layers import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, conv2d
+from jaxdiff.models.layers import (
+    Downsample2D,
+    GroupNorm,
+    ResnetBlock2D,
+    Upsample2D,
+    architecture,
+    conv2d,
+)
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -220,6 +227,8 @@ class UNet(nnx.Module):
       upcast_attention: attention products in float32 (SD 2.1).
       only_cross_attention: each transformer's first attention also attends to the context.
       transformer_layers_per_block: transformer blocks inside each spatial transformer.
+      sample_size: the latent size the weights were trained at (pipelines' default image size is
+        this times the autoencoder's factor), or None; the computation does not use it.
       dtype, param_dtype: compute and parameter dtypes; norms and softmax compute in float32.
     """
 
@@ -241,11 +250,13 @@ class UNet(nnx.Module):
         upcast_attention: bool = False,
         only_cross_attention: bool = False,
         transformer_layers_per_block: int = 1,
+        sample_size: int | None = None,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         *,
         rngs: nnx.Rngs,
     ):
+        self.architecture = architecture(locals())
         levels = len(block_out_channels)
         heads = _per_level_heads(attention_head_dim, block_out_channels)
         for name, types, accepted in (
@@ -263,6 +274,7 @@ class UNet(nnx.Module):
                         f"unknown {name} entry {block_type!r}; accepted: {', '.join(accepted)}"
                     )
         self.dtype = dtype
+        self.sample_size = sample_size
         self.num_upsamplers = levels - 1
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         time_embed_dim = block_out_channels[0] * 4

@@ -17,7 +17,14 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.models.attention import SpatialSelfAttention
-from jaxdiff.models.layers import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, conv2d
+from jaxdiff.models.layers import (
+    Downsample2D,
+    GroupNorm,
+    ResnetBlock2D,
+    Upsample2D,
+    architecture,
+    conv2d,
+)
 
 _EPS = 1e-6
 
@@ -239,8 +246,9 @@ class AutoencoderKL(nnx.Module):
     `encode` gives the diagonal Gaussian posterior (mean, logvar), logvar clamped to [-30, 20] as
     diffusers' `DiagonalGaussianDistribution` does; `decode` maps a latent back to an image.
     `scaling_factor` is the constant the diffusion model's latents are multiplied by
-    (`latents = z * scaling_factor`); the autoencoder itself never applies it. Outputs are in the
-    compute dtype.
+    (`latents = z * scaling_factor`); the autoencoder itself never applies it. `sample_size` (the
+    image size it was trained at) and `force_upcast` (it overflows in float16: decode in float32)
+    are facts about the weights for pipelines, as in diffusers. Outputs are in the compute dtype.
     """
 
     def __init__(
@@ -253,14 +261,19 @@ class AutoencoderKL(nnx.Module):
         norm_num_groups: int = 32,
         mid_block_add_attention: bool = True,
         scaling_factor: float = 1.0,
+        sample_size: int = 32,
+        force_upcast: bool = True,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         *,
         rngs: nnx.Rngs,
     ):
+        self.architecture = architecture(locals())
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
         self.scaling_factor = scaling_factor
+        self.sample_size = sample_size
+        self.force_upcast = force_upcast
         self.downsample_factor = 2 ** (len(block_out_channels) - 1)
         arch = (block_out_channels, layers_per_block, norm_num_groups, mid_block_add_attention)
         self.encoder = Encoder(in_channels, latent_channels, *arch, **kw)

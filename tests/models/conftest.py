@@ -1,4 +1,4 @@
-"""Fixtures for the model tests: copying PyTorch reference weights into the NNX models."""
+"""Fixtures for the model tests: fast random weights, parameter counts, logical-axis checks."""
 
 from collections.abc import Callable
 
@@ -7,54 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
-
-def _copy_torch_weights(torch_model, model: nnx.Module, prefix: str = "") -> None:
-    """Copies every tensor of a diffusers / transformers model into the NNX model of the same tree.
-
-    The module paths are identical; only leaf names and layouts differ (conv OIHW -> HWIO, Linear
-    [out, in] -> [in, out], norm weight -> scale, embedding weight -> embedding). Asserts every
-    shape and that every NNX parameter is filled exactly once.
-    """
-    import torch
-
-    embeddings = {
-        name.removeprefix(prefix)
-        for name, module in torch_model.named_modules()
-        if isinstance(module, torch.nn.Embedding)
-    }
-    filled = set()
-    for name, tensor in torch_model.state_dict().items():
-        w = tensor.detach().float().numpy()
-        *path, leaf = name.removeprefix(prefix).split(".")
-        if leaf == "weight":
-            if ".".join(path) in embeddings:
-                leaf = "embedding"
-            elif w.ndim == 4:
-                leaf, w = "kernel", w.transpose(2, 3, 1, 0)
-            elif w.ndim == 2:
-                leaf, w = "kernel", w.T
-            else:
-                leaf = "scale"
-        node = model
-        for part in path:
-            node = node[int(part)] if part.isdigit() else getattr(node, part)
-        var = getattr(node, leaf)
-        assert var.shape == w.shape, (name, var.shape, w.shape)
-        assert id(var) not in filled, name
-        var.set_value(jnp.asarray(w))
-        filled.add(id(var))
-    assert len(filled) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def _perturb_torch_weights(torch_model, seed: int = 0) -> None:
-    """Adds noise to every parameter so norms and biases are away from their trivial init."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in torch_model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 def _random_model(factory: Callable[[], nnx.Module], seed: int = 0) -> nnx.Module:
@@ -98,16 +50,6 @@ def _check_logical_axes(model: nnx.Module) -> None:
 @pytest.fixture(scope="session")
 def check_logical_axes() -> Callable:
     return _check_logical_axes
-
-
-@pytest.fixture(scope="session")
-def copy_torch_weights() -> Callable:
-    return _copy_torch_weights
-
-
-@pytest.fixture(scope="session")
-def perturb_torch_weights() -> Callable:
-    return _perturb_torch_weights
 
 
 @pytest.fixture(scope="session")

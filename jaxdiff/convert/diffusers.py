@@ -1,0 +1,234 @@
+"""diffusers' `UNet2DConditionModel` and `AutoencoderKL`: config options and name tables.
+
+Verified against diffusers 0.42 (the tests compare `defaults` with the constructors' signatures
+and every converted model's output with diffusers' own).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxdiff.convert.name_tables import Layout, NameTable, Rule
+from jaxdiff.convert.reference_config import ReferenceConfig
+from jaxdiff.errors import UserError
+
+DIFFUSERS_VERSION = "0.42.1"
+"""The diffusers version whose format the tables were verified against (written to configs)."""
+
+_CONV = r"(.+\.)?(conv_in|conv_out|conv1|conv2|conv_shortcut|conv|quant_conv|post_quant_conv)"
+_NORM = r"(.+\.)?(conv_norm_out|norm|norm1|norm2|norm3|group_norm)"
+_LINEAR = (
+    r"time_embedding\.linear_[12]"
+    r"|.+\.(time_emb_proj|to_q|to_k|to_v|to_out\.0|ff\.net\.0\.proj|ff\.net\.2)"
+)
+
+
+def unet_table(arguments: dict[str, Any]) -> NameTable:
+    """The UNet's table; transformer `proj_in` / `proj_out` are Linear with
+    `use_linear_projection` (SD 2), else 1x1 convolutions."""
+    projection = Layout.LINEAR if arguments["use_linear_projection"] else Layout.CONV
+    return NameTable(
+        rules=(
+            Rule(_CONV, "weight", "kernel", Layout.CONV),
+            Rule(r".+\.proj_(in|out)", "weight", "kernel", projection),
+            Rule(_LINEAR, "weight", "kernel", Layout.LINEAR),
+            Rule(_NORM, "weight", "scale"),
+            Rule(r".+", "bias", "bias"),
+        )
+    )
+
+
+def vae_table(arguments: dict[str, Any]) -> NameTable:
+    """The autoencoder's table; reads the mid-block attention's pre-0.14 names too."""
+    del arguments
+    return NameTable(
+        rules=(
+            Rule(_CONV, "weight", "kernel", Layout.CONV),
+            Rule(_LINEAR, "weight", "kernel", Layout.LINEAR),
+            Rule(_NORM, "weight", "scale"),
+            Rule(r".+", "bias", "bias"),
+        ),
+        legacy=(
+            (r"\.query$", ".to_q"),
+            (r"\.key$", ".to_k"),
+            (r"\.value$", ".to_v"),
+            (r"\.proj_attn$", ".to_out.0"),
+        ),
+    )
+
+
+UNET_CONFIG = ReferenceConfig(
+    class_name="UNet2DConditionModel",
+    defaults={
+        "sample_size": None,
+        "in_channels": 4,
+        "out_channels": 4,
+        "center_input_sample": False,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": (
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": (
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ),
+        "only_cross_attention": False,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "dropout": 0.0,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "norm_eps": 1e-05,
+        "cross_attention_dim": 1280,
+        "transformer_layers_per_block": 1,
+        "reverse_transformer_layers_per_block": None,
+        "encoder_hid_dim": None,
+        "encoder_hid_dim_type": None,
+        "attention_head_dim": 8,
+        "num_attention_heads": None,
+        "dual_cross_attention": False,
+        "use_linear_projection": False,
+        "class_embed_type": None,
+        "addition_embed_type": None,
+        "addition_time_embed_dim": None,
+        "num_class_embeds": None,
+        "upcast_attention": False,
+        "resnet_time_scale_shift": "default",
+        "resnet_skip_time_act": False,
+        "resnet_out_scale_factor": 1.0,
+        "time_embedding_type": "positional",
+        "time_embedding_dim": None,
+        "time_embedding_act_fn": None,
+        "timestep_post_act": None,
+        "time_cond_proj_dim": None,
+        "conv_in_kernel": 3,
+        "conv_out_kernel": 3,
+        "projection_class_embeddings_input_dim": None,
+        "attention_type": "default",
+        "class_embeddings_concat": False,
+        "mid_block_only_cross_attention": None,
+        "cross_attention_norm": None,
+        "addition_embed_type_num_heads": 64,
+    },
+    arguments=(
+        "sample_size",
+        "in_channels",
+        "out_channels",
+        "flip_sin_to_cos",
+        "freq_shift",
+        "down_block_types",
+        "up_block_types",
+        "only_cross_attention",
+        "block_out_channels",
+        "layers_per_block",
+        "norm_num_groups",
+        "norm_eps",
+        "cross_attention_dim",
+        "transformer_layers_per_block",
+        "attention_head_dim",
+        "use_linear_projection",
+        "upcast_attention",
+    ),
+)
+
+VAE_CONFIG = ReferenceConfig(
+    class_name="AutoencoderKL",
+    defaults={
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",),
+        "up_block_types": ("UpDecoderBlock2D",),
+        "block_out_channels": (64,),
+        "layers_per_block": 1,
+        "act_fn": "silu",
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 32,
+        "scaling_factor": 0.18215,
+        "shift_factor": None,
+        "latents_mean": None,
+        "latents_std": None,
+        "force_upcast": True,
+        "use_quant_conv": True,
+        "use_post_quant_conv": True,
+        "mid_block_add_attention": True,
+    },
+    arguments=(
+        "in_channels",
+        "out_channels",
+        "down_block_types",
+        "up_block_types",
+        "block_out_channels",
+        "layers_per_block",
+        "latent_channels",
+        "norm_num_groups",
+        "sample_size",
+        "scaling_factor",
+        "force_upcast",
+        "mid_block_add_attention",
+    ),
+)
+
+# diffusers lets these be one value per level; jaxdiff's UNet takes one value for all levels.
+_UNIFORM_PER_LEVEL = (
+    "layers_per_block",
+    "only_cross_attention",
+    "transformer_layers_per_block",
+    "cross_attention_dim",
+)
+
+
+def unet_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`UNet` arguments of a diffusers `UNet2DConditionModel` config."""
+    arguments = UNET_CONFIG.to_arguments(config, source)
+    for key in _UNIFORM_PER_LEVEL:
+        value = arguments[key]
+        if isinstance(value, tuple):
+            if len(set(value)) != 1:
+                raise UserError(
+                    f"{source}: UNet2DConditionModel option {key}={list(value)} differs between "
+                    "levels; accepted: one value for every level"
+                )
+            arguments[key] = value[0]
+    return arguments
+
+
+def vae_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`AutoencoderKL` arguments of a diffusers `AutoencoderKL` config."""
+    arguments = VAE_CONFIG.to_arguments(config, source)
+    levels = len(arguments["block_out_channels"])
+    for key, block in (
+        ("down_block_types", "DownEncoderBlock2D"),
+        ("up_block_types", "UpDecoderBlock2D"),
+    ):
+        types = arguments.pop(key)
+        if types != (block,) * levels:
+            raise UserError(
+                f"{source}: AutoencoderKL option {key}={list(types)} is not supported; accepted: "
+                f"{block} for each of the {levels} levels"
+            )
+    return arguments
+
+
+def unet_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    return UNET_CONFIG.to_config(arguments)
+
+
+def vae_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    levels = len(arguments["block_out_channels"])
+    return VAE_CONFIG.to_config(
+        {
+            **arguments,
+            "down_block_types": ("DownEncoderBlock2D",) * levels,
+            "up_block_types": ("UpDecoderBlock2D",) * levels,
+        }
+    )

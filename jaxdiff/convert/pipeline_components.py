@@ -1,0 +1,148 @@
+"""A whole Stable Diffusion model folder (diffusers' `model_index.json` layout) or hub id.
+
+    model_index.json   unet/  vae/  text_encoder/  tokenizer/  scheduler/
+
+Each network folder is read by `from_diffusers`, or by `jaxdiff.convert.native` when it was
+converted with `jaxdiff convert --to jaxdiff`; the tokenizer by transformers; the scheduler config
+is returned as a dict for the sampling pipelines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import DTypeLike
+
+from jaxdiff.convert import native
+from jaxdiff.convert.components import from_diffusers
+from jaxdiff.convert.weight_files import WEIGHT_FILES, with_variant
+from jaxdiff.errors import UserError, first_line
+
+NETWORKS = ("unet", "vae", "text_encoder")
+COMPONENTS = (*NETWORKS, "tokenizer", "scheduler")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclasses.dataclass
+class PipelineComponents:
+    """The parts of a text-to-image model; `scheduler_config` is scheduler/scheduler_config.json."""
+
+    unet: nnx.Module
+    vae: nnx.Module
+    text_encoder: nnx.Module
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    model_index: dict[str, Any]
+
+
+def hub_patterns(variant: str | None) -> list[str]:
+    """The files of a hub model the components need: the networks' safetensors of one variant
+    (no other variant, no .bin or .ckpt duplicates), the tokenizer and the scheduler."""
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*"]
+    for network in NETWORKS:
+        patterns += [f"{network}/config.json", f"{network}/{native.CONFIG}", f"{network}/params/**"]
+        for name in WEIGHT_FILES:
+            if name.endswith(".safetensors"):
+                stem = with_variant(name, variant).removesuffix(".safetensors")
+                patterns += [
+                    f"{network}/{stem}.safetensors",
+                    f"{network}/{with_variant(name + '.index.json', variant)}",
+                    f"{network}/{stem}-*-of-*.safetensors",
+                ]
+    return patterns
+
+
+def resolve_model_dir(model_dir_or_hub_id: str | Path, variant: str | None = None) -> Path:
+    """A local folder as is; otherwise a hub id through huggingface_hub's cache (its
+    `HF_HUB_OFFLINE` and `HF_HUB_CACHE` settings respected)."""
+    path = Path(model_dir_or_hub_id)
+    if path.exists() or not _HUB_ID.fullmatch(str(model_dir_or_hub_id)):
+        if not path.is_dir():
+            raise UserError(
+                f"{model_dir_or_hub_id} is not a folder or a hub id; accepted: a diffusers model "
+                "folder (model_index.json) or a hub id like org/name"
+            )
+        return path
+    import huggingface_hub
+
+    try:
+        return Path(
+            huggingface_hub.snapshot_download(
+                str(model_dir_or_hub_id), allow_patterns=hub_patterns(variant)
+            )
+        )
+    except Exception as error:  # network, authentication, missing repo, offline cache miss
+        raise UserError(
+            f"hub id {model_dir_or_hub_id} could not be fetched: {first_line(error)}"
+        ) from None
+
+
+def load_network(
+    directory: Path,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    variant: str | None = None,
+) -> nnx.Module:
+    """One network folder, in the jaxdiff or the diffusers / transformers format."""
+    if (directory / native.CONFIG).is_file():
+        return native.load(directory, dtype=dtype, param_dtype=param_dtype)
+    return from_diffusers(directory, dtype=dtype, param_dtype=param_dtype, variant=variant)
+
+
+def read_model_index(directory: Path) -> dict[str, Any]:
+    """A model folder's model_index.json, after checking the folder has every component."""
+    path = directory / "model_index.json"
+    if not path.is_file():
+        raise UserError(
+            f"{directory} has no model_index.json; accepted: a diffusers model folder "
+            "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        )
+    try:
+        model_index = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    missing = [name for name in COMPONENTS if not (directory / name).is_dir()]
+    if missing:
+        raise UserError(f"{directory} lacks the component folders {', '.join(missing)}")
+    return model_index
+
+
+def load_pipeline_components(
+    model_dir_or_hub_id: str | Path,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    variant: str | None = None,
+) -> PipelineComponents:
+    """unet, vae, text_encoder (NNX, weights loaded), tokenizer and scheduler config of a model.
+
+    Args:
+      model_dir_or_hub_id: a diffusers-format folder or a hub id such as
+        "stable-diffusion-v1-5/stable-diffusion-v1-5".
+      dtype, param_dtype: compute and parameter dtypes of the networks.
+      variant: weights variant ("fp16" reads `*.fp16.safetensors`).
+    """
+    from transformers import AutoTokenizer
+
+    directory = resolve_model_dir(model_dir_or_hub_id, variant)
+    model_index = read_model_index(directory)
+    networks = {
+        name: load_network(directory / name, dtype=dtype, param_dtype=param_dtype, variant=variant)
+        for name in NETWORKS
+    }
+    scheduler_path = directory / "scheduler" / "scheduler_config.json"
+    if not scheduler_path.is_file():
+        raise UserError(f"{directory} has no scheduler/scheduler_config.json")
+    return PipelineComponents(
+        **networks,
+        tokenizer=AutoTokenizer.from_pretrained(directory / "tokenizer"),
+        scheduler_config=json.loads(scheduler_path.read_text()),
+        model_index=model_index,
+    )

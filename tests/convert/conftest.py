@@ -1,0 +1,72 @@
+"""Fixtures: tiny random diffusers / transformers models, saved by the reference libraries."""
+
+import pytest
+from reference_models import (
+    CLIP_CONFIGS,
+    UNET_CONFIGS,
+    VAE_CONFIGS,
+    build_clip,
+    build_unet,
+    build_vae,
+    write_tokenizer,
+)
+
+
+@pytest.fixture(scope="session")
+def saved_unets(tmp_path_factory):
+    """{name: (diffusers UNet2DConditionModel, folder)} for every `UNET_CONFIGS` entry."""
+    out = {}
+    for name, config in UNET_CONFIGS.items():
+        model = build_unet(config)
+        folder = tmp_path_factory.mktemp(f"unet_{name}")
+        model.save_pretrained(folder)
+        out[name] = (model, folder)
+    return out
+
+
+@pytest.fixture(scope="session")
+def saved_vaes(tmp_path_factory):
+    """{name: (diffusers AutoencoderKL, folder)} for every `VAE_CONFIGS` entry."""
+    out = {}
+    for name, config in VAE_CONFIGS.items():
+        model = build_vae(config)
+        folder = tmp_path_factory.mktemp(f"vae_{name}")
+        model.save_pretrained(folder)
+        out[name] = (model, folder)
+    return out
+
+
+@pytest.fixture(scope="session")
+def saved_clips(tmp_path_factory):
+    """{name: (transformers CLIP text model, folder)} for every `CLIP_CONFIGS` entry."""
+    out = {}
+    for name in CLIP_CONFIGS:
+        model = build_clip(name)
+        folder = tmp_path_factory.mktemp(f"clip_{name}")
+        model.save_pretrained(folder)
+        out[name] = (model, folder)
+    return out
+
+
+@pytest.fixture(scope="session")
+def saved_pipeline(tmp_path_factory, saved_unets, saved_vaes, saved_clips):
+    """A tiny Stable Diffusion model folder written by diffusers' StableDiffusionPipeline
+    (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = tmp_path_factory.mktemp("tokenizer_source") / "tokenizer"
+    write_tokenizer(tokenizer_dir)
+    pipe = StableDiffusionPipeline(
+        unet=saved_unets["sd1"][0],
+        vae=saved_vaes["sd"][0],
+        text_encoder=saved_clips["quick_gelu"][0],
+        tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    folder = tmp_path_factory.mktemp("pipeline")
+    pipe.save_pretrained(folder)
+    return folder

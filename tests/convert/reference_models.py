@@ -1,0 +1,179 @@
+"""Tiny random diffusers / transformers reference models and their inputs.
+
+conftest.py builds each reference with random weights (perturbed away from their trivial initial
+values) and saves it with the library's own `save_pretrained`.
+"""
+
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+
+UNET_CONFIGS = {
+    # SD 1.x layout: conv projections, one head count for all levels.
+    "sd1": dict(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=2,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        sample_size=8,
+    ),
+    # SD 2.x layout: Linear projections, heads per level, upcast attention.
+    "sd2": dict(
+        block_out_channels=(16, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(1, 2, 4),
+        cross_attention_dim=24,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        upcast_attention=True,
+    ),
+    # The 9-channel inpainting UNet.
+    "inpaint": dict(
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=4,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    ),
+    # The remaining options: first attention to the context, two transformer blocks per level
+    # (given per level), the other time-projection convention.
+    "options": dict(
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        cross_attention_dim=(24, 24),
+        norm_num_groups=8,
+        only_cross_attention=True,
+        transformer_layers_per_block=(2, 2),
+        flip_sin_to_cos=False,
+        freq_shift=1,
+    ),
+}
+
+VAE_CONFIGS = {
+    "sd": dict(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    ),
+    "no_mid_attention": dict(
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=3,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        scaling_factor=0.5,
+    ),
+}
+
+CLIP_BASE = dict(
+    vocab_size=60,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=16,
+)
+CLIP_CONFIGS = {
+    # OpenAI CLIP (SD 1.x): quick_gelu, legacy eos id 2 (pooled at the largest id).
+    "quick_gelu": ("CLIPTextModel", dict(hidden_act="quick_gelu", eos_token_id=2)),
+    # OpenCLIP (SD 2.x): exact gelu, pooled at the first end-of-text id.
+    "gelu": ("CLIPTextModel", dict(hidden_act="gelu", eos_token_id=50)),
+    "projection": (
+        "CLIPTextModelWithProjection",
+        dict(hidden_act="quick_gelu", eos_token_id=50, projection_dim=20),
+    ),
+}
+
+
+def perturb(model, seed: int = 0) -> None:
+    """Adds noise to every parameter so norms and biases are away from their trivial init."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def build_unet(config: dict):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**config).eval()
+    perturb(model)
+    return model
+
+
+def build_vae(config: dict):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    model = AutoencoderKL(**config).eval()
+    perturb(model, seed=1)
+    return model
+
+
+def build_clip(name: str):
+    import torch
+    import transformers
+
+    class_name, options = CLIP_CONFIGS[name]
+    torch.manual_seed(2)
+    config = transformers.CLIPTextConfig(**CLIP_BASE, **options)
+    model = getattr(transformers, class_name)(config).eval()
+    perturb(model, seed=2)
+    return model
+
+
+def write_tokenizer(directory: Path, max_length: int = 16) -> None:
+    """A CLIP BPE tokenizer folder as Stable Diffusion ships it (vocab.json, merges.txt,
+    tokenizer_config.json): single letters, one merge, start / end of text."""
+    directory.mkdir(parents=True)
+    letters = list(string.ascii_lowercase)
+    tokens = [*letters, *(c + "</w>" for c in letters), "re", "<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\nr e\n")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": max_length,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
+
+
+def unet_inputs(config: dict, batch: int = 2, size: int = 8, tokens: int = 5, seed: int = 0):
+    """(x [B, H, W, C], timesteps [B], context [B, T, D]) as numpy float32."""
+    rng = np.random.RandomState(seed)
+    width = config["cross_attention_dim"]
+    width = width[0] if isinstance(width, tuple) else width
+    x = rng.randn(batch, size, size, config.get("in_channels", 4)).astype(np.float32)
+    t = rng.uniform(0, 1000, batch).astype(np.float32)
+    return x, t, rng.randn(batch, tokens, width).astype(np.float32)

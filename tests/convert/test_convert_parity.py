@@ -1,0 +1,121 @@
+"""Converted models equal their PyTorch references (diffusers / transformers) on the same inputs.
+
+Each reference is saved by its own library; `from_diffusers` reads the folder. Tolerance: fp32
+max absolute error <= 1e-4 of the output's scale (max |reference|).
+"""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from reference_models import CLIP_BASE, UNET_CONFIGS, VAE_CONFIGS, unet_inputs
+
+from jaxdiff.convert import from_diffusers
+from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
+
+
+def _jit_call(model, method=None):
+    """A compiled call of `model` (or of `model.method`) on numpy inputs."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def call(state, *args):
+        module = nnx.merge(graphdef, state)
+        return (getattr(module, method) if method else module)(*args)
+
+    return lambda *args: call(state, *args)
+
+
+def _assert_close(out, expected):
+    out, expected = np.asarray(out), np.asarray(expected)
+    assert out.shape == expected.shape
+    scale = np.abs(expected).max()
+    err = np.abs(out - expected).max()
+    assert err <= 1e-4 * scale, (err, scale)
+
+
+def _nchw(x):
+    return torch.tensor(np.asarray(x).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("name", sorted(UNET_CONFIGS))
+def test_unet_matches_diffusers(name, saved_unets):
+    ref, folder = saved_unets[name]
+    unet = from_diffusers(folder)
+    assert isinstance(unet, UNet)
+    x, t, ctx = unet_inputs(UNET_CONFIGS[name])
+    with torch.no_grad():
+        expected = ref(_nchw(x), torch.tensor(t), torch.tensor(ctx)).sample.numpy()
+    _assert_close(_jit_call(unet)(x, t, ctx), expected.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("name", sorted(VAE_CONFIGS))
+def test_vae_encode_and_decode_match_diffusers(name, saved_vaes):
+    ref, folder = saved_vaes[name]
+    vae = from_diffusers(folder)
+    assert isinstance(vae, AutoencoderKL)
+    assert vae.scaling_factor == ref.config.scaling_factor
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    mean, logvar = _jit_call(vae, "encode")(x)
+    with torch.no_grad():
+        posterior = ref.encode(_nchw(x)).latent_dist
+        expected_mean = posterior.mean.numpy().transpose(0, 2, 3, 1)
+        expected_logvar = posterior.logvar.numpy().transpose(0, 2, 3, 1)
+        z = rng.randn(*expected_mean.shape).astype(np.float32)
+        expected_image = ref.decode(_nchw(z)).sample.numpy().transpose(0, 2, 3, 1)
+    _assert_close(mean, expected_mean)
+    _assert_close(logvar, expected_logvar)
+    _assert_close(_jit_call(vae, "decode")(z), expected_image)
+
+
+def _token_ids(eos: int, batch: int = 3, length: int = 12) -> np.ndarray:
+    """Random ids with an end-of-text token at a different place per row.
+
+    With a real eos id the rows continue with a larger pad id, so pooling at the largest id would
+    be wrong; with the legacy id 2 the end token is the largest id and pads are 0.
+    """
+    rng = np.random.RandomState(0)
+    ids = rng.randint(3, 50, (batch, length))
+    end_token, pad = (CLIP_BASE["vocab_size"] - 1, 0) if eos == 2 else (eos, 55)
+    for row, end in enumerate((4, length - 1, 7)[:batch]):
+        ids[row, end] = end_token
+        ids[row, end + 1 :] = pad
+    return ids
+
+
+@pytest.mark.parametrize("name", ["quick_gelu", "gelu", "projection"])
+def test_clip_text_matches_transformers(name, saved_clips):
+    ref, folder = saved_clips[name]
+    encoder = from_diffusers(folder)
+    assert isinstance(encoder, CLIPTextTransformer)
+    ids = _token_ids(ref.config.eos_token_id)
+    run = _jit_call(encoder)
+    out, skipped = run(ids), jax.jit(lambda i: encoder(i, skip_last_layers=1))(ids)
+    with torch.no_grad():
+        expected = ref(torch.tensor(ids), output_hidden_states=True)
+        final_norm = getattr(ref, "text_model", ref).final_layer_norm
+        penultimate = final_norm(expected.hidden_states[-2])
+    _assert_close(out.last_hidden_state, expected.last_hidden_state.numpy())
+    _assert_close(skipped.last_hidden_state, penultimate.numpy())
+    if name == "projection":
+        assert out.text_embeds.shape == (3, 20)
+        _assert_close(out.text_embeds, expected.text_embeds.numpy())
+    else:
+        assert out.text_embeds is None
+        _assert_close(out.pooled_output, expected.pooler_output.numpy())
+
+
+def test_bf16_compute_with_fp32_parameters_stays_close(saved_unets):
+    ref, folder = saved_unets["sd1"]
+    unet = from_diffusers(folder, dtype=jax.numpy.bfloat16)
+    params = jax.tree.leaves(nnx.state(unet, nnx.Param))
+    assert all(p.dtype == np.float32 for p in params)
+    x, t, ctx = unet_inputs(UNET_CONFIGS["sd1"])
+    out = _jit_call(unet)(x, t, ctx)
+    assert out.dtype == jax.numpy.bfloat16
+    with torch.no_grad():
+        expected = ref(_nchw(x), torch.tensor(t), torch.tensor(ctx)).sample.numpy()
+    err = np.abs(np.asarray(out, np.float32) - expected.transpose(0, 2, 3, 1)).max()
+    assert err < 0.05 * np.abs(expected).max()
