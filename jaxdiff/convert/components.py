@@ -40,7 +40,12 @@ class ComponentFormat:
     table: Callable[[dict[str, Any]], NameTable]  # arguments -> name table
 
 
-def _diffusers_config(class_name: str, build: Callable) -> Callable:
+ConfigBuilder = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _diffusers_config(class_name: str, build: ConfigBuilder) -> ConfigBuilder:
+    """`build` with diffusers' class name and format version added."""
+
     def config(arguments: dict[str, Any]) -> dict[str, Any]:
         return {
             "_class_name": class_name,

@@ -220,10 +220,12 @@ def vae_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def unet_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A complete diffusers `UNet2DConditionModel` config for `UNet` arguments."""
     return UNET_CONFIG.to_config(arguments)
 
 
 def vae_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A complete diffusers `AutoencoderKL` config for `AutoencoderKL` arguments."""
     levels = len(arguments["block_out_channels"])
     return VAE_CONFIG.to_config(
         {

@@ -79,6 +79,7 @@ CLIP_PROJECTION_CONFIG = ReferenceConfig(
 
 
 def clip_table(arguments: dict[str, Any]) -> NameTable:
+    """The text encoder's table (the same for every architecture)."""
     del arguments
     return CLIP_TABLE
 
