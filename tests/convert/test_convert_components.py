@@ -267,3 +267,17 @@ def test_hub_configs_give_the_reference_parameter_counts(name):
     model = abstract_model(config, name)
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert sum(int(np.prod(p.shape)) for p in params) == expected
+
+
+def test_safetensors_folders_load_without_torch(saved_vaes):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from jaxdiff.convert import from_diffusers\n"
+        f"from_diffusers({str(saved_vaes['no_mid_attention'][1])!r})\n"
+        "loaded = {'torch', 'diffusers', 'transformers'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
