@@ -195,7 +195,7 @@ def build_model(
         )
     except UserError as error:
         raise UserError(f"{source}: {error}") from None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArithmeticError, LookupError) as error:
         raise UserError(f"{source}: unsupported architecture: {first_line(error)}") from None
 
 

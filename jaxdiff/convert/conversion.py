@@ -36,12 +36,14 @@ def _is_component(entry: object) -> bool:
 
 
 def stored_dtype(directory: Path, variant: str | None) -> np.dtype:
-    """The dtype a network folder's floating-point weights are stored in."""
+    """The dtype most of a network folder's floating-point weight bytes are stored in."""
     if (directory / native.CONFIG).is_file():
         return np.dtype(native.read_config(directory).get("param_dtype", "float32"))
-    tensors = read_weights(directory, variant)
-    floating = [t.dtype for t in tensors.values() if not np.issubdtype(t.dtype, np.integer)]
-    return floating[0] if floating else np.dtype(np.float32)
+    nbytes: dict[np.dtype, int] = {}
+    for tensor in read_weights(directory, variant).values():
+        if tensor.dtype.name in native.PARAM_DTYPES:
+            nbytes[tensor.dtype] = nbytes.get(tensor.dtype, 0) + tensor.nbytes
+    return max(nbytes, key=nbytes.get) if nbytes else np.dtype(np.float32)
 
 
 def _write_network(
@@ -75,6 +77,8 @@ def convert(
     local = Path(source)
     is_network = (local / "config.json").is_file() or (local / native.CONFIG).is_file()
     directory = local if is_network else resolve_model_dir(source, variant)
+    if Path(destination).resolve().is_relative_to(directory.resolve()):
+        raise UserError(f"{destination} is inside {directory}; accepted: a folder outside it")
     model_index = None if is_network else read_model_index(directory)
     with atomic_folder(Path(destination)) as partial:
         if model_index is None:

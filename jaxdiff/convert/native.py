@@ -23,6 +23,7 @@ from jaxdiff.errors import UserError, first_line
 from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
 
 CONFIG = "jaxdiff_model.json"
+PARAM_DTYPES = ("float32", "float16", "bfloat16", "float64")
 MODELS: dict[str, type[nnx.Module]] = {
     cls.__name__: cls for cls in (UNet, AutoencoderKL, CLIPTextTransformer)
 }
@@ -68,6 +69,11 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), dict):
         raise UserError(f"{path} has no architecture object; accepted: a file jaxdiff wrote")
+    if config.get("param_dtype", "float32") not in PARAM_DTYPES:
+        raise UserError(
+            f"{path} has param_dtype {config.get('param_dtype')!r}; accepted: "
+            f"{', '.join(PARAM_DTYPES)}"
+        )
     if config.get("class") not in MODELS:
         raise UserError(
             f"{path} names class {config.get('class')!r}; accepted: {', '.join(MODELS)}"

@@ -108,6 +108,8 @@ def read_model_index(directory: Path) -> dict[str, Any]:
         model_index = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(model_index, dict):
+        raise UserError(f"{path} holds a {type(model_index).__name__}; accepted: a JSON object")
     missing = [name for name in COMPONENTS if not (directory / name).is_dir()]
     if missing:
         raise UserError(f"{directory} lacks the component folders {', '.join(missing)}")

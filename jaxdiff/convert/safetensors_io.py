@@ -79,6 +79,10 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    return _NAMES.get(dtype, "") in ("F64", "F32", "F16", "BF16")
+
+
 def _entry(path: Path, name: str, info: object) -> tuple[np.dtype, tuple[int, ...], list[int]]:
     """(dtype, shape, [begin, end]) of one header entry, checked."""
     valid = (
@@ -113,8 +117,9 @@ def write_safetensors(
     metadata: Mapping[str, str] | None = None,
     dtype: np.dtype | None = None,
 ) -> None:
-    """Writes ``tensors`` (cast to ``dtype`` if given) as one safetensors file, in the reference
-    writer's order (by dtype, then name) with its 8-byte header padding; little-endian hosts.
+    """Writes ``tensors`` (floating ones cast to ``dtype`` if given) as one safetensors file, in
+    the reference writer's order (by dtype, then name) with its 8-byte header padding;
+    little-endian hosts.
 
     Tensors are made contiguous and cast one at a time while writing, so a model is never copied
     whole. The file is written under a temporary name, synced and renamed: a crash never leaves a
@@ -122,7 +127,10 @@ def write_safetensors(
     """
     path = Path(path)
     arrays = {name: np.asarray(value) for name, value in tensors.items()}  # views, no copies
-    dtypes = {name: np.dtype(dtype) if dtype else value.dtype for name, value in arrays.items()}
+    dtypes = {
+        name: np.dtype(dtype) if dtype and _is_float(value.dtype) else value.dtype
+        for name, value in arrays.items()
+    }
     for name, value_dtype in dtypes.items():
         if value_dtype not in _NAMES:
             raise UserError(
@@ -140,7 +148,7 @@ def write_safetensors(
             "data_offsets": [offset, offset + nbytes],
         }
         offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     encoded += b" " * (-len(encoded) % 8)
     partial = path.with_name(path.name + ".partial")
     try:

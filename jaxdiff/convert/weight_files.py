@@ -12,6 +12,7 @@ import json
 import warnings
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from jaxdiff.convert.safetensors_io import read_safetensors
@@ -97,7 +98,10 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
                 f"{path} holds {name!r}: a {type(value).__name__}; accepted: a dict of tensors"
             )
     return {
-        name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in state.items()
+        name: t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        if t.dtype == torch.bfloat16
+        else t.numpy()
+        for name, t in state.items()
     }
 
 

@@ -18,7 +18,13 @@ import pytest
 import torch
 from flax import nnx
 
-from jaxdiff.convert import from_diffusers, load_pipeline_components, native, to_diffusers
+from jaxdiff.convert import (
+    convert,
+    from_diffusers,
+    load_pipeline_components,
+    native,
+    to_diffusers,
+)
 from jaxdiff.convert.safetensors_io import read_safetensors, write_safetensors
 from jaxdiff.errors import UserError
 
@@ -149,8 +155,6 @@ def test_per_level_values_that_agree_are_accepted(unet_dir, saved_unets):
 
 
 def test_jaxdiff_folder_with_a_broken_config(saved_vaes, tmp_path):
-    from jaxdiff.convert import native
-
     native.save(from_diffusers(saved_vaes["no_mid_attention"][1]), tmp_path / "native")
     (tmp_path / "native" / native.CONFIG).write_text("{not json")
     _error(lambda: native.load(tmp_path / "native"), "is not valid JSON")
@@ -495,3 +499,46 @@ def test_writing_into_a_non_empty_folder_is_refused(saved_vaes, tmp_path, save):
     assert [p.name for p in tmp_path.iterdir()] == ["target"]
     assert [p.name for p in target.iterdir()] == ["config.json"]
     assert (target / "config.json").read_text() == "mine"
+
+
+def test_bfloat16_bin_weights_stay_bfloat16(saved_vaes, vae_bin):
+    import ml_dtypes
+
+    from jaxdiff.convert.conversion import stored_dtype
+
+    reference = saved_vaes["no_mid_attention"][0]
+    torch.save({k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()}, vae_bin)
+    assert stored_dtype(vae_bin.parent, None) == np.dtype(ml_dtypes.bfloat16)
+    model = from_diffusers(vae_bin.parent, param_dtype=ml_dtypes.bfloat16)
+    kernel = np.asarray(model.decoder.conv_out.kernel[...])
+    expected = reference.decoder.conv_out.weight.detach().to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(kernel.astype(np.float32), expected.transpose(2, 3, 1, 0))
+
+
+def test_zero_groups_is_a_one_line_error(unet_dir):
+    _edit_config(unet_dir, {"norm_num_groups": 0})
+    _error(lambda: from_diffusers(unet_dir), "unsupported architecture")
+
+
+def test_model_index_that_is_not_an_object(saved_pipeline, tmp_path):
+    folder = _copy(saved_pipeline, tmp_path)
+    (folder / "model_index.json").write_text("[1, 2]")
+    _error(lambda: load_pipeline_components(folder), "model_index.json holds a list")
+
+
+def test_jaxdiff_folder_with_an_unknown_dtype(saved_vaes, tmp_path):
+    native.save(from_diffusers(saved_vaes["no_mid_attention"][1]), tmp_path / "native")
+    config = json.loads((tmp_path / "native" / native.CONFIG).read_text())
+    config["param_dtype"] = "foo"
+    (tmp_path / "native" / native.CONFIG).write_text(json.dumps(config))
+    _error(lambda: native.load(tmp_path / "native"), "param_dtype 'foo'; accepted: float32")
+
+
+@pytest.mark.parametrize("where", ["inside", "under-a-file"])
+def test_output_folders_that_cannot_be_used(saved_vaes, tmp_path, where):
+    folder = _copy(saved_vaes["no_mid_attention"][1], tmp_path)
+    (tmp_path / "a_file").write_text("")
+    out = folder / "out" if where == "inside" else tmp_path / "a_file" / "out"
+    words = "is inside" if where == "inside" else "cannot be created"
+    _error(lambda: convert(folder, out, "jaxdiff"), words)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", UNET_WEIGHTS]

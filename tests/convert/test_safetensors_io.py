@@ -66,9 +66,14 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_writes_in_another_dtype_without_changing_the_input(tmp_path):
+def test_casts_floating_tensors_only_and_leaves_the_input(tmp_path):
     write_safetensors(tmp_path / "half.safetensors", TENSORS, dtype=np.float16)
     read = read_safetensors(tmp_path / "half.safetensors")
-    assert {v.dtype for v in read.values()} == {np.dtype(np.float16)}
+    assert {k: v.dtype for k, v in read.items()} == {
+        **{k: v.dtype for k, v in TENSORS.items()},
+        "b.weight": np.dtype(np.float16),
+        "a.half": np.dtype(np.float16),
+        "empty": np.dtype(np.float16),
+    }
     np.testing.assert_array_equal(read["b.weight"], TENSORS["b.weight"].astype(np.float16))
     assert TENSORS["b.weight"].dtype == np.float32
