@@ -20,6 +20,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.convert import diffusers, transformers_clip
+from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.name_tables import NameTable, load_into, state_dict
 from jaxdiff.convert.output_folder import atomic_folder
 from jaxdiff.convert.safetensors_io import write_safetensors
@@ -114,13 +115,7 @@ def read_config(directory: Path) -> dict[str, Any]:
             f"{directory} has no config.json{hint}; accepted: a diffusers or transformers "
             "component folder (config.json + weights)"
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path} holds a {type(config).__name__}; accepted: a JSON object")
-    return config
+    return read_json_object(path)
 
 
 def component_format(config: dict[str, Any], source: str) -> ComponentFormat:

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.convert.components import build_model
+from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.output_folder import atomic_folder
 from jaxdiff.errors import UserError, first_line
 from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
@@ -63,11 +64,8 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise UserError(
             f"{directory} has no {CONFIG}; accepted: a folder written by jaxdiff convert"
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("architecture"), dict):
+    config = read_json_object(path)
+    if not isinstance(config.get("architecture"), dict):
         raise UserError(f"{path} has no architecture object; accepted: a file jaxdiff wrote")
     if config.get("param_dtype", "float32") not in PARAM_DTYPES:
         raise UserError(

@@ -10,7 +10,6 @@ is returned as a dict for the sampling pipelines.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from jax.typing import DTypeLike
 
 from jaxdiff.convert import native
 from jaxdiff.convert.components import from_diffusers
+from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.weight_files import WEIGHT_FILES, with_variant
 from jaxdiff.errors import UserError, first_line
 
@@ -104,12 +104,7 @@ def read_model_index(directory: Path) -> dict[str, Any]:
             f"{directory} has no model_index.json; accepted: a diffusers model folder "
             "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
         )
-    try:
-        model_index = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(model_index, dict):
-        raise UserError(f"{path} holds a {type(model_index).__name__}; accepted: a JSON object")
+    model_index = read_json_object(path)
     missing = [name for name in COMPONENTS if not (directory / name).is_dir()]
     if missing:
         raise UserError(f"{directory} lacks the component folders {', '.join(missing)}")
@@ -145,6 +140,6 @@ def load_pipeline_components(
     return PipelineComponents(
         **networks,
         tokenizer=AutoTokenizer.from_pretrained(directory / "tokenizer"),
-        scheduler_config=json.loads(scheduler_path.read_text()),
+        scheduler_config=read_json_object(scheduler_path),
         model_index=model_index,
     )

@@ -8,13 +8,13 @@ diffusers names them ``diffusion_pytorch_model[.variant].safetensors`` and trans
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
+from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.safetensors_io import read_safetensors
 from jaxdiff.errors import UserError, first_line
 
@@ -60,10 +60,7 @@ def find_weights(directory: Path, variant: str | None = None) -> list[Path]:
 
 def _shards(index: Path) -> list[Path]:
     """The shard files a `*.index.json` names, checked to exist."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UserError(f"{index} is not a shard index: {error!r}") from None
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise UserError(
             f"{index} has a weight_map of {type(weight_map).__name__}; accepted: "

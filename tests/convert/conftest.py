@@ -12,40 +12,33 @@ from reference_models import (
 )
 
 
-@pytest.fixture(scope="session")
-def saved_unets(tmp_path_factory):
-    """{name: (diffusers UNet2DConditionModel, folder)} for every `UNET_CONFIGS` entry."""
+def _save_all(tmp_path_factory, kind: str, names, build) -> dict:
+    """{name: (reference model, folder it saved itself to)} for each of `names`."""
     out = {}
-    for name, config in UNET_CONFIGS.items():
-        model = build_unet(config)
-        folder = tmp_path_factory.mktemp(f"unet_{name}")
+    for name in names:
+        model = build(name)
+        folder = tmp_path_factory.mktemp(f"{kind}_{name}")
         model.save_pretrained(folder)
         out[name] = (model, folder)
     return out
+
+
+@pytest.fixture(scope="session")
+def saved_unets(tmp_path_factory):
+    """diffusers UNet2DConditionModels for every `UNET_CONFIGS` entry."""
+    return _save_all(tmp_path_factory, "unet", UNET_CONFIGS, lambda n: build_unet(UNET_CONFIGS[n]))
 
 
 @pytest.fixture(scope="session")
 def saved_vaes(tmp_path_factory):
-    """{name: (diffusers AutoencoderKL, folder)} for every `VAE_CONFIGS` entry."""
-    out = {}
-    for name, config in VAE_CONFIGS.items():
-        model = build_vae(config)
-        folder = tmp_path_factory.mktemp(f"vae_{name}")
-        model.save_pretrained(folder)
-        out[name] = (model, folder)
-    return out
+    """diffusers AutoencoderKLs for every `VAE_CONFIGS` entry."""
+    return _save_all(tmp_path_factory, "vae", VAE_CONFIGS, lambda n: build_vae(VAE_CONFIGS[n]))
 
 
 @pytest.fixture(scope="session")
 def saved_clips(tmp_path_factory):
-    """{name: (transformers CLIP text model, folder)} for every `CLIP_CONFIGS` entry."""
-    out = {}
-    for name in CLIP_CONFIGS:
-        model = build_clip(name)
-        folder = tmp_path_factory.mktemp(f"clip_{name}")
-        model.save_pretrained(folder)
-        out[name] = (model, folder)
-    return out
+    """transformers CLIP text models for every `CLIP_CONFIGS` entry."""
+    return _save_all(tmp_path_factory, "clip", CLIP_CONFIGS, build_clip)
 
 
 @pytest.fixture(scope="session")
