@@ -2,6 +2,8 @@
 
     jaxdiff train --config configs/shapes_t2i.py[:tiny] --workdir W [--config.train.steps=100 ...]
     jaxdiff sample --workdir W --prompt "a red circle in the center" --seed 0 --steps 20
+    jaxdiff sample --pretrained stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a fox" \
+        [--negative-prompt ...] [--image in.png [--strength 0.6] [--mask mask.png]]
     jaxdiff compare-samplers --config configs/compare_samplers_gmm.py --out DIR
     jaxdiff compare-samplers --config configs/compare_samplers_shapes.py --workdir W --out DIR
     jaxdiff convert stable-diffusion-v1-5/stable-diffusion-v1-5 sd15-jaxdiff --to jaxdiff
@@ -28,6 +30,14 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+# The sampling defaults of a trained jaxdiff run and of Stable Diffusion weights (diffusers').
+SAMPLE_DEFAULTS = {
+    "--workdir": {"--steps": 20, "--guidance": 3.0, "--sampler": "heun", "--num-images": 4},
+    "--pretrained": {"--steps": 50, "--guidance": 7.5, "--sampler": "ddim", "--num-images": 1},
+}
+_PRETRAINED_ONLY = ("height", "width", "image", "mask", "strength")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxdiff", description="Text-to-image diffusion research in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -39,15 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, type=Path, help="checkpoints, logs and samples")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    sample = commands.add_parser("sample", help="sample images for prompts from a trained model")
-    sample.add_argument("--workdir", required=True, type=Path, help="a trained text-to-image run")
+    sample = commands.add_parser(
+        "sample", help="sample images for prompts from a trained run or Stable Diffusion weights"
+    )
+    model = sample.add_mutually_exclusive_group(required=True)
+    model.add_argument("--workdir", type=Path, help="a trained text-to-image run")
+    model.add_argument("--pretrained", help="a diffusers Stable Diffusion folder or hub id")
     sample.add_argument("--prompt", required=True, action="append", help="repeat for several")
     sample.add_argument("--negative-prompt", default="", help="steers away from this prompt")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--steps", type=int, default=20, help="sampler steps (> 0)")
-    sample.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance >= 0")
-    sample.add_argument("--sampler", default="heun", help="a name from jaxdiff.samplers.names()")
-    sample.add_argument("--num-images", type=int, default=4, help="images per prompt")
+    for flag, kind, text in (
+        ("--steps", int, "sampler steps (> 0)"),
+        ("--guidance", float, "classifier-free guidance >= 0"),
+        ("--sampler", str, "a name from jaxdiff.samplers.names()"),
+        ("--num-images", int, "images per prompt"),
+    ):
+        defaults = ", ".join(f"{mode}: {d[flag]}" for mode, d in SAMPLE_DEFAULTS.items())
+        sample.add_argument(flag, type=kind, help=f"{text} (default {defaults})")
+    sample.add_argument("--height", type=int, help="--pretrained: image height (the model's)")
+    sample.add_argument("--width", type=int, help="--pretrained: image width (the model's)")
+    sample.add_argument("--image", type=Path, help="--pretrained: start image (img2img, inpaint)")
+    sample.add_argument("--mask", type=Path, help="--pretrained: inpaint where the mask is white")
+    sample.add_argument(
+        "--strength", type=float, help="--pretrained with --image: 0 < s <= 1 (0.8; inpaint 1)"
+    )
     sample.add_argument("--out", type=Path, help="PNG path (default: WORKDIR/samples/...)")
 
     compare = commands.add_parser(
@@ -111,12 +136,22 @@ def _sample(args: argparse.Namespace) -> int:
     from jaxdiff.train.trainer import load_model, load_task
 
     # Every argument is checked before the weights are loaded.
+    mode = "--pretrained" if args.pretrained is not None else "--workdir"
+    for flag, default in SAMPLE_DEFAULTS[mode].items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.num_images <= 0:
         raise UserError(f"--num-images must be > 0, got {args.num_images}")
     check_sampling(args.steps, args.guidance, args.seed, prefix="--")
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {str(args.out)!r} is a directory; give a .png file path")
     samplers.get(args.sampler)
+    if mode == "--pretrained":
+        return _sample_pretrained(args)
+    for name in _PRETRAINED_ONLY:
+        if getattr(args, name) is not None:
+            raise UserError(f"--{name} goes with --pretrained, not --workdir")
     task = load_task(args.workdir)
     if not hasattr(task, "pipeline"):
         raise UserError(
@@ -135,15 +170,7 @@ def _sample(args: argparse.Namespace) -> int:
         sampler=args.sampler,
     )
     out = args.out or args.workdir / "samples" / f"{_slug(args.prompt[0])}_seed{args.seed}.png"
-    text = {
-        "prompt": " | ".join(args.prompt),
-        "negative_prompt": args.negative_prompt,
-        "seed": args.seed,
-        "sampler": args.sampler,
-        "steps": args.steps,
-        "guidance": args.guidance,
-    }
-    images.save_png(out, images.grid(pictures, columns=args.num_images), text, scale=4)
+    images.save_png(out, images.grid(pictures, columns=args.num_images), _png_text(args), scale=4)
     print(f"wrote {out}")
     return 0
 
@@ -191,6 +218,72 @@ def _convert(args: argparse.Namespace) -> int:
     dtype = getattr(jnp, args.dtype) if args.dtype else None
     written = convert(args.source, args.out, args.to, dtype=dtype, variant=args.variant)
     print(f"wrote {args.out}: {', '.join(written)}")
+    return 0
+
+
+def _png_text(args: argparse.Namespace) -> dict[str, object]:
+    """How a sample was made, for its PNG text chunks."""
+    return {
+        "prompt": " | ".join(args.prompt),
+        "negative_prompt": args.negative_prompt,
+        "seed": args.seed,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
+    }
+
+
+def _read_image(path: Path, mode: str, flag: str):
+    """The image file `path` as a PIL image in `mode` ("RGB" or "L")."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            return picture.convert(mode)
+    except (OSError, UnidentifiedImageError) as error:
+        raise UserError(f"{flag} {str(path)!r} is not a readable image ({error})") from error
+
+
+def _sample_pretrained(args: argparse.Namespace) -> int:
+    """`jaxdiff sample --pretrained`: text-to-image, img2img (--image) or inpainting (--image
+    --mask) with a Stable Diffusion model; one grid PNG, a row per prompt."""
+    import numpy as np
+
+    from jaxdiff import images
+    from jaxdiff.pipelines import StableDiffusion
+
+    if args.image is None and (args.mask is not None or args.strength is not None):
+        raise UserError("--mask and --strength need --image (the image to start from)")
+    if args.image is not None and (args.height is not None or args.width is not None):
+        raise UserError("--height and --width go with text-to-image; --image sets the size")
+    if args.strength is not None and not 0.0 < args.strength <= 1.0:
+        raise UserError(f"--strength {args.strength} must be in (0, 1]")
+    image = None if args.image is None else _read_image(args.image, "RGB", "--image")
+    mask = None if args.mask is None else _read_image(args.mask, "L", "--mask")
+    pipe = StableDiffusion.from_pretrained(args.pretrained)
+    settings = dict(
+        negative_prompt=args.negative_prompt or None,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        sampler=args.sampler,
+        seed=args.seed,
+        num_images_per_prompt=args.num_images,
+    )
+    text = {"model": args.pretrained, **_png_text(args)}
+    if image is None:
+        pictures = pipe(args.prompt, height=args.height, width=args.width, **settings)
+    elif mask is None:
+        strength = 0.8 if args.strength is None else args.strength
+        pictures = pipe.img2img(args.prompt, image, strength=strength, **settings)
+        text |= {"image": args.image, "strength": strength}
+    else:
+        strength = 1.0 if args.strength is None else args.strength
+        pictures = pipe.inpaint(args.prompt, image, mask, strength=strength, **settings)
+        text |= {"image": args.image, "mask": args.mask, "strength": strength}
+    out = args.out or Path("samples") / f"{_slug(args.prompt[0])}_seed{args.seed}.png"
+    pixels = np.round(pictures * 255.0).astype(np.uint8)  # [B, H, W, 3]
+    images.save_png(out, images.grid(pixels, columns=args.num_images), text)
+    print(f"wrote {out}")
     return 0
 
 

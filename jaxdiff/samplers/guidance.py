@@ -58,8 +58,12 @@ def cfg(
 
     cond, uncond: pytrees with the same structure, leaves [B, ...]. `scale` is the guidance weight
     w (1 is the plain conditional denoiser; a Python 1 skips the unconditional half entirely);
-    `rescale` is phi in [0, 1]. Returns `denoise(x [B, ...], sigma []) -> x0_hat [B, ...]`
+    `rescale` is phi in [0, 1]. Returns `denoise(x [B, ...], sigma [] or [B]) -> x0_hat [B, ...]`
     in at least float32.
+
+    The same transform guides a network `net(x_in, t, cond) -> F` instead of a denoiser: since
+    CFG is affine, guiding F (eps or v) gives the same x0 as guiding the denoiser, and the rescale
+    then acts on F, as in diffusers' pipelines.
     """
     if isinstance(rescale, int | float) and not 0.0 <= rescale <= 1.0:
         raise UserError(f"guidance rescale={rescale} must be in [0, 1]")
@@ -68,6 +72,7 @@ def cfg(
     both = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond)  # leaves [2B, ...]
 
     def guided(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        sigma = sigma if jnp.ndim(sigma) == 0 else jnp.concatenate([sigma, sigma])  # [] or [2B]
         out = _at_least_f32(denoise_cond(jnp.concatenate([x, x]), sigma, both))  # [2B, ...]
         d_u, d_c = jnp.split(out, 2)  # [B, ...] each
         d_cfg = d_u + scale * (d_c - d_u)

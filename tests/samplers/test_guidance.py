@@ -41,6 +41,26 @@ def test_cfg_is_one_batched_call_and_the_hand_formula():
     np.testing.assert_allclose(out, d_u + 7.5 * (d_c - d_u), rtol=1e-5, atol=1e-6)
 
 
+def test_per_example_sigma_goes_with_both_halves():
+    """A network `net(x, t [B], cond)` guided the same way: t is doubled with the batch."""
+    x, cond, uncond = _inputs()
+    sigma = jnp.asarray([0.5, 1.0, 2.0])  # [B]
+
+    def net(x, t, cond):
+        return 0.5 * x + t[:, None, None] * cond["emb"]
+
+    out = samplers.cfg(net, cond, uncond, scale=3.0)(x, sigma)
+
+    def row(tree, i):
+        return jax.tree.map(lambda a: a[i : i + 1], tree)
+
+    per_example = [
+        samplers.cfg(net, row(cond, i), row(uncond, i), 3.0)(x[i : i + 1], sigma[i : i + 1])
+        for i in range(B)
+    ]
+    np.testing.assert_allclose(out, jnp.concatenate(per_example), rtol=1e-6)
+
+
 def test_scale_one_is_the_conditional_denoiser():
     x, cond, uncond = _inputs()
     d = CountingDenoiser()

@@ -1,0 +1,58 @@
+"""Prompts to token ids as Stable Diffusion's pipelines tokenize them.
+
+Every prompt is padded to the tokenizer's `model_max_length` (77 for CLIP) and cut there, as
+diffusers does; a prompt that is cut gives a warning naming the words dropped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxdiff.configuration import require
+
+
+def prompt_list(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:
+    """A prompt or a non-empty sequence of prompts as a list of strings."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    require(len(prompts) > 0, f"no {what} given; pass a string or a non-empty list of strings")
+    for p in prompts:
+        require(isinstance(p, str), f"{what} {p!r} is not a string")
+    return prompts
+
+
+def negative_prompt_list(negative: str | Sequence[str] | None, count: int) -> list[str]:
+    """One negative prompt per prompt: None is the empty prompt, a string applies to all."""
+    if negative is None:
+        return [""] * count
+    if isinstance(negative, str):
+        return [negative] * count
+    negatives = prompt_list(negative, "negative_prompt")
+    require(
+        len(negatives) == count,
+        f"{len(negatives)} negative prompts for {count} prompts; give one per prompt, one "
+        "string for all, or None",
+    )
+    return negatives
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> np.ndarray:
+    """Token ids `[N, model_max_length]` int32, padded and cut at the tokenizer's limit; warns
+    once per prompt that is cut, naming the words dropped."""
+    limit = tokenizer.model_max_length
+    ids = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True)[
+        "input_ids"
+    ]
+    full = tokenizer(list(prompts), padding=False, truncation=False, verbose=False)["input_ids"]
+    for prompt, tokens in zip(prompts, full, strict=True):
+        if len(tokens) > limit:
+            # The cut keeps the first limit - 1 tokens and the end token.
+            dropped = tokenizer.decode(tokens[limit - 1 : -1])
+            warnings.warn(
+                f"prompt {prompt[:40]!r}... is longer than the tokenizer's {limit} tokens; "
+                f"these words were dropped: {dropped!r}",
+                stacklevel=3,
+            )
+    return np.asarray(ids, np.int32)

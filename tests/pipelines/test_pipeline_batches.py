@@ -1,0 +1,73 @@
+"""Every image has its own key: the same seed gives the same image on 1 or 8 devices and in a
+batch of 1 or 4; the compiled loop is reused for new prompts, seeds and guidance scales."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdiff.pipelines.stable_diffusion import StableDiffusion
+
+# Float differences of batched vs unbatched convolutions on CPU.
+TOLERANCE = 1e-5
+
+
+@functools.cache
+def _pipe(folder, devices: int) -> StableDiffusion:
+    return StableDiffusion.from_pretrained(folder, devices=jax.local_devices()[:devices])
+
+
+@pytest.mark.parametrize(
+    ("mode", "sampler"), [("text", "euler_ancestral"), ("img2img", "dpmpp_2m_sde")]
+)
+def test_same_images_on_one_and_eight_devices_and_any_batch(sd_folders, mode, sampler):
+    """A stochastic sampler, so the sampler's noise is per image too; img2img also samples the
+    VAE posterior per image."""
+    folder = sd_folders["epsilon"]
+    image = np.random.RandomState(0).rand(16, 16, 3).astype(np.float32)
+    settings = dict(num_inference_steps=3, sampler=sampler, guidance_scale=4.0)
+
+    def run(pipe, prompts, **extra):
+        if mode == "text":
+            return pipe(prompts, **settings, **extra)
+        return pipe.img2img(prompts, image, strength=0.7, **settings, **extra)
+
+    prompts = ["a cat", "b", "c", "d"]
+    one_device = _pipe(folder, 1)
+    eight_devices = _pipe(folder, 8)
+    single = run(one_device, prompts[:1], seed=7)  # [1, H, W, 3]
+    batch_one_device = run(one_device, prompts, seed=7)  # [4, H, W, 3]
+    batch_eight = run(eight_devices, prompts, seed=7)
+    repeated = run(eight_devices, prompts[:1], seed=7, num_images_per_prompt=4)
+    other_seed = run(eight_devices, prompts[:1], seed=8)
+    assert batch_eight.shape == (4, 16, 16, 3) and repeated.shape == (4, 16, 16, 3)
+    np.testing.assert_allclose(batch_one_device, batch_eight, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(single[0], batch_eight[0], rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(repeated[0], batch_eight[0], rtol=0, atol=TOLERANCE)
+    # The other images of a prompt differ: each has its own noise.
+    assert np.abs(repeated[1] - repeated[0]).max() > 0.05
+    assert np.abs(other_seed[0] - single[0]).max() > 0.05
+
+
+def test_new_prompt_seed_and_guidance_do_not_recompile(sd_folders):
+    pipe = _pipe(sd_folders["v_prediction"], 8)
+    settings = dict(num_inference_steps=2, sampler="dpmpp_2m")
+    first = pipe(["a red cat", "sky"], seed=0, guidance_scale=5.0, **settings)
+    compiles = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        second = pipe(
+            ["a blue dog", "red"], seed=1, guidance_scale=3.0, guidance_rescale=0.5, **settings
+        )
+        assert compiles == []
+        assert np.abs(first - second).max() > 0.05
+        pipe(["a"], seed=1, guidance_scale=3.0, num_inference_steps=3)  # more steps compile
+        assert compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
