@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxdiff import parallel
 from jaxdiff.errors import UserError
 
 # Combinations never shown in training: each shape, colour and position still appears in others.
@@ -40,7 +41,14 @@ def train(steps: int, batch_size: int, learning_rate: float) -> ml_collections.C
             "adam_b1": 0.9,
             "adam_b2": 0.99,
             "adam_eps": 1e-8,
+            "lr_schedule": "cosine",
+            "micro_batches": 1,  # gradient accumulation: micro-batches per step
+            "remat": False,  # recompute each UNet block's activations in the backward pass
+            "on_nonfinite": "stop",  # or "skip": skip the update and count it
             "ema_rate": 0.999,
+            "ema_warmup": True,
+            "ema_half_life_images": 0.0,  # > 0: EMA by half-life in images instead of ema_rate
+            "ema_rampup": 0.0,
             "log_every": max(1, min(50, steps // 10)),
             "checkpoint_every": max(1, steps // 4),
             "keep_checkpoints": 2,
@@ -62,5 +70,8 @@ def base(task: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = task
     config.seed = 0
+    # Data parallel over every device; set fsdp (and data) to shard the weights.
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    config.sharding_rules = ml_collections.ConfigDict(dict(parallel.FSDP_RULES))
     config.model = ml_collections.ConfigDict({"dtype": "float32"})
     return config

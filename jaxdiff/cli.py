@@ -125,6 +125,12 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(args.config, overrides)
     metrics = train(config, args.workdir, progress=not args.no_progress)
+    if metrics["preempted"]:
+        print(
+            f"stopped by SIGTERM after step {metrics['steps']}, checkpoint saved in "
+            f"{args.workdir}; run the same command to resume"
+        )
+        return 0
     print(f"trained {metrics['steps']} steps in {args.workdir}: loss {metrics.get('loss', 'n/a')}")
     return 0
 

@@ -1,29 +1,144 @@
-"""Device mesh and shardings: data parallelism over every device, no pmap.
+"""Device mesh, logical-axis sharding rules, batch sharding and multi-host start-up. No pmap.
 
-The train step is ``jax.jit`` with explicit shardings: parameters, optimizer state and EMA are
-replicated, the batch is split along its first axis over the ``data`` mesh axis. Host batches
-become global arrays through ``jax.make_array_from_process_local_data``, which is multi-host safe.
+The mesh has up to three named axes: ``data`` (pure data parallelism: parameters replicated),
+``fsdp`` (data parallelism with parameters, optimizer state and EMA split across it, ZeRO-3 /
+fully sharded data parallel) and ``tensor`` (parameters split, batch replicated). Parameters carry
+logical axis names (``jaxdiff.models.LOGICAL_AXES``); the config's rules map each name to a mesh
+axis or to None. The batch is split along its first axis over ``data`` x ``fsdp``.
+
+A run with several processes (one per host) starts with ``jax.distributed.initialize``; every
+process then builds the same global arrays, each supplying only the rows of the batch that its
+own devices hold (``jax.make_array_from_process_local_data``).
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
+
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff.errors import UserError
+from jaxdiff.models.layers import LOGICAL_AXES
+
+MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp")  # the batch is split over these, in this order
+
+FSDP_RULES: dict[str, str | None] = {
+    name: "fsdp" if name in ("heads", "mlp", "conv_out", "vocab") else None for name in LOGICAL_AXES
+}
+"""Fully sharded data parallelism: every weight split along its output-side axis (no parameter
+carries two of these names; see ``jaxdiff.models.layers``), norms replicated."""
 
 
-def data_mesh(batch_size: int) -> Mesh:
-    """A 1-D ``data`` mesh over all devices; the global batch must divide evenly over it."""
-    devices = jax.device_count()
-    if batch_size % devices:
+def axis_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """The mesh axis sizes of ``shape`` (``-1`` fills the rest) over ``device_count`` devices."""
+    unknown = sorted(set(shape) - set(MESH_AXES))
+    if unknown:
+        raise UserError(f"unknown mesh axis {unknown[0]!r}; accepted: {', '.join(MESH_AXES)}")
+    sizes = {name: int(shape.get(name, 1)) for name in MESH_AXES}
+    described = " x ".join(f"{name}={size}" for name, size in sizes.items())
+    fill = [name for name, size in sizes.items() if size == -1]
+    if len(fill) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
         raise UserError(
-            f"train.batch_size {batch_size} is not divisible by the {devices} devices; "
-            f"use a multiple of {devices}"
+            f"mesh {described} is not valid; accepted: positive sizes and at most one -1"
         )
-    return jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if fill:
+        if device_count % fixed:
+            raise UserError(
+                f"mesh {described} does not divide the {device_count} devices "
+                f"({fixed} does not divide {device_count})"
+            )
+        sizes[fill[0]] = device_count // fixed
+    elif fixed != device_count:
+        raise UserError(
+            f"mesh {described} has {fixed} devices, but the run has {device_count}; "
+            "make the sizes multiply to the device count or set one to -1"
+        )
+    return sizes
+
+
+def make_mesh(shape: Mapping[str, int], devices: list[jax.Device] | None = None) -> Mesh:
+    """A mesh over ``devices`` (all of them by default) with axes ``data``, ``fsdp``, ``tensor``,
+    Auto axis types (shardings propagate through the step; no explicit-sharding annotations)."""
+    devices = jax.devices() if devices is None else devices
+    sizes = axis_sizes(shape, len(devices))
+    return jax.make_mesh(
+        tuple(sizes.values()),
+        MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+        devices=devices,
+    )
+
+
+def check_rules(rules: Mapping[str, str | None]) -> dict[str, str | None]:
+    """``rules`` (logical axis name -> mesh axis or None) validated; names not given are None."""
+    for name, axis in rules.items():
+        if name not in LOGICAL_AXES:
+            raise UserError(
+                f"unknown logical axis {name!r} in the sharding rules; "
+                f"accepted: {', '.join(LOGICAL_AXES)}"
+            )
+        if axis is not None and axis not in MESH_AXES:
+            raise UserError(
+                f"sharding rule {name} -> {axis!r} names no mesh axis; "
+                f"accepted: {', '.join(MESH_AXES)} or None"
+            )
+    return {name: rules.get(name) for name in LOGICAL_AXES}
+
+
+def partition_spec(
+    names: tuple[str | None, ...] | None, shape: tuple[int, ...], rules: dict, mesh: Mesh
+) -> P:
+    """The spec of one array whose axes carry logical ``names``.
+
+    A dimension that its mesh axis does not divide evenly (a 4-channel output convolution on 8
+    devices, say), a mesh axis of size 1 and a mesh axis already used by an earlier dimension
+    leave that dimension unsplit.
+    """
+    if not names:
+        return P()
+    spec: list[str | None] = []
+    for name, size in zip(names, shape, strict=True):
+        axis = rules[name] if name is not None else None
+        if axis is None or mesh.shape[axis] == 1 or size % mesh.shape[axis] or axis in spec:
+            axis = None
+        spec.append(axis)
+    return P(*spec)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: dict) -> nnx.State:
+    """A ``NamedSharding`` for every Variable of ``state`` (concrete or abstract) from its
+    logical axis names; Variables without names (step counters, scalars) are replicated."""
+
+    def sharding(variable: nnx.Variable) -> nnx.Variable:
+        names = variable.get_metadata().get("out_sharding")
+        spec = partition_spec(names, np.shape(variable.get_raw_value()), rules, mesh)
+        return variable.replace(NamedSharding(mesh, spec))
+
+    return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch is split: ``data`` x ``fsdp``."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def check_batch(batch_size: int, mesh: Mesh, micro_batches: int = 1) -> None:
+    """Each micro-batch must split evenly over the data-parallel devices."""
+    size = data_parallel_size(mesh)
+    if batch_size % (micro_batches * size):
+        raise UserError(
+            f"train.batch_size {batch_size} is not divisible by train.micro_batches "
+            f"{micro_batches} x the data-parallel size {size} (data={mesh.shape['data']} x "
+            f"fsdp={mesh.shape['fsdp']}); use a multiple of {micro_batches * size}"
+        )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -31,19 +146,55 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Split the leading (batch) axis over ``data``."""
-    return NamedSharding(mesh, P("data"))
+    """Split the leading (batch) axis over ``data`` x ``fsdp``."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def shard_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """The global host batch to global arrays split over the mesh; each process contributes
-    only its own contiguous slice of the batch."""
-    count, index = jax.process_count(), jax.process_index()
-
-    def local(a: np.ndarray) -> jax.Array:
-        part = a.shape[0] // count
-        return jax.make_array_from_process_local_data(
-            sharding, a[index * part : (index + 1) * part]
+def process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray:
+    """The rows of a global batch that this process's devices hold: the only rows it reads."""
+    blocks = sharding.addressable_devices_indices_map((batch_size,)).values()
+    rows = np.unique(np.concatenate([np.arange(batch_size)[index[0]] for index in blocks]))
+    if rows.size and rows[-1] - rows[0] + 1 != rows.size:
+        raise UserError(
+            "this process's devices hold non-contiguous rows of the batch; "
+            "order the mesh devices by process"
         )
+    return rows
 
-    return jax.tree.map(local, batch)
+
+def shard_batch(
+    local: dict[str, np.ndarray], sharding: NamedSharding, batch_size: int
+) -> dict[str, jax.Array]:
+    """This process's rows of the batch (from ``process_rows``) to global arrays on the mesh."""
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, a, (batch_size, *a.shape[1:])),
+        local,
+    )
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-process run when the environment describes one.
+
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` give the coordinator
+    (``host:port``), the number of processes and this process's index; on TPU pods, Slurm and
+    other clusters that JAX detects, ``JAXDIFF_DISTRIBUTED=1`` lets JAX find them itself. On CPU
+    the processes exchange data through gloo.
+    """
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address is None and os.environ.get("JAXDIFF_DISTRIBUTED") != "1":
+        return
+    if jax.distributed.is_initialized():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only
+    if address is None:
+        jax.distributed.initialize()
+        return
+    try:
+        count = int(os.environ["JAX_NUM_PROCESSES"])
+        index = int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise UserError(
+            f"JAX_COORDINATOR_ADDRESS={address} needs JAX_NUM_PROCESSES and JAX_PROCESS_ID "
+            "set to integers"
+        ) from None
+    jax.distributed.initialize(address, num_processes=count, process_id=index)

@@ -101,13 +101,11 @@ class Diffusion:
         )  # [B]
         return denoising_loss(out, target, weight)
 
-    def loss(self, net: Network, x0: jax.Array, key: jax.Array, *cond: Any) -> jax.Array:
-        """Per-example training loss [B] for clean data x0 [B, ...].
-
-        Draws sigma from the process's training distribution and Gaussian noise, with example i
-        using `fold_in(key, i)`, so an example's draw does not depend on the batch size.
+    def loss(self, net: Network, x0: jax.Array, keys: jax.Array, *cond: Any) -> jax.Array:
+        """Per-example training loss [B] for clean data x0 [B, ...] and one PRNG key per example
+        (keys [B]): each example draws its sigma from the process's training distribution and its
+        Gaussian noise from its own key, so the draw does not depend on the batch it is in.
         """
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(x0.shape[0]))  # [B]
         dtype = jnp.promote_types(x0.dtype, jnp.float32)
 
         def draw(k: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -286,15 +286,16 @@ class Upsample2D(nnx.Module):
 Architecture = tuple[tuple[str, object], ...]
 """A model's architecture arguments as hashable static data: ((name, value), ...)."""
 
-_RUN_OPTIONS = ("self", "rngs", "dtype", "param_dtype", "__class__")
+_RUN_OPTIONS = ("self", "rngs", "dtype", "param_dtype", "remat", "__class__")
 
 
 def architecture(arguments: dict[str, object]) -> Architecture:
     """The architecture arguments among a constructor's ``locals()``, lists frozen to tuples.
 
-    Dtypes and the RNG are left out: they say how a model runs, not what it is. A model stores
-    this as ``self.architecture``; ``Model(**dict(model.architecture), rngs=...)`` rebuilds it and
-    the weight converters write it out as a diffusers / transformers config.
+    Dtypes, rematerialization and the RNG are left out: they say how a model runs, not what it
+    is. A model stores this as ``self.architecture``; ``Model(**dict(model.architecture),
+    rngs=...)`` rebuilds it and the weight converters write it out as a diffusers / transformers
+    config.
     """
 
     def freeze(value: object) -> object:

@@ -38,18 +38,19 @@ class TextToImageModel(nnx.Module):
         """Token ids ``[B, T]`` to the UNet's cross-attention context ``[B, T, D]``."""
         return self.text_encoder(input_ids).last_hidden_state
 
-    def encode_images(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def encode_images(self, images: jax.Array, keys: jax.Array | None = None) -> jax.Array:
         """Images ``[B, H, W, 3]`` in [-1, 1] to scaled latents ``[B, h, w, c]``.
 
-        With a key, a sample of the autoencoder's posterior; without, its mean. No gradient flows
-        into the autoencoder.
+        With one PRNG key per image (keys ``[B]``), a sample of the autoencoder's posterior;
+        without, its mean. No gradient flows into the autoencoder.
         """
         if self.autoencoder is None:
             return images
         mean, logvar = self.autoencoder.encode(images)
         latents = mean
-        if key is not None:
-            latents = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+        if keys is not None:
+            noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(keys)
+            latents = mean + jnp.exp(0.5 * logvar) * noise
         return jax.lax.stop_gradient(latents * self.latent_scale[...])
 
     def decode_latents(self, latents: jax.Array) -> jax.Array:

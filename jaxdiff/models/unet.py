@@ -229,6 +229,8 @@ class UNet(nnx.Module):
       transformer_layers_per_block: transformer blocks inside each spatial transformer.
       sample_size: the latent size the weights were trained at (pipelines' default image size is
         this times the autoencoder's factor), or None; the computation does not use it.
+      remat: recompute each block's activations in the backward pass instead of keeping them
+        (``jax.checkpoint`` per down / mid / up block): less memory for more compute.
       dtype, param_dtype: compute and parameter dtypes; norms and softmax compute in float32.
     """
 
@@ -251,6 +253,7 @@ class UNet(nnx.Module):
         only_cross_attention: bool = False,
         transformer_layers_per_block: int = 1,
         sample_size: int | None = None,
+        remat: bool = False,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         *,
@@ -275,6 +278,7 @@ class UNet(nnx.Module):
                     )
         self.dtype = dtype
         self.sample_size = sample_size
+        self.remat = remat
         self.num_upsamplers = levels - 1
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         time_embed_dim = block_out_channels[0] * 4
@@ -357,18 +361,23 @@ class UNet(nnx.Module):
         temb = self.time_embedding(self.time_proj(t).astype(self.dtype))  # [B, 4 * C0]
         context = context.astype(self.dtype)
 
+        run = nnx.remat(_run_block) if self.remat else _run_block
         h = self.conv_in(x.astype(self.dtype))  # [B, H, W, C0]
         skips = [h]
         for block in self.down_blocks:
-            h, block_skips = block(h, temb, context)
+            h, block_skips = run(block, h, temb, context)
             skips.extend(block_skips)
-        h = self.mid_block(h, temb, context)
+        h = run(self.mid_block, h, temb, context)
         for block in self.up_blocks:
             n = len(block.resnets)
-            h = block(h, skips[-n:], temb, context)
+            h = run(block, h, skips[-n:], temb, context)
             skips = skips[:-n]
         h = jax.nn.silu(self.conv_norm_out(h))
         return self.conv_out(h)  # [B, H, W, Cout]
+
+
+def _run_block(block: nnx.Module, *args: Any) -> Any:
+    return block(*args)
 
 
 def _per_level_heads(

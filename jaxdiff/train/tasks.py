@@ -13,8 +13,10 @@ from flax import nnx
 
 from jaxdiff.configuration import require
 from jaxdiff.errors import UserError
+from jaxdiff.train.optim import LR_SCHEDULES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+NONFINITE_POLICIES = ("stop", "skip")  # stop the run, or skip the update and count it
 
 
 class Task(Protocol):
@@ -27,10 +29,13 @@ class Task(Protocol):
     def initialize(self, model: nnx.Module, workdir: Path) -> None:
         """Set-up of a fresh run (pretrained parts, files saved beside the checkpoints)."""
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The host batch of ``step``: a function of the step alone, so resuming is exact."""
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The examples at ``indices`` (positions in the data stream): a function of the indices
+        alone, so a resumed run reads exactly what the uninterrupted one would have."""
 
-    def loss(self, model: nnx.Module, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]: ...
+    def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Per-example losses [B] and metrics {name: [B]}; ``batch["key"]`` holds one PRNG key
+        per example, the only source of randomness."""
 
     def preview(self, model: nnx.Module) -> tuple[np.ndarray, dict[str, str]]:
         """A uint8 image grid showing the model's progress and the PNG text that describes it."""
@@ -60,6 +65,19 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
     require(train.learning_rate > 0, f"train.learning_rate must be > 0, got {train.learning_rate}")
     require(train.grad_clip > 0, f"train.grad_clip must be > 0, got {train.grad_clip}")
     require(0.0 <= train.ema_rate < 1.0, f"train.ema_rate must be in [0, 1), got {train.ema_rate}")
+    for name in ("ema_half_life_images", "ema_rampup"):
+        require(train[name] >= 0, f"train.{name} must be >= 0, got {train[name]}")
+    require(train.micro_batches > 0, f"train.micro_batches must be > 0, got {train.micro_batches}")
+    require(
+        train.on_nonfinite in NONFINITE_POLICIES,
+        f"train.on_nonfinite {train.on_nonfinite!r} is not supported; "
+        f"accepted: {', '.join(NONFINITE_POLICIES)}",
+    )
+    require(
+        train.lr_schedule in LR_SCHEDULES,
+        f"train.lr_schedule {train.lr_schedule!r} is not supported; "
+        f"accepted: {', '.join(LR_SCHEDULES)}",
+    )
     require(
         config.model.dtype in DTYPES,
         f"model.dtype {config.model.dtype!r} is not supported; accepted: {', '.join(DTYPES)}",
@@ -70,9 +88,9 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def step_indices(step: int, batch_size: int) -> np.ndarray:
-    """The dataset indices of ``step``'s batch: ``[step * B, (step + 1) * B)``."""
-    return np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+def split_keys(keys: jax.Array, n: int) -> tuple[jax.Array, ...]:
+    """Per-example keys [B] into ``n`` independent per-example key arrays, [B] each."""
+    return tuple(jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, n))(keys), 1, 0))
 
 
 def make_dataset(data: ml_collections.ConfigDict):

@@ -28,7 +28,7 @@ from jaxdiff.models.tokenizer import build_tokenizer, encode, load_tokenizer, sa
 from jaxdiff.models.unet import UNet
 from jaxdiff.models.vae import AutoencoderKL
 from jaxdiff.pipelines.text_to_image import TextToImagePipeline
-from jaxdiff.train.tasks import DTYPES, make_dataset, step_indices
+from jaxdiff.train.tasks import DTYPES, make_dataset, split_keys
 
 AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, beside its weights
 TOKENIZER_DIR = "tokenizer"
@@ -105,6 +105,7 @@ class TextToImageTask:
             cross_attention_dim=model.text.hidden_size,
             **model.unet,
             dtype=dtype,
+            remat=self.config.train.remat,
             rngs=rngs,
         )
         autoencoder = None
@@ -122,25 +123,25 @@ class TextToImageTask:
         _, autoencoder = load_trained(self.config.vae_workdir)
         nnx.update(model.autoencoder, nnx.state(autoencoder))
         sample = self.data.batch(np.arange(LATENT_SCALE_IMAGES))["image"]
-        latents = model.encode_images(jnp.asarray(sample))  # unscaled: latent_scale is still 1
-        model.latent_scale[...] = 1.0 / jnp.std(latents)
+        latents, _ = autoencoder.encode(jnp.asarray(sample))  # the posterior means
+        model.latent_scale.set_value(1.0 / jnp.std(latents))
         (workdir / AUTOENCODER_FILE).write_text(
             json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list)
         )
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        examples = self.data.batch(step_indices(step, self.config.train.batch_size))
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        examples = self.data.batch(indices)
         return {"image": examples["image"], "ids": encode(self.tokenizer, examples["caption"])}
 
-    def loss(self, model: TextToImageModel, batch: dict, key: jax.Array):
-        latent_key, drop_key, noise_key = jax.random.split(key, 3)
-        x0 = model.encode_images(batch["image"], latent_key).astype(jnp.float32)  # [B, h, w, c]
+    def loss(self, model: TextToImageModel, batch: dict):
+        latent_keys, drop_keys, noise_keys = split_keys(batch["key"], 3)  # [B] each
+        x0 = model.encode_images(batch["image"], latent_keys).astype(jnp.float32)  # [B, h, w, c]
         ids = batch["ids"]  # [B, T]
-        drop = jax.random.bernoulli(drop_key, self.config.train.caption_dropout, (ids.shape[0], 1))
+        rate = self.config.train.caption_dropout
+        drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, (1,)))(drop_keys)  # [B, 1]
         ids = jnp.where(drop, jnp.asarray(self.unconditional_ids), ids)
         context = model.encode_text(ids)  # [B, T, D]
-        losses = self.diffusion.loss(model.unet, x0, noise_key, context)  # [B]
-        return jnp.mean(losses), {}
+        return self.diffusion.loss(model.unet, x0, noise_keys, context), {}  # [B]
 
     def pipeline(self, model: TextToImageModel) -> TextToImagePipeline:
         return TextToImagePipeline(model, self.tokenizer, self.diffusion, self.latent_shape)

@@ -1,15 +1,20 @@
-"""The training loop: checkpoints, automatic resume, logs, sample previews.
+"""The training loop: sharded state, checkpoints, automatic resume, preemption, logs, previews.
 
-Randomness and data are functions of the step number (``fold_in(root_key, step)`` and the batch
-of examples ``[step * B, (step + 1) * B)``), so a run resumed from a checkpoint takes exactly the
-steps the uninterrupted run would have taken.
+The mesh and the sharding rules come from the config (``jaxdiff.parallel``); the step is one
+``jax.jit`` with in/out shardings and donated state. Randomness is a function of the step number
+and the row in the batch (``jaxdiff.train.step``), data a function of the data position saved in
+every checkpoint with the RNG key, so a run resumed from a checkpoint takes exactly the steps the
+uninterrupted run would have taken. A SIGTERM saves a checkpoint and ends the run cleanly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,67 +23,79 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxdiff import configuration, images, parallel
-from jaxdiff.checkpoint import Checkpointer, latest_step
+from jaxdiff.checkpoint import PROGRESS, Checkpointer, latest_step
 from jaxdiff.errors import UserError
+from jaxdiff.train.ema import make_ema_decay
 from jaxdiff.train.optim import learning_rate_schedule, make_optimizer
-from jaxdiff.train.step import make_train_step
+from jaxdiff.train.state import StateLayout, as_targets, build_layout, initial_state, place
+from jaxdiff.train.step import initial_health, make_train_step
 from jaxdiff.train.tasks import Task, make_task
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "optimizer", "ema")
+RESUMABLE_GROUPS = ("train", "sample", "mesh", "sharding_rules")  # may change between restarts
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
-    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one.
+    """Trains ``config`` in ``workdir``, resuming from its newest readable checkpoint if any.
 
-    Returns the last logged metrics (floats), with ``steps`` and ``seconds``.
+    Returns the last logged metrics (floats), with ``steps`` and ``seconds``; ``preempted`` is
+    True when a SIGTERM stopped the run after saving a checkpoint.
     """
+    parallel.initialize_distributed()
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"workdir {str(workdir)!r} is a file; give a directory")
     task = make_task(config, workdir)  # validates the config before anything is written
-    mesh = parallel.data_mesh(config.train.batch_size)
+    train_config = config.train
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.check_rules(config.sharding_rules)
+    parallel.check_batch(train_config.batch_size, mesh, train_config.micro_batches)
     _check_workdir_config(workdir, config)
     is_main = jax.process_index() == 0
-    init_key, root_key = jax.random.split(jax.random.key(config.seed))
-
-    model = task.build_model(nnx.Rngs(init_key))
-    optimizer = nnx.Optimizer(model, make_optimizer(config.train), wrt=task.trainable)
+    optimizer = make_optimizer(train_config)
+    layout = build_layout(task, optimizer, mesh, rules)
     checkpointer = Checkpointer(
         workdir / CHECKPOINT_DIR,
         ITEMS,
-        save_every=config.train.checkpoint_every,
-        keep=config.train.keep_checkpoints,
+        save_every=train_config.checkpoint_every,
+        keep=train_config.keep_checkpoints,
     )
-    start = checkpointer.latest_step() or 0
-    steps = config.train.steps
+    init_key, root_key = jax.random.split(jax.random.key(config.seed))
+    if checkpointer.latest_step() is None:
+        start, position, nonfinite = 0, 0, 0
+        state, ema = initial_state(task, optimizer, layout, init_key)
+        model, opt = nnx.merge(layout.graphdef, state)
+        task.initialize(model, workdir)
+        state = place(nnx.state((model, opt)), layout.shardings)
+        ema = jax.tree.map(jnp.copy, place(nnx.state(model, task.trainable), layout.ema_shardings))
+        del model, opt  # the step donates these buffers: only `state` is live from here on
+    else:
+        start, state, ema, saved = _restore(checkpointer, layout)
+        root_key = jax.random.wrap_key_data(jnp.asarray(saved["root_key"], jnp.uint32))
+        position, nonfinite = saved["data_position"], saved["nonfinite_steps"]
+    steps = train_config.steps
     if start > steps:
         raise UserError(
             f"workdir {str(workdir)!r} has a checkpoint at step {start}, past train.steps={steps}"
         )
-    if start == 0:
-        task.initialize(model, workdir)
-    graphdef, state = nnx.split((model, optimizer))
-    ema = jax.tree.map(jnp.copy, nnx.state(model, task.trainable))
-    del model, optimizer  # the step donates these buffers: only `state` is live from here on
-    if start:
-        state, ema = _restore(checkpointer, start, state, ema)
     if is_main:
         _write_atomically(workdir / CONFIG_FILE, configuration.to_json(config))
 
-    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    state, ema = jax.device_put((state, ema), replicated)
-    step_fn = jax.jit(
-        make_train_step(graphdef, task.loss, task.trainable, config.train.ema_rate),
-        in_shardings=(replicated, replicated, batch_sharding, None),
-        out_shardings=(replicated, replicated, replicated),
-        donate_argnums=(0, 1),
-    )
-    lr = learning_rate_schedule(config.train)
+    batch_sharding = parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
+    batch_size = train_config.batch_size
+    rows = parallel.process_rows(batch_sharding, batch_size)
+    step_fn = compile_step(task, layout, mesh, train_config)
+    health = jax.device_put(initial_health(), replicated)
+    health["nonfinite_steps"] = jax.device_put(jnp.int32(nonfinite), replicated)
+    lr = learning_rate_schedule(train_config)
     logger = _Logger(workdir, enabled=is_main, resumed_at=start)
     bar = tqdm(
         total=steps,
@@ -90,37 +107,95 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     last: dict[str, Any] = logger.last()
     started = time.perf_counter()
     logged_at, logged_step = started, start
+    preempted = False
     try:
-        for step in range(start, steps):
-            batch = parallel.shard_batch(task.batch(step), batch_sharding)
-            state, ema, metrics = step_fn(state, ema, batch, jax.random.fold_in(root_key, step))
-            done = step + 1
-            bar.update(1)
-            save = checkpointer.should_save(done) or done == steps
-            if save or done % config.train.log_every == 0:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not np.isfinite(last["loss"]):
-                    raise UserError(
-                        f"training diverged: loss is {last['loss']} at step {done}; the newest "
-                        f"checkpoint (step {checkpointer.latest_step()}) is kept"
+        with _Preemption() as preemption:
+            for step in range(start, steps):
+                local = task.batch(position + rows)
+                batch = parallel.shard_batch(local, batch_sharding, batch_size)
+                state, ema, health, metrics = step_fn(
+                    state, ema, health, batch, root_key, jnp.int32(step)
+                )
+                position += batch_size
+                done = step + 1
+                bar.update(1)
+                preempted = preemption.reached(done)
+                save = checkpointer.should_save(done) or done == steps or preempted
+                if save or done % train_config.log_every == 0:
+                    last, nonfinite = _check_health(
+                        metrics, health, done, train_config, checkpointer
                     )
-                now = time.perf_counter()
-                last["learning_rate"] = float(lr(step))
-                last["steps_per_second"] = (done - logged_step) / (now - logged_at)
-                logged_at, logged_step = now, done
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
-                logger.scalars(done, last)
-            if save:
-                checkpointer.save(done, _trees(state, ema), force=True)
-            preview_every = config.train.preview_every
-            if is_main and preview_every and (done % preview_every == 0 or done == steps):
-                _preview(task, graphdef, state, ema, workdir, done)
+                    now = time.perf_counter()
+                    last["learning_rate"] = float(lr(step))
+                    last["steps_per_second"] = (done - logged_step) / (now - logged_at)
+                    logged_at, logged_step = now, done
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                    logger.scalars(done, last)
+                if save:
+                    checkpointer.save(
+                        done,
+                        _trees(state, ema),
+                        {
+                            "data_position": position,
+                            "root_key": np.asarray(jax.random.key_data(root_key)).tolist(),
+                            "nonfinite_steps": nonfinite,
+                        },
+                    )
+                if preempted:
+                    break
+                preview_every = train_config.preview_every
+                if preview_every and (done % preview_every == 0 or done == steps):
+                    _preview(task, layout.graphdef, state, ema, workdir, done, mesh)
         checkpointer.wait()
     finally:
         bar.close()
         checkpointer.close()
         logger.close()
-    return {**last, "steps": steps, "seconds": time.perf_counter() - started}
+    return {
+        **last,
+        "steps": done if preempted else steps,
+        "seconds": time.perf_counter() - started,
+        "preempted": preempted,
+    }
+
+
+def compile_step(
+    task: Task,
+    layout: StateLayout,
+    mesh: Mesh,
+    train: ml_collections.ConfigDict,
+    unroll_micro_batches: bool | None = None,
+) -> Callable:
+    """The jitted ``step(state, ema, health, batch, root_key, step)`` on ``mesh``: state and EMA
+    in the layout's shardings and donated, the batch split over ``data`` x ``fsdp``. Micro-batch
+    loops are unrolled on CPU devices unless ``unroll_micro_batches`` says otherwise."""
+    if unroll_micro_batches is None:
+        unroll_micro_batches = mesh.devices.flat[0].platform == "cpu"
+    batch_sharding = parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
+    step = make_train_step(
+        layout.graphdef,
+        task.loss,
+        task.trainable,
+        make_ema_decay(train),
+        micro_batches=train.micro_batches,
+        stop_on_nonfinite=train.on_nonfinite == "stop",
+        batch_sharding=batch_sharding,
+        unroll_micro_batches=unroll_micro_batches,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(
+            layout.shardings,
+            layout.ema_shardings,
+            replicated,
+            batch_sharding,
+            replicated,
+            replicated,
+        ),
+        out_shardings=(layout.shardings, layout.ema_shardings, replicated, replicated),
+        donate_argnums=(0, 1, 2),
+    )
 
 
 def load_trained(workdir: str | Path, use_ema: bool = True) -> tuple[Task, nnx.Module]:
@@ -147,9 +222,8 @@ def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Mod
     model = task.build_model(nnx.Rngs(0))  # every weight is replaced by the checkpoint's
     model_state = nnx.state(model)
     ema = nnx.state(model, task.trainable)
-    restored = checkpointer.restore(
-        checkpointer.latest_step(),
-        {"model": nnx.to_pure_dict(model_state), "ema": nnx.to_pure_dict(ema)},
+    _, restored = checkpointer.restore_latest(
+        {"model": nnx.to_pure_dict(model_state), "ema": nnx.to_pure_dict(ema)}
     )
     checkpointer.close()
     nnx.replace_by_pure_dict(model_state, restored["model"])
@@ -161,8 +235,8 @@ def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Mod
 
 
 def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """A workdir holds one run: resuming is refused when anything but the ``train`` and ``sample``
-    settings (steps, intervals, previews) differs from the saved config."""
+    """A workdir holds one run: resuming is refused when anything but the ``RESUMABLE_GROUPS``
+    (steps, intervals, previews, the mesh) differs from the saved config."""
     path = workdir / CONFIG_FILE
     if not path.is_file():
         return
@@ -171,7 +245,7 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> N
     except json.JSONDecodeError:
         raise UserError(f"{path} is not a jaxdiff config (not JSON); use a new workdir") from None
     current = json.loads(configuration.to_json(config))
-    for group in sorted((set(saved) | set(current)) - {"train", "sample"}):
+    for group in sorted((set(saved) | set(current)) - set(RESUMABLE_GROUPS)):
         if saved.get(group) != current.get(group):
             raise UserError(
                 f"workdir {str(workdir)!r} holds a run with a different '{group}' config; "
@@ -193,19 +267,70 @@ def _trees(state: nnx.State, ema: nnx.State) -> dict[str, Any]:
     }
 
 
-def _restore(checkpointer: Checkpointer, step: int, state: nnx.State, ema: nnx.State):
-    restored = checkpointer.restore(step, _trees(state, ema))
+def _restore(checkpointer: Checkpointer, layout: StateLayout):
+    """The newest readable checkpoint, restored straight into the layout's shardings."""
+    state = as_targets(layout.abstract, layout.shardings)
+    ema = as_targets(layout.abstract_ema, layout.ema_shardings)
+    step, restored = checkpointer.restore_latest(_trees(state, ema), progress=True)
+    if step != checkpointer.latest_step():
+        checkpointer.set_aside(after=step)  # the unreadable newer steps
     nnx.replace_by_pure_dict(state[0], restored["model"])
     nnx.replace_by_pure_dict(state[1], restored["optimizer"])
     nnx.replace_by_pure_dict(ema, restored["ema"])
-    return state, ema
+    return step, state, ema, restored[PROGRESS]
 
 
-def _preview(task: Task, graphdef, state: nnx.State, ema: nnx.State, workdir: Path, step: int):
+def _check_health(metrics, health, done: int, train: ml_collections.ConfigDict, checkpointer):
+    """The step's metrics as floats; stops the run at a non-finite step when so configured."""
+    metrics, health = jax.device_get((metrics, health))
+    nonfinite = int(health["nonfinite_steps"])
+    first = int(health["first_nonfinite"])
+    if train.on_nonfinite == "stop" and first >= 0:
+        raise UserError(
+            f"training stopped: the loss or gradient is not finite at step {first + 1}; "
+            f"the newest checkpoint (step {checkpointer.latest_step()}) is kept; set "
+            "train.on_nonfinite=skip to skip such updates"
+        )
+    return {**{k: float(v) for k, v in metrics.items()}, "nonfinite_steps": nonfinite}, nonfinite
+
+
+def _preview(
+    task: Task, graphdef, state: nnx.State, ema: nnx.State, workdir: Path, step: int, mesh
+):
+    """Every process samples (the weights are spread over all of them); process 0 writes."""
+    if jax.process_count() > 1:
+        state, ema = jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))((state, ema))
     model, _ = nnx.merge(graphdef, state, copy=True)  # new Variables: `state` is left untouched
     nnx.update(model, ema)
     picture, text = task.preview(model)
-    images.save_png(workdir / "samples" / f"step_{step:07d}.png", picture, {**text, "step": step})
+    if jax.process_index() == 0:
+        path = workdir / "samples" / f"step_{step:07d}.png"
+        images.save_png(path, picture, {**text, "step": step})
+
+
+class _Preemption:
+    """Notices a SIGTERM (the warning before a preemption). With several processes all of them
+    stop at the same step, agreed through JAX's preemption sync point."""
+
+    def __enter__(self) -> _Preemption:
+        self.signalled = False
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.signalled = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.signalled
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class _Logger:

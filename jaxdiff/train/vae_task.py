@@ -13,7 +13,7 @@ from flax import nnx
 from jaxdiff import images
 from jaxdiff.configuration import require
 from jaxdiff.models.vae import AutoencoderKL
-from jaxdiff.train.tasks import DTYPES, make_dataset, step_indices
+from jaxdiff.train.tasks import DTYPES, make_dataset
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 PREVIEW_INDEX = 10**12  # preview and evaluation images come from far beyond any training step
@@ -48,21 +48,22 @@ class VAETask:
     def initialize(self, model: AutoencoderKL, workdir: Path) -> None:
         del model, workdir  # trained from scratch; nothing to load
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        indices = step_indices(step, self.config.train.batch_size)
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {"image": self.data.batch(indices)["image"]}
 
-    def loss(self, model: AutoencoderKL, batch: dict, key: jax.Array):
+    def loss(self, model: AutoencoderKL, batch: dict):
         x = batch["image"]  # [B, H, W, 3]
         mean, logvar = model.encode(x)  # [B, h, w, c] each
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(batch["key"])
+        z = mean + jnp.exp(0.5 * logvar) * noise
         error = model.decode(z).astype(jnp.float32) - x
+        per_example = tuple(range(1, x.ndim))
         if self.config.loss.reconstruction == "l1":
-            reconstruction = jnp.mean(jnp.abs(error))
+            reconstruction = jnp.mean(jnp.abs(error), axis=per_example)  # [B]
         else:
-            reconstruction = jnp.mean(jnp.square(error))
-        kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+            reconstruction = jnp.mean(jnp.square(error), axis=per_example)  # [B]
+        kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=per_example)
         loss = reconstruction + self.config.loss.kl_weight * kl
         return loss, {"reconstruction": reconstruction, "kl": kl}
 

@@ -98,13 +98,16 @@ def test_loss_shape_jit_and_batch_independence():
     x0 = jax.random.normal(jax.random.key(0), (4, 8, 8, 3), jnp.bfloat16)
     cond = jnp.ones((4, 3))
     loss_fn = jax.jit(lambda d, x, k, c: d.loss(net, x, k, c), static_argnums=0)
-    loss = loss_fn(diffusion, x0, jax.random.key(5), cond)
+    keys = jax.random.split(jax.random.key(5), 4)  # one per example
+    loss = loss_fn(diffusion, x0, keys, cond)
     assert loss.shape == (4,) and loss.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(loss)))
-    # Example i draws from fold_in(key, i): the first two losses do not depend on batch size.
-    half = loss_fn(diffusion, x0[:2], jax.random.key(5), cond[:2])
+    # Each example draws from its own key: the first two losses do not depend on batch size.
+    half = loss_fn(diffusion, x0[:2], keys[:2], cond[:2])
     np.testing.assert_allclose(half, loss[:2], rtol=1e-6)
-    assert not np.allclose(loss_fn(diffusion, x0, jax.random.key(6), cond), loss)
+    assert not np.allclose(
+        loss_fn(diffusion, x0, jax.random.split(jax.random.key(6), 4), cond), loss
+    )
 
 
 def test_sampling_sigmas():

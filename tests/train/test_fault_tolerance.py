@@ -1,0 +1,183 @@
+"""Never lose work: kill -9 at any step, kill during a save, SIGTERM, an unreadable latest
+checkpoint, non-finite steps, a checkpoint of another model. Resumed runs must end bitwise equal
+to the uninterrupted one."""
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.configuration import load_config
+from jaxdiff.errors import UserError
+from jaxdiff.train import vae_task
+from jaxdiff.train.trainer import load_trained, train
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = f"{ROOT / 'configs' / 'shapes_vae.py'}:tiny"
+STEPS = 8
+OVERRIDES = (
+    f"train.steps={STEPS}",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=3",
+    "train.log_every=1",
+    "train.preview_every=0",
+)
+
+
+def config(*extra: str):
+    return load_config(CONFIG, [*OVERRIDES, *extra])
+
+
+def weights(workdir: Path) -> list[np.ndarray]:
+    """The parameters, then the EMA parameters, of a trained workdir."""
+    return [
+        np.asarray(a)
+        for use_ema in (False, True)
+        for a in jax.tree.leaves(nnx.state(load_trained(workdir, use_ema)[1], nnx.Param))
+    ]
+
+
+def assert_bitwise_equal(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    train(config(), workdir, progress=False)
+    return workdir
+
+
+def launch(workdir: Path, *command: str) -> subprocess.Popen:
+    """``jaxdiff train`` of the test config in another process (``command``: how to start it)."""
+    arguments = ["train", "--config", CONFIG, "--workdir", str(workdir), "--no-progress"]
+    arguments += [f"--config.{o}" for o in OVERRIDES]
+    return subprocess.Popen(
+        [sys.executable, *command, *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def wait_for_step(process: subprocess.Popen, workdir: Path, step: int) -> None:
+    """Until the process has logged ``step`` (its checkpoint may still be in flight)."""
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        if metrics.is_file():
+            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+            if lines and lines[-1]["step"] >= step:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def test_kill_9_at_a_random_step_then_restart(tmp_path, uninterrupted):
+    step = random.Random().randint(2, STEPS - 2)
+    process = launch(tmp_path, "-m", "jaxdiff.cli")
+    wait_for_step(process, tmp_path, step)
+    process.kill()
+    process.wait()
+    train(config(), tmp_path, progress=False)
+    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted)), f"killed at step {step}"
+
+
+def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, uninterrupted):
+    process = launch(tmp_path, str(ROOT / "tests" / "train" / "interrupted_save.py"), "4")
+    assert process.stdout.readline().strip() == "saving step 4"
+    process.kill()
+    process.wait()
+    checkpoints = tmp_path / "checkpoints"
+    assert not (checkpoints / "4").exists()
+    assert any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
+    train(config(), tmp_path, progress=False)
+    assert not any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
+    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted))
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted):
+    process = launch(tmp_path, "-m", "jaxdiff.cli")
+    wait_for_step(process, tmp_path, 2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    stopped = int(output.split("stopped by SIGTERM after step ")[1].split(",")[0])
+    assert 2 <= stopped < STEPS
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == stopped
+    train(config(), tmp_path, progress=False)
+    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted))
+
+
+def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, uninterrupted, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    for path in (workdir / "checkpoints" / str(STEPS) / "model").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")  # a damaged disk
+    with caplog.at_level(logging.WARNING, logger="jaxdiff.checkpoint"):
+        train(config(), workdir, progress=False)
+    assert f"checkpoint step {STEPS} in" in caplog.text
+    assert "cannot be read" in caplog.text and f"using step {STEPS - 1} instead" in caplog.text
+    assert_bitwise_equal(weights(workdir), weights(uninterrupted))
+
+
+def poison(position: int, monkeypatch) -> None:
+    """The example at data position ``position`` becomes NaN."""
+    batch = vae_task.VAETask.batch
+
+    def poisoned(self, indices):
+        out = batch(self, indices)
+        out["image"][indices == position] = np.nan
+        return out
+
+    monkeypatch.setattr(vae_task.VAETask, "batch", poisoned)
+
+
+def test_nonfinite_step_stops_the_run_with_its_number(tmp_path, monkeypatch):
+    poison(2 * 8 + 3, monkeypatch)  # in step 3's batch of 8
+    with pytest.raises(UserError, match="not finite at step 3; the newest checkpoint"):
+        train(config("train.steps=4"), tmp_path, progress=False)
+    _, model = load_trained(tmp_path, use_ema=False)
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(nnx.state(model)))
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    poison(2 * 8 + 3, monkeypatch)
+    metrics = train(config("train.steps=4", "train.on_nonfinite=skip"), tmp_path, progress=False)
+    assert metrics["nonfinite_steps"] == 1
+    _, model = load_trained(tmp_path, use_ema=False)
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(nnx.state(model)))
+
+
+def test_checkpoint_of_another_model_names_the_shapes(tmp_path):
+    writer = Checkpointer(tmp_path, ["model"])
+    writer.save(1, {"model": {"conv": {"kernel": np.zeros((3, 3, 4, 8), np.float32)}}}, {})
+    writer.close()
+    reader = Checkpointer(tmp_path, ["model"])
+    template = {"model": {"conv": {"kernel": np.zeros((3, 3, 4, 16), np.float32)}}}
+    with pytest.raises(
+        UserError,
+        match=r"step 1 in .* was written by a different model: model/conv/kernel has shape "
+        r"\(3, 3, 4, 8\), this model \(3, 3, 4, 16\)",
+    ):
+        reader.restore_latest(template)
+    reader.close()
