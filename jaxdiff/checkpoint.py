@@ -33,18 +33,27 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Saves every ``save_every`` steps, keeps the newest ``keep``, restores any item subset."""
+    """Saves every ``save_every`` steps, keeps the newest ``keep``, restores any item subset.
+
+    A ``read_only`` checkpointer (sampling, loading a trained part) leaves the folder untouched,
+    also the temporary folders of a save another process is writing.
+    """
 
     def __init__(
-        self, directory: str | Path, items: Sequence[str], save_every: int = 1, keep: int = 3
+        self,
+        directory: str | Path,
+        items: Sequence[str],
+        save_every: int = 1,
+        keep: int = 3,
+        read_only: bool = False,
     ):
         self.directory = Path(directory).absolute()
-        self.items = (*items, PROGRESS)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=save_every,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
         )
         registry = ocp.type_handlers.create_type_handler_registry(
             *_array_handlers(MIN_REPLICA_SLICE_BYTES)
@@ -61,7 +70,8 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        """Whether ``step`` is due for a checkpoint (every ``save_every`` steps)."""
+        """Whether ``step`` is due for a checkpoint: every ``save_every`` steps, and the first
+        step of a folder that has none."""
         return self._manager.should_save(step)
 
     def save(self, step: int, trees: Mapping[str, Any], progress: Mapping[str, Any]) -> None:
@@ -95,9 +105,9 @@ class Checkpointer:
     def restore_latest(
         self, templates: Mapping[str, Any], progress: bool = False
     ) -> tuple[int, dict[str, Any]]:
-        """The newest step that can be read, and its items. A step that fails to read is passed
-        over for the previous one with a warning naming both; if none can be read, the newest
-        step's error is raised."""
+        """The newest step that every process can read, and its items. A step that fails to read
+        is passed over for the previous one with a warning naming both; if none can be read, the
+        newest step's error is raised."""
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise UserError(f"{self.directory} holds no checkpoint")
@@ -105,20 +115,23 @@ class Checkpointer:
         for position, step in enumerate(steps):
             try:
                 restored = self.restore(step, templates, progress)
+                error = None
             except UserError:
                 raise
-            except Exception as error:  # any failure to read marks a bad step
-                first_error = first_error or error
-                if position + 1 < len(steps):
-                    log.warning(
-                        "checkpoint step %d in %s cannot be read (%s); using step %d instead",
-                        step,
-                        self.directory,
-                        first_line(error),
-                        steps[position + 1],
-                    )
-                continue
-            return step, restored
+            except Exception as failure:  # any failure to read marks a bad step
+                error = failure
+            if _everywhere(error is None):  # all processes resume from the same step
+                return step, restored
+            error = error or RuntimeError("another process could not read it")
+            first_error = first_error or error
+            if position + 1 < len(steps):
+                log.warning(
+                    "checkpoint step %d in %s cannot be read (%s); using step %d instead",
+                    step,
+                    self.directory,
+                    first_line(error),
+                    steps[position + 1],
+                )
         raise UserError(
             f"no checkpoint in {self.directory} can be read; the newest (step {steps[0]}): "
             f"{first_line(first_error)}"
@@ -162,6 +175,13 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _everywhere(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (each process calls this the same number of times)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _array_handlers(min_slice_bytes: int) -> list[tuple[type, Any]]:

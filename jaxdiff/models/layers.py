@@ -5,9 +5,8 @@ Activations are NHWC (images) or [B, T, D] (tokens). Parameters use the flax lay
 (`norm1`, `conv1`, `time_emb_proj`, ...), so loading their weights is a name table plus transposes.
 
 Every parameter carries logical axis names (`nnx.with_partitioning`); a config maps each name in
-`LOGICAL_AXES` to a mesh axis (or None) with `nnx.logical_axis_rules`, and `nnx.get_partition_spec`
-turns a model state into PartitionSpecs. Every name needs a rule (an unmapped name is taken as a
-mesh axis name). No parameter carries a name twice, and the output-side names {heads, mlp,
+`LOGICAL_AXES` to a mesh axis (or None) and `jaxdiff.parallel.state_shardings` turns a model state
+into shardings. No parameter carries a name twice, and the output-side names {heads, mlp,
 conv_out, vocab} never meet on one parameter, nor do the input-side names {embed, conv_in}: mapping
 either group to one mesh axis (FSDP) and the rest to None gives valid specs for every model.
 """

@@ -1,9 +1,8 @@
-"""The sharded train state: model + optimizer, EMA, and their shardings, built without
-materialising anything on one device.
+"""The sharded train state: model + optimizer, EMA, and their shardings.
 
 ``nnx.eval_shape`` gives the abstract state; the config's logical-axis rules give each array's
-sharding; the state is then created by a ``jax.jit`` whose outputs carry those shardings (each
-device computes only its own shards), or restored from a checkpoint straight into them.
+sharding; the state is then created and moved onto those shardings, or restored from a checkpoint
+straight into them.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -55,15 +55,18 @@ def build_layout(
 def initial_state(
     task: Task, optimizer: optax.GradientTransformation, layout: StateLayout, key: jax.Array
 ) -> tuple[nnx.State, nnx.State]:
-    """A fresh (model + optimizer) state and its EMA (a copy of the trainable weights), created
-    sharded."""
+    """A fresh (model + optimizer) state and its EMA (a copy of the trainable weights).
 
-    def create():
-        model = task.build_model(nnx.Rngs(key))
-        opt = nnx.Optimizer(model, optimizer, wrt=task.trainable)
-        return nnx.state((model, opt)), nnx.state(model, task.trainable)
-
-    return jax.jit(create, out_shardings=(layout.shardings, layout.ema_shardings))()
+    The weights are drawn on the default device, op by op (each op compiled once per process and
+    shape), and moved to their shardings at once; the optimizer's moments are then created beside
+    them, already sharded, so no device ever holds more than one whole copy of the weights.
+    """
+    model = task.build_model(nnx.Rngs(key))
+    nnx.update(model, place(nnx.state(model), layout.shardings[0]))
+    opt = nnx.Optimizer(model, optimizer, wrt=task.trainable)
+    state = place(nnx.state((model, opt)), layout.shardings)
+    ema = place(nnx.state(model, task.trainable), layout.ema_shardings)
+    return state, jax.tree.map(jnp.copy, ema)
 
 
 def place(tree: Any, shardings: Any) -> Any:

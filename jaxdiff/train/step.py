@@ -10,7 +10,8 @@ so the step compiles once with shardings and donation, and is checkpointed as pl
   ``m, m + A, m + 2A, ...``, so each device keeps an equal share of each) and their gradients are
   summed in a ``lax.scan``; with equal micro-batches the mean loss and its gradient equal those of
   the whole batch.
-- A non-finite loss or gradient leaves the state unchanged and is counted in ``health``; with
+- A non-finite loss, gradient or updated weight leaves the state unchanged and is counted in
+  ``health``; with
   ``stop_on_nonfinite`` every later update is also withheld, so the state stays the last finite
   one while the host notices (it checks ``health`` when it logs or saves).
 """
@@ -106,11 +107,15 @@ def make_train_step(
         batch = {**batch, "key": example_keys(root_key, step, batch_size)}
         (loss, metrics), grads = gradients(model, batch)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        apply = finite & (health["first_nonfinite"] < 0) if stop_on_nonfinite else finite
-
         optimizer.update(model, grads)
-        new_ema = ema_update(ema, nnx.state(model, trainable), ema_decay(optimizer.step[...]))
+        new_params = nnx.state(model, trainable)
+        finite = (
+            jnp.isfinite(loss)
+            & jnp.isfinite(grad_norm)
+            & jnp.isfinite(optax.global_norm(new_params))
+        )
+        apply = finite & (health["first_nonfinite"] < 0) if stop_on_nonfinite else finite
+        new_ema = ema_update(ema, new_params, ema_decay(optimizer.step[...]))
         new_state = nnx.state((model, optimizer))
         state, ema = jax.tree.map(
             lambda new, old: jnp.where(apply, new, old), (new_state, new_ema), (state, ema)

@@ -65,6 +65,10 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
     require(train.learning_rate > 0, f"train.learning_rate must be > 0, got {train.learning_rate}")
     require(train.grad_clip > 0, f"train.grad_clip must be > 0, got {train.grad_clip}")
     require(0.0 <= train.ema_rate < 1.0, f"train.ema_rate must be in [0, 1), got {train.ema_rate}")
+    require(
+        0.0 <= train.final_lr_fraction <= 1.0,
+        f"train.final_lr_fraction must be in [0, 1], got {train.final_lr_fraction}",
+    )
     for name in ("ema_half_life_images", "ema_rampup"):
         require(train[name] >= 0, f"train.{name} must be >= 0, got {train[name]}")
     require(train.micro_batches > 0, f"train.micro_batches must be > 0, got {train.micro_batches}")

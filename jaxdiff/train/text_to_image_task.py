@@ -115,7 +115,8 @@ class TextToImageTask:
 
     def initialize(self, model: TextToImageModel, workdir: Path) -> None:
         """Saves the tokenizer; loads the trained autoencoder and measures the latent scale."""
-        save_tokenizer(self.tokenizer, workdir / TOKENIZER_DIR)
+        if jax.process_index() == 0:
+            save_tokenizer(self.tokenizer, workdir / TOKENIZER_DIR)
         if model.autoencoder is None:
             return
         from jaxdiff.train.trainer import load_trained
@@ -125,9 +126,10 @@ class TextToImageTask:
         sample = self.data.batch(np.arange(LATENT_SCALE_IMAGES))["image"]
         latents, _ = autoencoder.encode(jnp.asarray(sample))  # the posterior means
         model.latent_scale.set_value(1.0 / jnp.std(latents))
-        (workdir / AUTOENCODER_FILE).write_text(
-            json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list)
-        )
+        if jax.process_index() == 0:
+            (workdir / AUTOENCODER_FILE).write_text(
+                json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list)
+            )
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         examples = self.data.batch(indices)

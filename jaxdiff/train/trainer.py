@@ -70,7 +70,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     init_key, root_key = jax.random.split(jax.random.key(config.seed))
     if checkpointer.latest_step() is None:
         start, position, nonfinite = 0, 0, 0
-        state, ema = initial_state(task, optimizer, layout, init_key)
+        state, _ = initial_state(task, optimizer, layout, init_key)  # EMA: after initialize
         model, opt = nnx.merge(layout.graphdef, state)
         task.initialize(model, workdir)
         state = place(nnx.state((model, opt)), layout.shardings)
@@ -146,7 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                 preview_every = train_config.preview_every
                 if preview_every and (done % preview_every == 0 or done == steps):
                     _preview(task, layout.graphdef, state, ema, workdir, done, mesh)
-        checkpointer.wait()
+            checkpointer.wait()  # a second SIGTERM cannot cut the last save short
     finally:
         bar.close()
         checkpointer.close()
@@ -218,7 +218,7 @@ def load_task(workdir: str | Path) -> Task:
 
 def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Module:
     """The model of ``task`` with the newest weights of ``workdir`` (EMA ones by default)."""
-    checkpointer = Checkpointer(Path(workdir) / CHECKPOINT_DIR, ITEMS)
+    checkpointer = Checkpointer(Path(workdir) / CHECKPOINT_DIR, ITEMS, read_only=True)
     model = task.build_model(nnx.Rngs(0))  # every weight is replaced by the checkpoint's
     model_state = nnx.state(model)
     ema = nnx.state(model, task.trainable)
@@ -286,10 +286,13 @@ def _check_health(metrics, health, done: int, train: ml_collections.ConfigDict, 
     nonfinite = int(health["nonfinite_steps"])
     first = int(health["first_nonfinite"])
     if train.on_nonfinite == "stop" and first >= 0:
+        latest = checkpointer.latest_step()
+        kept = (
+            "no checkpoint was written" if latest is None else f"checkpoint step {latest} is kept"
+        )
         raise UserError(
-            f"training stopped: the loss or gradient is not finite at step {first + 1}; "
-            f"the newest checkpoint (step {checkpointer.latest_step()}) is kept; set "
-            "train.on_nonfinite=skip to skip such updates"
+            f"training stopped: the loss, gradient or updated weights are not finite at step "
+            f"{first + 1}; {kept}; set train.on_nonfinite=skip to skip such updates"
         )
     return {**{k: float(v) for k, v in metrics.items()}, "nonfinite_steps": nonfinite}, nonfinite
 
@@ -298,10 +301,11 @@ def _preview(
     task: Task, graphdef, state: nnx.State, ema: nnx.State, workdir: Path, step: int, mesh
 ):
     """Every process samples (the weights are spread over all of them); process 0 writes."""
-    if jax.process_count() > 1:
-        state, ema = jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))((state, ema))
     model, _ = nnx.merge(graphdef, state, copy=True)  # new Variables: `state` is left untouched
     nnx.update(model, ema)
+    if jax.process_count() > 1:  # the model alone, whole on every device
+        replicate = jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))
+        nnx.update(model, replicate(nnx.state(model)))
     picture, text = task.preview(model)
     if jax.process_index() == 0:
         path = workdir / "samples" / f"step_{step:07d}.png"
@@ -333,11 +337,19 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics line, or None for a line cut short by a crash."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 class _Logger:
     """Metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only).
 
-    On resume, lines logged after the restored step (work lost in the interruption) are dropped,
-    so the file holds each step once.
+    On resume, lines logged after the restored step (work lost in the interruption) and a last
+    line cut short by a crash are dropped, so the file holds each step once.
     """
 
     def __init__(self, workdir: Path, enabled: bool, resumed_at: int):
@@ -352,7 +364,7 @@ class _Logger:
             kept = [
                 line
                 for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resumed_at
+                if _logged_step(line) is not None and _logged_step(line) <= resumed_at
             ]
             _write_atomically(path, "".join(line + "\n" for line in kept))
         self._last = json.loads(kept[-1]) if kept else {}
