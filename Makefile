@@ -15,8 +15,13 @@ $(VENV)/.installed: $(BIN)/python setup.py
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# pytorch-fid's Inception, the FID reference network, needs torchvision, whose PyPI build is made
+# for CUDA torch: it goes in a folder of its own that only the reference tests put on sys.path.
+FID_REFERENCE := $(VENV)/pytorch-fid-reference
+
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps --target $(FID_REFERENCE) torchvision==0.28.0 pytorch-fid==0.3.0
 	touch $@
 
 install: $(VENV)/.installed

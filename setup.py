@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
     "transformers>=5.0",
     "tokenizers>=0.21",
     "tensorflow-datasets>=4.9.8",
+    "grain>=0.2.10",  # the record pipeline over tfds.data_source / folders
+    "array_record>=0.5",  # tfds.data_source reads ArrayRecord files
     "safetensors>=0.4",
     "pillow>=10.0",
     "tqdm>=4.66",
@@ -24,6 +26,8 @@ EXTRAS = {
     # The PyTorch references the parity tests compare against, pinned exactly. On a CPU-only
     # machine install torch's CPU build first (from its CPU wheel index) so that pip does not
     # fetch the CUDA build and its gigabytes of CUDA packages.
+    # The Makefile also puts pytorch-fid and torchvision, the FID reference network, in a folder
+    # of their own (see tests/reference_models.py).
     "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "diffusers>=0.40", "ruff>=0.6"],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],

@@ -1,4 +1,4 @@
-"""The ``jaxdiff`` command: ``train``, ``sample``, ``compare-samplers`` and ``convert``.
+"""The ``jaxdiff`` command: ``train``, ``sample``, ``compare-samplers``, ``convert`` and ``eval``.
 
     jaxdiff train --config configs/shapes_t2i.py[:tiny] --workdir W [--config.train.steps=100 ...]
     jaxdiff sample --workdir W --prompt "a red circle in the center" --seed 0 --steps 20
@@ -8,6 +8,8 @@
     jaxdiff compare-samplers --config configs/compare_samplers_shapes.py --workdir W --out DIR
     jaxdiff convert stable-diffusion-v1-5/stable-diffusion-v1-5 sd15-jaxdiff --to jaxdiff
     jaxdiff convert sd15-jaxdiff sd15-diffusers --to diffusers [--dtype float16]
+    jaxdiff eval --workdir W --config.eval.metrics=fid,kid \
+        --config.eval.inception_weights=pt_inception-2015-12-05-6726825d.pth
 
 Bad input ends the command with one line on stderr and exit code 2.
 """
@@ -96,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype (the source's)"
     )
     convert.add_argument("--variant", help="source weights variant, e.g. fp16")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="FID, KID, precision/recall, CLIP score, adherence or bits/dim of a trained run "
+        "(--config.eval.* settings)",
+    )
+    evaluate.add_argument("--workdir", required=True, type=Path, help="a trained run")
     return parser
 
 
@@ -113,10 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare_samplers(args, overrides)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "eval":
+            return _eval(args, overrides)
         return _sample(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+
+
+def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxdiff.evaluation.evaluate import evaluate_workdir
+
+    step, results = evaluate_workdir(args.workdir, overrides)
+    print(f"step {step}: " + ", ".join(f"{name} {value:.6g}" for name, value in results.items()))
+    return 0
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:

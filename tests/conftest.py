@@ -1,7 +1,9 @@
 """Test set-up: 8 simulated CPU devices, float32 by default, deterministic XLA."""
 
 import os
+import sys
 import tempfile
+import types
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,3 +13,11 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxdiff-tests-jax-cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+# torchvision (for pytorch-fid's reference Inception, see reference_models.py) is a CUDA build: its
+# `_meta_registrations` registers fake kernels for `torchvision::nms`, which the CPU build of torch
+# does not define, so `import torchvision` fails, and with it every transformers / diffusers import
+# that probes for torchvision. Nothing tested needs those registrations: an empty module stands in.
+sys.modules.setdefault(
+    "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+)

@@ -6,6 +6,8 @@ values) and saves it with the library's own `save_pretrained`.
 
 import json
 import string
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,20 @@ CLIP_CONFIGS = {
 }
 
 
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
 def perturb(model, seed: int = 0) -> None:
     """Adds noise to every parameter so norms and biases are away from their trivial init."""
     import torch
@@ -150,7 +166,7 @@ def build_clip(name: str):
 def write_tokenizer(directory: Path, max_length: int = 16) -> None:
     """A CLIP BPE tokenizer folder as Stable Diffusion ships it (vocab.json, merges.txt,
     tokenizer_config.json): single letters, one merge, start / end of text."""
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     letters = list(string.ascii_lowercase)
     tokens = [*letters, *(c + "</w>" for c in letters), "re", "<|startoftext|>", "<|endoftext|>"]
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
@@ -169,6 +185,70 @@ def write_tokenizer(directory: Path, max_length: int = 16) -> None:
     )
 
 
+def save_stable_diffusion(folder: Path, unet, vae, scheduler_config: dict = SD15_SCHEDULER) -> Path:
+    """A diffusers `StableDiffusionPipeline` of `unet`, `vae`, a tiny OpenAI-style CLIP text
+    encoder and tokenizer and a PNDM scheduler, saved in `folder` with `save_pretrained`."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import AutoTokenizer
+
+    write_tokenizer(folder / "tokenizer")
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=build_clip("quick_gelu"),
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        scheduler=PNDMScheduler.from_config(scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+CLIP_VISION = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+    projection_dim=16,
+)
+# The tiny tokenizer of `write_tokenizer`: 55 tokens, <|startoftext|> 53, <|endoftext|> 54.
+CLIP_MODEL_TEXT = dict(
+    vocab_size=60,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=16,
+    bos_token_id=53,
+    eos_token_id=54,
+    pad_token_id=54,
+)
+
+
+def save_clip_model(folder: Path, seed: int = 4):
+    """(a tiny transformers CLIPModel with an OpenCLIP-style gelu image tower, `folder`): the
+    model saved with `save_pretrained`, the tiny tokenizer beside it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.CLIPConfig(
+        text_config=CLIP_MODEL_TEXT,
+        vision_config={**CLIP_VISION, "hidden_act": "gelu"},
+        projection_dim=16,
+        logit_scale_init_value=2.0,
+    )
+    model = transformers.CLIPModel(config).eval()
+    perturb(model, seed=seed)
+    model.save_pretrained(folder)
+    write_tokenizer(folder)
+    return model, folder
+
+
 def unet_inputs(config: dict, batch: int = 2, size: int = 8, tokens: int = 5, seed: int = 0):
     """(x [B, H, W, C], timesteps [B], context [B, T, D]) as numpy float32."""
     rng = np.random.RandomState(seed)
@@ -177,3 +257,22 @@ def unet_inputs(config: dict, batch: int = 2, size: int = 8, tokens: int = 5, se
     x = rng.randn(batch, size, size, config.get("in_channels", 4)).astype(np.float32)
     t = rng.uniform(0, 1000, batch).astype(np.float32)
     return x, t, rng.randn(batch, tokens, width).astype(np.float32)
+
+
+FID_REFERENCE = Path(sys.prefix) / "pytorch-fid-reference"
+
+
+def import_pytorch_fid() -> types.ModuleType:
+    """The `pytorch_fid` package with its inception and fid_score modules.
+
+    pytorch-fid and torchvision are installed by the Makefile in `FID_REFERENCE`, outside the
+    environment's site-packages: torchvision's PyPI build is made for CUDA torch and breaks
+    transformers' model imports wherever it is importable (see conftest.py for how the tests
+    import it).
+    """
+    if str(FID_REFERENCE) not in sys.path:
+        sys.path.append(str(FID_REFERENCE))
+    import pytorch_fid.fid_score
+    import pytorch_fid.inception
+
+    return pytorch_fid

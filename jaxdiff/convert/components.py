@@ -26,7 +26,7 @@ from jaxdiff.convert.output_folder import atomic_folder
 from jaxdiff.convert.safetensors_io import write_safetensors
 from jaxdiff.convert.weight_files import read_weights
 from jaxdiff.errors import UserError, first_line
-from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
+from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, CLIPVisionTransformer, UNet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,14 @@ FORMATS: dict[str, ComponentFormat] = {
             transformers_clip.clip_projection_arguments,
             transformers_clip.clip_config,
             transformers_clip.clip_table,
+        ),
+        ComponentFormat(
+            "CLIPVisionModelWithProjection",
+            CLIPVisionTransformer,
+            _TRANSFORMERS_WEIGHTS,
+            transformers_clip.clip_vision_arguments,
+            transformers_clip.clip_vision_config,
+            transformers_clip.clip_vision_table,
         ),
     )
 }

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
+from jaxdiff.data.captions import words
 from jaxdiff.errors import UserError
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -81,10 +82,11 @@ _TEMPLATES: tuple[str, ...] = (
     "{c} {s}, {p}",
     "a {s} in the {p}, coloured {c}",
 )
+STREAM_LENGTH = 2**62  # examples are a function of the index, which may grow without bound
+
 _VERTICAL_SYNONYMS = {"top": "upper", "bottom": "lower"}
 _CENTER_PHRASES: tuple[str, ...] = ("center", "centre", "middle")
 
-_WORD_RE = re.compile(r"\w+|[^\w\s]")
 _VERTICAL_WORDS = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
 _HORIZONTAL_WORDS = ("left", "right")
 
@@ -105,11 +107,6 @@ def _position_phrases(position: str) -> tuple[str, ...]:
     )
 
 
-def _words(text: str) -> list[str]:
-    """Lower-cased words and single punctuation marks, as the word-level tokenizer splits them."""
-    return _WORD_RE.findall(text.lower())
-
-
 def prompt(shape: str, colour: str, position: str) -> str:
     """The canonical prompt for one combination, e.g. "a red circle in the top left corner"."""
     _check_combination((shape, colour, position))
@@ -128,7 +125,7 @@ def _grammar_tokens() -> frozenset[str]:
     for template in _TEMPLATES:
         for position in POSITIONS:
             for phrase in _position_phrases(position):
-                tokens.update(_words(template.format(c=COLOURS[0], s=SHAPES[0], p=phrase)))
+                tokens.update(words(template.format(c=COLOURS[0], s=SHAPES[0], p=phrase)))
     tokens.update(SHAPES)
     tokens.update(COLOURS)
     return frozenset(tokens)
@@ -145,17 +142,17 @@ def caption_attributes(caption: str) -> tuple[int, int, int]:
     Accepts any wording built from the grammar's vocabulary that names exactly one shape, one
     colour and one region, e.g. "red circle, upper left" or "green triangle top right".
     """
-    words = _words(caption)
-    unknown = [w for w in words if w not in _grammar_tokens()]
+    tokens = words(caption)
+    unknown = [w for w in tokens if w not in _grammar_tokens()]
     if unknown:
         raise UserError(
             f"unknown word {unknown[0]!r} in {caption!r}; accepted: {', '.join(vocabulary())}"
         )
-    shapes = {w for w in words if w in SHAPES}
-    colours = {w for w in words if w in COLOURS}
-    verticals = {_VERTICAL_WORDS[w] for w in words if w in _VERTICAL_WORDS}
-    horizontals = {w for w in words if w in _HORIZONTAL_WORDS}
-    centers = {w for w in words if w in _CENTER_PHRASES}
+    shapes = {w for w in tokens if w in SHAPES}
+    colours = {w for w in tokens if w in COLOURS}
+    verticals = {_VERTICAL_WORDS[w] for w in tokens if w in _VERTICAL_WORDS}
+    horizontals = {w for w in tokens if w in _HORIZONTAL_WORDS}
+    centers = {w for w in tokens if w in _CENTER_PHRASES}
     if len(shapes) != 1:
         raise UserError(f"{caption!r} must name exactly one shape out of {', '.join(SHAPES)}")
     if len(colours) != 1:
@@ -277,6 +274,7 @@ class ShapesDataset:
     seed: int = 0
     holdout: tuple[tuple[str, str, str], ...] = ()
     background: str = "textured"
+    name: ClassVar[str] = "data set 'shapes'"
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 16:
@@ -403,6 +401,27 @@ class ShapesDataset:
         """The examples' captions, e.g. "top-left: red circle"."""
         keys = self._keys(indices)
         return self._captions(keys, self._attributes(keys))
+
+    def __len__(self) -> int:
+        """Indices are unbounded; this is the length a record source must report."""
+        return STREAM_LENGTH
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:
+        """The record `jaxdiff.data.pipeline` reads: `image` uint8 `[S, S, 3]`, `caption` and
+        `attributes` `[3]`."""
+        keys = self._keys(np.array([index]))
+        attributes = self._attributes(keys)
+        return {
+            "image": self._images(keys, attributes)[0],
+            "caption": self._captions(keys, attributes)[0],
+            "attributes": attributes[0],
+        }
+
+    def image_shape(self) -> tuple[int, int]:
+        return self.image_size, self.image_size
+
+    def vocabulary(self) -> list[str]:
+        return vocabulary()
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray | list[str]]:
         """A training batch.

@@ -9,12 +9,14 @@ from jaxdiff.models.clip_text import (
     CLIPTextOutput,
     CLIPTextTransformer,
 )
+from jaxdiff.models.clip_vision import CLIP_VISION_PRESETS, CLIPVisionOutput, CLIPVisionTransformer
 from jaxdiff.models.layers import LOGICAL_AXES
 from jaxdiff.models.unet import DOWN_BLOCK_TYPES, UNET_PRESETS, UP_BLOCK_TYPES, UNet
 from jaxdiff.models.vae import VAE_PRESETS, AutoencoderKL
 
 __all__ = [
     "CLIP_TEXT_PRESETS",
+    "CLIP_VISION_PRESETS",
     "DOWN_BLOCK_TYPES",
     "LOGICAL_AXES",
     "UNET_PRESETS",
@@ -23,5 +25,7 @@ __all__ = [
     "AutoencoderKL",
     "CLIPTextOutput",
     "CLIPTextTransformer",
+    "CLIPVisionOutput",
+    "CLIPVisionTransformer",
     "UNet",
 ]

@@ -74,31 +74,34 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPAttention(nnx.Module):
-    """transformers `CLIPAttention`, causal: `q_proj`, `k_proj`, `v_proj`, `out_proj`."""
+    """transformers `CLIPAttention`: `q_proj`, `k_proj`, `v_proj`, `out_proj`; causal unless
+    `causal=False` (the vision tower)."""
 
     def __init__(
         self,
         hidden_size: int,
         num_heads: int,
         *,
+        causal: bool = True,
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.num_heads = num_heads
+        self.causal = causal
         self.q_proj = dense(hidden_size, hidden_size, ("embed", "heads"), **kw)
         self.k_proj = dense(hidden_size, hidden_size, ("embed", "heads"), **kw)
         self.v_proj = dense(hidden_size, hidden_size, ("embed", "heads"), **kw)
         self.out_proj = dense(hidden_size, hidden_size, ("heads", "embed"), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [B, T, D] -> [B, T, D]; position i attends to positions <= i."""
+        """x [B, T, D] -> [B, T, D]; causal: position i attends to positions <= i only."""
         b, t, _ = x.shape
         q, k, v = (
             p(x).reshape(b, t, self.num_heads, -1) for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        return self.out_proj(attention(q, k, v, is_causal=True).reshape(b, t, -1))
+        return self.out_proj(attention(q, k, v, is_causal=self.causal).reshape(b, t, -1))
 
 
 class CLIPMLP(nnx.Module):
@@ -127,7 +130,8 @@ class CLIPMLP(nnx.Module):
 
 
 class CLIPEncoderLayer(nnx.Module):
-    """transformers `CLIPEncoderLayer`: pre-norm `self_attn` and `mlp` residual sub-layers."""
+    """transformers `CLIPEncoderLayer`: pre-norm `self_attn` and `mlp` residual sub-layers
+    (causal self-attention unless `causal=False`)."""
 
     def __init__(
         self,
@@ -137,12 +141,13 @@ class CLIPEncoderLayer(nnx.Module):
         hidden_act: str,
         layer_norm_eps: float,
         *,
+        causal: bool = True,
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.self_attn = CLIPAttention(hidden_size, num_heads, **kw)
+        self.self_attn = CLIPAttention(hidden_size, num_heads, causal=causal, **kw)
         self.layer_norm1 = LayerNorm(
             hidden_size, layer_norm_eps, dtype=dtype, param_dtype=param_dtype
         )

@@ -43,18 +43,25 @@ class Task(Protocol):
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Task:
     """The task named by ``config.task``, with the config validated."""
+    from jaxdiff.train.finetune_task import FinetuneTask
     from jaxdiff.train.text_to_image_task import TextToImageTask
     from jaxdiff.train.vae_task import VAETask
 
-    tasks = {"vae": VAETask, "text_to_image": TextToImageTask}
+    tasks = {"vae": VAETask, "text_to_image": TextToImageTask, "finetune": FinetuneTask}
     if config.task not in tasks:
         raise UserError(f"unknown task {config.task!r}; accepted: {', '.join(sorted(tasks))}")
     validate_common(config)
-    return tasks[config.task](config, None if workdir is None else Path(workdir))
+    task = tasks[config.task](config, None if workdir is None else Path(workdir))
+    if config.eval.metrics.strip() and not hasattr(task, "generator"):
+        raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
+    return task
 
 
 def validate_common(config: ml_collections.ConfigDict) -> None:
     """Checks the fields every task shares; each message names the value and what is accepted."""
+    from jaxdiff.evaluation.evaluate import validate_eval_config
+
+    validate_eval_config(config.eval, config.data)
     train = config.train
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         require(train[name] > 0, f"train.{name} must be > 0, got {train[name]}")
@@ -86,24 +93,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
         config.model.dtype in DTYPES,
         f"model.dtype {config.model.dtype!r} is not supported; accepted: {', '.join(DTYPES)}",
     )
-    require(
-        config.data.name == "shapes",
-        f"data.name {config.data.name!r} is not supported; accepted: shapes",
-    )
 
 
 def split_keys(keys: jax.Array, n: int) -> tuple[jax.Array, ...]:
     """Per-example keys [B] into ``n`` independent per-example key arrays, [B] each."""
     return tuple(jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, n))(keys), 1, 0))
-
-
-def make_dataset(data: ml_collections.ConfigDict):
-    """The embedded ``shapes`` data set described by ``config.data``."""
-    from jaxdiff.data.shapes import ShapesDataset, parse_holdout
-
-    return ShapesDataset(
-        image_size=data.image_size,
-        seed=data.seed,
-        holdout=parse_holdout(data.holdout),
-        background=data.background,
-    )

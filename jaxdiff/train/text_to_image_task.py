@@ -8,7 +8,9 @@ workdir is self-contained. With ``vae_workdir = ""`` the model works on pixels.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ from flax import nnx
 from jaxdiff import images, samplers
 from jaxdiff.checkpoint import latest_step
 from jaxdiff.configuration import from_json, require
-from jaxdiff.data.shapes import vocabulary
+from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion, make_process
 from jaxdiff.errors import UserError
 from jaxdiff.models.clip_text import CLIPTextTransformer
@@ -28,7 +30,7 @@ from jaxdiff.models.tokenizer import build_tokenizer, encode, load_tokenizer, sa
 from jaxdiff.models.unet import UNet
 from jaxdiff.models.vae import AutoencoderKL
 from jaxdiff.pipelines.text_to_image import TextToImagePipeline
-from jaxdiff.train.tasks import DTYPES, make_dataset, split_keys
+from jaxdiff.train.tasks import DTYPES, split_keys
 
 AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, beside its weights
 TOKENIZER_DIR = "tokenizer"
@@ -47,7 +49,7 @@ class TextToImageTask:
         self.tokenizer = (
             load_tokenizer(workdir / TOKENIZER_DIR)
             if saved_tokenizer
-            else build_tokenizer(vocabulary(), config.model.text.max_position_embeddings)
+            else build_tokenizer(self.data.vocabulary(), config.model.text.max_position_embeddings)
         )
         self.autoencoder_config = _autoencoder_config(config, workdir)
         factor = 1
@@ -131,38 +133,73 @@ class TextToImageTask:
                 json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list)
             )
 
+    def text_ids(self, captions: list[str]) -> np.ndarray:
+        """Token ids `[N, T]` of captions."""
+        return encode(self.tokenizer, captions)
+
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         examples = self.data.batch(indices)
-        return {"image": examples["image"], "ids": encode(self.tokenizer, examples["caption"])}
+        return {"image": examples["image"], "ids": self.text_ids(examples["caption"])}
 
     def loss(self, model: TextToImageModel, batch: dict):
-        latent_keys, drop_keys, noise_keys = split_keys(batch["key"], 3)  # [B] each
-        x0 = model.encode_images(batch["image"], latent_keys).astype(jnp.float32)  # [B, h, w, c]
-        ids = batch["ids"]  # [B, T]
         rate = self.config.train.caption_dropout
-        drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, (1,)))(drop_keys)  # [B, 1]
-        ids = jnp.where(drop, jnp.asarray(self.unconditional_ids), ids)
-        context = model.encode_text(ids)  # [B, T, D]
-        return self.diffusion.loss(model.unet, x0, noise_keys, context), {}  # [B]
+        return caption_dropout_loss(self.diffusion, rate, self.unconditional_ids, model, batch)
 
     def pipeline(self, model: TextToImageModel) -> TextToImagePipeline:
         return TextToImagePipeline(model, self.tokenizer, self.diffusion, self.latent_shape)
 
+    def generator(self, model: TextToImageModel) -> Callable[[list[str], int], np.ndarray]:
+        """``generate(prompts, seed)``: uint8 images `[N, H, W, 3]`, the config's sampling."""
+        sample = self.config.sample
+        pipeline = self.pipeline(model)
+
+        def generate(prompts: list[str], seed: int) -> np.ndarray:
+            return pipeline(
+                prompts,
+                seed=seed,
+                steps=sample.steps,
+                guidance=sample.guidance,
+                sampler=sample.sampler,
+            )
+
+        return generate
+
     def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, str]]:
         """One sample for each preview prompt, with the config's sampler settings."""
-        sample = self.config.sample
-        prompts = list(sample.preview_prompts)
-        pictures = self.pipeline(model)(
-            prompts, seed=0, steps=sample.steps, guidance=sample.guidance, sampler=sample.sampler
-        )
-        text = {
-            "prompts": " | ".join(prompts),
-            "seed": 0,
-            "sampler": sample.sampler,
-            "steps": sample.steps,
-            "guidance": sample.guidance,
-        }
-        return images.grid(pictures, columns=len(prompts)), text
+        return preview(self.config.sample, self.generator(model))
+
+
+def caption_dropout_loss(
+    diffusion: Diffusion,
+    rate: float,
+    unconditional_ids: np.ndarray,
+    model: TextToImageModel,
+    batch: dict,
+) -> tuple[jax.Array, dict]:
+    """The denoising loss `[B]` of (latent) images conditioned on their captions, each caption
+    replaced by the empty prompt's ids (`unconditional_ids` `[1, T]`) with probability ``rate``
+    so that the model also learns the unconditional denoiser (classifier-free guidance)."""
+    latent_keys, drop_keys, noise_keys = split_keys(batch["key"], 3)  # [B] each
+    x0 = model.encode_images(batch["image"], latent_keys).astype(jnp.float32)  # [B, h, w, c]
+    drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, (1,)))(drop_keys)  # [B, 1]
+    ids = jnp.where(drop, jnp.asarray(unconditional_ids), batch["ids"])  # [B, T]
+    context = model.encode_text(ids)  # [B, T, D]
+    return diffusion.loss(model.unet, x0, noise_keys, context), {}  # [B]
+
+
+def preview(
+    sample: ml_collections.ConfigDict, generate: Callable[[list[str], int], np.ndarray]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A row of one image per preview prompt (seed 0) and the PNG text describing it."""
+    prompts = list(sample.preview_prompts)
+    text = {
+        "prompts": " | ".join(prompts),
+        "seed": 0,
+        "sampler": sample.sampler,
+        "steps": sample.steps,
+        "guidance": sample.guidance,
+    }
+    return images.grid(generate(prompts, 0), columns=len(prompts)), text
 
 
 def _autoencoder_config(

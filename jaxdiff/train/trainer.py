@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from jaxdiff import configuration, images, parallel
 from jaxdiff.checkpoint import PROGRESS, Checkpointer, latest_step
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.evaluate import evaluate
 from jaxdiff.train.ema import make_ema_decay
 from jaxdiff.train.optim import learning_rate_schedule, make_optimizer
 from jaxdiff.train.state import StateLayout, as_targets, build_layout, initial_state, place
@@ -39,7 +40,13 @@ from jaxdiff.train.tasks import Task, make_task
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "optimizer", "ema")
-RESUMABLE_GROUPS = ("train", "sample", "mesh", "sharding_rules")  # may change between restarts
+RESUMABLE_GROUPS = (
+    "train",
+    "sample",
+    "eval",
+    "mesh",
+    "sharding_rules",
+)  # may change between restarts
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
@@ -143,9 +150,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                     )
                 if preempted:
                     break
-                preview_every = train_config.preview_every
-                if preview_every and (done % preview_every == 0 or done == steps):
-                    _preview(task, layout.graphdef, state, ema, workdir, done, mesh)
+                preview = _due(done, train_config.preview_every, steps)
+                evaluation = _due(done, config.eval.every, steps)
+                if preview or evaluation:  # one EMA copy of the model for both
+                    model = _ema_model(layout.graphdef, state, ema, mesh)
+                    if preview:
+                        _preview(task, model, workdir, done)
+                    if evaluation:
+                        logger.scalars(done, evaluate(task, model, config, workdir), kind="eval")
+                    del model
+                    logged_at = time.perf_counter()  # the step rate counts training alone
             checkpointer.wait()  # a second SIGTERM cannot cut the last save short
     finally:
         bar.close()
@@ -204,8 +218,9 @@ def load_trained(workdir: str | Path, use_ema: bool = True) -> tuple[Task, nnx.M
     return task, load_model(task, workdir, use_ema)
 
 
-def load_task(workdir: str | Path) -> Task:
-    """The task of a trained ``workdir`` (its config, tokenizer, ...) without its weights."""
+def load_task(workdir: str | Path, overrides: list[str] = ()) -> Task:
+    """The task of a trained ``workdir`` (its config, tokenizer, ...) without its weights; its
+    config changed by ``overrides`` ("key=value")."""
     workdir = Path(workdir)
     config_path = workdir / CONFIG_FILE
     if not config_path.is_file() or latest_step(workdir / CHECKPOINT_DIR) is None:
@@ -213,7 +228,9 @@ def load_task(workdir: str | Path) -> Task:
             f"workdir {str(workdir)!r} has no checkpoint; train one first with "
             f"'jaxdiff train --config CONFIG --workdir {workdir}'"
         )
-    return make_task(configuration.from_json(config_path.read_text()), workdir=workdir)
+    config = configuration.from_json(config_path.read_text())
+    configuration.apply_overrides(config, list(overrides))
+    return make_task(config, workdir=workdir)
 
 
 def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Module:
@@ -297,15 +314,24 @@ def _check_health(metrics, health, done: int, train: ml_collections.ConfigDict, 
     return {**{k: float(v) for k, v in metrics.items()}, "nonfinite_steps": nonfinite}, nonfinite
 
 
-def _preview(
-    task: Task, graphdef, state: nnx.State, ema: nnx.State, workdir: Path, step: int, mesh
-):
-    """Every process samples (the weights are spread over all of them); process 0 writes."""
-    model, _ = nnx.merge(graphdef, state, copy=True)  # new Variables: `state` is left untouched
+def _due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (``every`` steps, 0: never) runs after ``step``."""
+    return bool(every) and (step % every == 0 or step == last)
+
+
+def _ema_model(graphdef, state: nnx.State, ema: nnx.State, mesh) -> nnx.Module:
+    """The model with its EMA weights, as new Variables (``state`` is left untouched); with
+    several processes, whole on every device (the weights are spread over all of them)."""
+    model, _ = nnx.merge(graphdef, state, copy=True)
     nnx.update(model, ema)
-    if jax.process_count() > 1:  # the model alone, whole on every device
+    if jax.process_count() > 1:
         replicate = jax.jit(lambda t: t, out_shardings=parallel.replicated(mesh))
         nnx.update(model, replicate(nnx.state(model)))
+    return model
+
+
+def _preview(task: Task, model: nnx.Module, workdir: Path, step: int) -> None:
+    """Every process samples; process 0 writes."""
     picture, text = task.preview(model)
     if jax.process_index() == 0:
         path = workdir / "samples" / f"step_{step:07d}.png"
@@ -345,11 +371,26 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
+def _kept_lines(path: Path, resumed_at: int) -> list[str]:
+    """The lines of a JSONL log up to step ``resumed_at`` (later work was lost, and a line cut
+    short by a crash is dropped); the file is rewritten to hold only those."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        step = _logged_step(line)
+        if step is not None and step <= resumed_at:
+            kept.append(line)
+    _write_atomically(path, "".join(line + "\n" for line in kept))
+    return kept
+
+
 class _Logger:
-    """Metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only).
+    """Metrics to ``metrics.jsonl``, evaluations to ``eval.jsonl``, both to TensorBoard event
+    files (process 0 only).
 
     On resume, lines logged after the restored step (work lost in the interruption) and a last
-    line cut short by a crash are dropped, so the file holds each step once.
+    line cut short by a crash are dropped, so each file holds each step once.
     """
 
     def __init__(self, workdir: Path, enabled: bool, resumed_at: int):
@@ -358,17 +399,13 @@ class _Logger:
             return
         from tensorboardX import SummaryWriter
 
-        path = workdir / "metrics.jsonl"
-        kept = []
-        if path.is_file():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if _logged_step(line) is not None and _logged_step(line) <= resumed_at
-            ]
-            _write_atomically(path, "".join(line + "\n" for line in kept))
+        kept = _kept_lines(workdir / "metrics.jsonl", resumed_at)
+        _kept_lines(workdir / "eval.jsonl", resumed_at)
         self._last = json.loads(kept[-1]) if kept else {}
-        self.jsonl = path.open("a")
+        self.files = {
+            "train": (workdir / "metrics.jsonl").open("a"),
+            "eval": (workdir / "eval.jsonl").open("a"),
+        }
         self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resumed_at + 1)
 
     def last(self) -> dict[str, Any]:
@@ -377,15 +414,17 @@ class _Logger:
             return {}
         return {k: v for k, v in self._last.items() if k != "step"}
 
-    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+    def scalars(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
+        """One line of ``kind`` ("train" or "eval") metrics."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        self.files[kind].write(json.dumps({"step": step, **metrics}) + "\n")
+        self.files[kind].flush()
         for name, value in metrics.items():
-            self.writer.add_scalar(f"train/{name}", value, step)
+            self.writer.add_scalar(f"{kind}/{name}", value, step)
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
+            for file in self.files.values():
+                file.close()
             self.writer.close()

@@ -12,8 +12,9 @@ from flax import nnx
 
 from jaxdiff import images
 from jaxdiff.configuration import require
+from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.models.vae import AutoencoderKL
-from jaxdiff.train.tasks import DTYPES, make_dataset
+from jaxdiff.train.tasks import DTYPES
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 PREVIEW_INDEX = 10**12  # preview and evaluation images come from far beyond any training step

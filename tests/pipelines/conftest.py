@@ -10,26 +10,14 @@ import shutil
 
 import pytest
 from reference_models import (
+    SD15_SCHEDULER,
     UNET_CONFIGS,
     VAE_CONFIGS,
-    build_clip,
     build_unet,
     build_vae,
-    write_tokenizer,
+    save_stable_diffusion,
 )
 
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
 PREDICTIONS = ("epsilon", "v_prediction")
 
 
@@ -51,28 +39,13 @@ def _near_deterministic_vae():
 def _save_model(tmp_path_factory, name: str, unet_config: dict) -> dict:
     """{prediction type: folder} of one tiny model, the folders differing in the scheduler's
     prediction type only."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-    from transformers import AutoTokenizer
-
-    tokenizer_dir = tmp_path_factory.mktemp(f"{name}_tokenizer") / "tokenizer"
-    write_tokenizer(tokenizer_dir)
-    pipe = StableDiffusionPipeline(
-        unet=build_unet(unet_config),
-        vae=_near_deterministic_vae(),
-        text_encoder=build_clip("quick_gelu"),
-        tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
-        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    first = tmp_path_factory.mktemp(f"{name}_{PREDICTIONS[0]}")
+    save_stable_diffusion(first, build_unet(unet_config), _near_deterministic_vae())
     folders = {}
     for prediction in PREDICTIONS:
-        folder = tmp_path_factory.mktemp(f"{name}_{prediction}")
-        if not folders:
-            pipe.save_pretrained(folder)
-            first = folder
-        else:
+        folder = first
+        if prediction != PREDICTIONS[0]:
+            folder = tmp_path_factory.mktemp(f"{name}_{prediction}")
             shutil.copytree(first, folder, dirs_exist_ok=True)
         config = folder / "scheduler" / "scheduler_config.json"
         config.write_text(json.dumps(scheduler_config(prediction)))

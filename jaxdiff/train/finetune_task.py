@@ -1,0 +1,176 @@
+"""Fine-tuning a pretrained Stable Diffusion UNet on image-caption data.
+
+The model folder (diffusers format, or a hub id) gives the three networks, the tokenizer and the
+scheduler config: the training objective is the scheduler's own (its discrete VP process and
+prediction type, timesteps drawn uniformly, as diffusers' ``train_text_to_image.py``), with an
+optional Min-SNR-gamma weighting (Hang et al. 2023). The VAE and the text encoder are frozen; the
+VAE's ``scaling_factor`` scales the latents. A fresh run copies the architecture files, tokenizer
+and scheduler config into the workdir, so that sampling and resuming need only the workdir.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxdiff.checkpoint import latest_step
+from jaxdiff.configuration import require
+from jaxdiff.convert.components import abstract_model, read_config
+from jaxdiff.convert.json_files import read_json_object
+from jaxdiff.convert.pipeline_components import NETWORKS, resolve_model_dir
+from jaxdiff.data.pipeline import make_dataset
+from jaxdiff.diffusion import Diffusion
+from jaxdiff.models.text_to_image import TextToImageModel
+from jaxdiff.pipelines.scheduler_config import SchedulerConfig
+from jaxdiff.train.tasks import DTYPES
+from jaxdiff.train.text_to_image_task import caption_dropout_loss, preview
+
+PRETRAINED_DIR = "pretrained"  # architecture files, tokenizer and scheduler, copied from the model
+FINETUNE_WEIGHTINGS = ("uniform", "min_snr")
+
+
+class FinetuneTask:
+    """Denoising loss of a pretrained latent text-to-image model on new captioned images."""
+
+    trainable = nnx.All(nnx.Param, nnx.PathContains("unet"))
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path | None = None):
+        from transformers import AutoTokenizer
+
+        self.config = config
+        # A run's own copy of the model's description, once it has a checkpoint (its weights).
+        from jaxdiff.train.trainer import CHECKPOINT_DIR
+
+        saved = workdir / PRETRAINED_DIR if workdir is not None else None
+        trained = saved is not None and latest_step(workdir / CHECKPOINT_DIR) is not None
+        self.source = saved if trained and saved.is_dir() else None
+        if self.source is None:
+            require(
+                bool(config.pretrained),
+                "pretrained is empty; give a diffusers model folder or hub id, e.g. "
+                "--config.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5",
+            )
+            self.source = resolve_model_dir(config.pretrained, config.variant or None)
+        self.configs = {name: read_config(self.source / name) for name in NETWORKS}
+        scheduler = read_json_object(self.source / "scheduler" / "scheduler_config.json")
+        self.scheduler_config = scheduler
+        schedule = SchedulerConfig.from_dict(scheduler)
+        weighting = config.diffusion.weighting
+        require(
+            weighting in FINETUNE_WEIGHTINGS,
+            f"diffusion.weighting {weighting!r} is not supported for fine-tuning; accepted: "
+            f"{', '.join(FINETUNE_WEIGHTINGS)}",
+        )
+        self.diffusion = Diffusion(
+            schedule.process,
+            schedule.parameterization,
+            weighting=weighting,
+            min_snr_gamma=config.diffusion.min_snr_gamma,
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source / "tokenizer")
+        require(
+            0.0 <= config.train.caption_dropout < 1.0,
+            f"train.caption_dropout must be in [0, 1), got {config.train.caption_dropout}",
+        )
+        self.unconditional_ids = self.text_ids([""])  # [1, T]
+        self.data = make_dataset(config.data)
+        vae = self.configs["vae"]
+        factor = 2 ** (len(vae.get("block_out_channels", (64,))) - 1)
+        size = config.data.image_size
+        require(
+            size % factor == 0,
+            f"data.image_size {size} is not divisible by the VAE's downsampling factor {factor}",
+        )
+
+    def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:
+        dtype = DTYPES[self.config.model.dtype]
+        networks = {}
+        for name in NETWORKS:
+            abstract = abstract_model(self.configs[name], str(self.source / name), dtype)
+            cls, arguments = type(abstract), dict(abstract.architecture)
+            networks[name] = cls(**arguments, dtype=dtype, rngs=rngs)
+        return TextToImageModel(
+            networks["text_encoder"],
+            networks["unet"],
+            networks["vae"],
+            latent_scale=networks["vae"].scaling_factor,
+        )
+
+    def initialize(self, model: TextToImageModel, workdir: Path) -> None:
+        """Loads the pretrained weights and copies the model's description into the workdir."""
+        from jaxdiff.convert.pipeline_components import load_network
+
+        for name, module in (
+            ("unet", model.unet),
+            ("vae", model.autoencoder),
+            ("text_encoder", model.text_encoder),
+        ):
+            loaded = load_network(self.source / name, variant=self.config.variant or None)
+            nnx.update(module, nnx.state(loaded))
+        target = workdir / PRETRAINED_DIR
+        if jax.process_index() == 0 and self.source != target:
+            partial = workdir / f"{PRETRAINED_DIR}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # left by a run that died before a save
+            for name in NETWORKS:
+                (partial / name).mkdir(parents=True)
+                shutil.copy2(self.source / name / "config.json", partial / name / "config.json")
+            shutil.copytree(self.source / "tokenizer", partial / "tokenizer")
+            shutil.copytree(self.source / "scheduler", partial / "scheduler")
+            partial.replace(target)
+
+    def text_ids(self, captions: list[str]) -> np.ndarray:
+        """Token ids `[N, T]` of captions, cut at the tokenizer's limit (silently: training
+        captions are often longer than CLIP's 77 tokens)."""
+        limit = self.tokenizer.model_max_length
+        ids = self.tokenizer(
+            list(captions), padding="max_length", max_length=limit, truncation=True
+        )
+        return np.asarray(ids["input_ids"], np.int32)
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        examples = self.data.batch(indices)
+        return {"image": examples["image"], "ids": self.text_ids(examples["caption"])}
+
+    def loss(self, model: TextToImageModel, batch: dict) -> tuple[jax.Array, dict]:
+        rate = self.config.train.caption_dropout
+        return caption_dropout_loss(self.diffusion, rate, self.unconditional_ids, model, batch)
+
+    def pipeline(self, model: TextToImageModel):
+        from jaxdiff.pipelines import StableDiffusion
+
+        return StableDiffusion(
+            model.unet, model.autoencoder, model.text_encoder, self.tokenizer, self.scheduler_config
+        )
+
+    def generator(self, model: TextToImageModel) -> Callable[[list[str], int], np.ndarray]:
+        """``generate(prompts, seed)``: uint8 images `[N, S, S, 3]` at the data's size, the
+        config's sampling."""
+        sample = self.config.sample
+        size = self.config.data.image_size
+        pipeline = self.pipeline(model)
+
+        def generate(prompts: list[str], seed: int) -> np.ndarray:
+            pictures = pipeline(
+                prompts,
+                height=size,
+                width=size,
+                num_inference_steps=sample.steps,
+                guidance_scale=sample.guidance,
+                sampler=sample.sampler,
+                seed=seed,
+            )  # [N, S, S, 3] in [0, 1]
+            return np.rint(np.asarray(pictures) * 255.0).astype(np.uint8)
+
+        return generate
+
+    def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, Any]]:
+        """One sample for each preview prompt, with the config's sampler settings."""
+        return preview(self.config.sample, self.generator(model))

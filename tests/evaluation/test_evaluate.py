@@ -1,0 +1,130 @@
+"""`jaxdiff eval` and the trainer's periodic evaluation on a tiny trained text-to-image run."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from reference_models import save_clip_model
+
+from jaxdiff.cli import main
+from jaxdiff.configuration import load_config
+from jaxdiff.errors import UserError
+from jaxdiff.evaluation.features import FeatureExtractor
+from jaxdiff.train.trainer import train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """Two steps of the tiny shapes model, evaluated for prompt adherence at the end."""
+    workdir = tmp_path_factory.mktemp("t2i")
+    overrides = [
+        "train.steps=2",
+        "train.preview_every=0",
+        "eval.every=2",
+        "eval.metrics=adherence",
+        "eval.samples_per_prompt=1",
+    ]
+    train(load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", overrides), workdir, progress=False)
+    return workdir
+
+
+def test_the_trainer_logs_its_evaluations(run):
+    lines = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2]
+    for name in ("shape", "colour", "position", "all"):
+        assert 0.0 <= lines[0][f"adherence_{name}"] <= 1.0
+
+
+def test_eval_command_computes_every_metric(run, tmp_path, capsys):
+    _, clip_folder = save_clip_model(tmp_path / "clip")
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    args = [
+        "eval",
+        "--workdir",
+        str(workdir),
+        "--config.eval.metrics=fid,kid,precision_recall,clip_score,bits_per_dim",
+        "--config.eval.features=clip",
+        f"--config.eval.clip_model={clip_folder}",
+        "--config.eval.num_samples=8",
+        "--config.eval.batch_size=8",
+        "--config.eval.bpd_images=4",
+        "--config.eval.bpd_steps=4",
+    ]
+    assert main(args) == 0
+    results = json.loads((workdir / "eval" / "step_0000002.json").read_text())
+    assert results["step"] == 2
+    assert results["fid"] > 0 and 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
+    assert np.isfinite(results["kid"]) and results["kid_std"] > 0
+    assert 0 <= results["clip_score"] <= 100
+    assert 0 < results["bits_per_dim"] < 100
+    assert "step 2: fid" in capsys.readouterr().out
+    # The data features are cached with their statistics, in pytorch-fid's .npz format.
+    (cached,) = (workdir / "eval").glob("reference_clip_*.npz")
+    with np.load(cached) as stored:
+        assert stored["features"].shape == (8, 16) and stored["sigma"].shape == (16, 16)
+    stamp = cached.stat().st_mtime_ns
+    assert main([*args[:3], "--config.eval.metrics=fid", *args[4:]]) == 0
+    assert cached.stat().st_mtime_ns == stamp, "reference features are reused"
+    again = json.loads((workdir / "eval" / "step_0000002.json").read_text())
+    assert again["fid"] == pytest.approx(results["fid"], rel=1e-5)
+    # FID against the saved statistics is the same number.
+    assert (
+        main(
+            [*args[:3], "--config.eval.metrics=fid", f"--config.eval.reference={cached}", *args[4:]]
+        )
+        == 0
+    )
+    against_file = json.loads((workdir / "eval" / "step_0000002.json").read_text())
+    assert against_file["fid"] == pytest.approx(results["fid"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.eval.metrics=fid,sharpness", r"eval.metrics names 'sharpness'; accepted: fid"),
+        ("--config.eval.features=vgg", r"eval.features 'vgg' is not supported; accepted"),
+        ("--config.train.steps=3", r"eval takes only eval.\* overrides, got 'train.steps=3'"),
+        ("--config.eval.num_samples=1", r"eval.num_samples must be >= 2, got 1"),
+        ("--config.eval.metrics=fid", r"eval.inception_weights is not set; give the Inception"),
+        ("--config.eval.metrics=clip_score", r"eval.clip_model is not set; give a transformers"),
+        ("--config.eval.reference=/no/such.npz", r"eval.reference '/no/such.npz' does not exist"),
+        ("--config.eval.metrics=", r"eval.every is 2 but eval.metrics names none"),
+    ],
+)
+def test_eval_errors(run, capsys, override, message):
+    assert main(["eval", "--workdir", str(run), override]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+def test_a_model_that_does_not_generate_images_is_refused_before_training(tmp_path):
+    config = load_config(f"{CONFIGS / 'shapes_vae.py'}:tiny", ["eval.metrics=fid"])
+    config.eval.inception_weights = str(tmp_path)  # exists; never read
+    with pytest.raises(UserError, match=r"a 'vae' model does not generate images"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_feature_extractor_pads_batches_to_whole_devices():
+    class Project(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.arange(12.0).reshape(3, 4))
+
+        def __call__(self, images):
+            return jnp.mean(images, axis=(1, 2)) @ self.w[...]
+
+    images = np.random.default_rng(0).integers(0, 256, (13, 5, 5, 3), dtype=np.uint8)
+    extractor = FeatureExtractor(Project(), "project", batch_size=4)
+    assert extractor.batch_size == len(jax.local_devices())  # rounded up to whole devices
+    expected = np.mean(images / 255.0, axis=(1, 2)) @ np.arange(12.0).reshape(3, 4)
+    np.testing.assert_allclose(extractor(images), expected, rtol=1e-5)

@@ -1,0 +1,293 @@
+"""PF-ODE likelihoods against closed forms: Gaussian and Gaussian-mixture data with their exact
+denoisers (the noised density at sigma_min is closed-form), Hutchinson unbiasedness against its
+exact variance, and the bits/dim of dequantized 8-bit data against a discretized Gaussian."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.special import logsumexp
+from scipy.stats import norm
+
+from jaxdiff.errors import UserError
+from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, make_mixture
+from jaxdiff.evaluation.likelihood import bits_per_dim, dequantize, nll
+
+D = 8
+SIGMA_MIN, SIGMA_MAX = 1e-3, 1e3  # sigma_max >> data scale: the N(0, sigma_max^2) prior is ~exact
+LN2 = math.log(2.0)
+
+
+def log_density(mix: GaussianMixture, x: jax.Array, sigma: float) -> jax.Array:
+    """Closed-form `log p_sigma(x)` of the noised mixture. x: [B, d] -> [B]"""
+    var = mix.variances + sigma**2  # [K, d]
+    diff = x[:, None, :] - mix.means[None]  # [B, K, d]
+    log_lik = -0.5 * jnp.sum(diff**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)  # [B, K]
+    return logsumexp(jnp.log(mix.weights) + log_lik, axis=-1)
+
+
+def gaussian(seed: int = 0) -> GaussianMixture:
+    """One Gaussian in D dims: means N(0, 1), variances log-uniform in [0.05, 2]. float32."""
+    rng = np.random.default_rng(seed)
+    return as_dtype(
+        GaussianMixture(
+            weights=np.ones(1),
+            means=rng.normal(0.0, 1.0, (1, D)),
+            variances=np.exp(rng.uniform(np.log(0.05), np.log(2.0), (1, D))),
+        ),
+        jnp.float32,
+    )
+
+
+def rotation(seed: int = 1) -> jax.Array:
+    """A random orthogonal D x D matrix: rotated data has a full covariance, so the Jacobian of
+    the denoiser is not diagonal. [D, D]"""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(D, D)))
+    return jnp.asarray(q, jnp.float32)
+
+
+def rotated(g: GaussianMixture, q: jax.Array):
+    """Data `x0 = Q y0`, y0 ~ g: its exact denoiser and noised log density."""
+
+    def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        return g.denoise(x @ q, sigma) @ q.T
+
+    def logp(x: jax.Array, sigma: float) -> jax.Array:
+        return log_density(g, x @ q, sigma)
+
+    return denoise, logp
+
+
+def solve(denoise, x, key=None, **options):
+    return jax.jit(lambda x, k: nll(denoise, x, k, **options))(x, key)
+
+
+def bpd_error(nats: jax.Array, logp: jax.Array) -> jax.Array:
+    """Per-example error in bits/dim of an NLL against the true log density. [B]"""
+    return (nats + logp) / (D * LN2)
+
+
+@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
+def test_gaussian_nll_with_exact_divergence_is_the_closed_form(solver):
+    """A full-covariance Gaussian: ODE NLL = -log N(x; Q mu, Q diag(v + sigma_min^2) Q^T)."""
+    g, q = gaussian(), rotation()
+    denoise, logp = rotated(g, q)
+    x = g.sample_noised(jax.random.key(1), 256, SIGMA_MIN) @ q.T  # [256, D]
+    out = solve(
+        denoise, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, divergence="exact", solver=solver
+    )
+    assert out.nats.shape == out.bits_per_dim.shape == (256,)
+    np.testing.assert_allclose(out.bits_per_dim, out.nats / (D * LN2), rtol=1e-6)
+    want = logp(x, SIGMA_MIN)
+    assert float(jnp.max(jnp.abs(bpd_error(out.nats, want)))) < 0.01  # measured 1.0e-3
+    # The integration alone, with the exact noised density at sigma_max as the prior.
+    solved = -(logp(out.x_end, SIGMA_MAX) + out.delta_logp)
+    assert float(jnp.max(jnp.abs(bpd_error(solved, want)))) < 1e-3  # measured 6e-5
+
+
+@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
+def test_two_component_mixture_nll_is_the_mixture_log_density(solver):
+    mix = as_dtype(make_mixture(dim=D, components=2, spread=1.5, component_std=0.5, seed=3), "f4")
+    x = mix.sample_noised(jax.random.key(2), 256, SIGMA_MIN)  # [256, D]
+    out = solve(
+        mix.denoise,
+        x,
+        sigma_min=SIGMA_MIN,
+        sigma_max=SIGMA_MAX,
+        divergence="exact",
+        solver=solver,
+    )
+    want = log_density(mix, x, SIGMA_MIN)
+    assert float(jnp.max(jnp.abs(bpd_error(out.nats, want)))) < 0.01  # measured 2.5e-3
+    solved = -(log_density(mix, out.x_end, SIGMA_MAX) + out.delta_logp)
+    assert float(jnp.max(jnp.abs(bpd_error(solved, want)))) < 2e-3  # rk4 5.6e-4, dopri5 1.5e-4
+    if solver == "dopri5":
+        assert 50 < int(out.nfe) < 1000
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased_with_the_predicted_variance(probe):
+    """With the probe e fixed over the solve, the Hutchinson log-density change is e^T M e with
+    M = int (dg/dx) dt = Q diag(c) Q^T, c_i = log((v_i + S^2) / (v_i + s^2)) / 2, while the exact
+    one is tr M. So hutchinson - exact has mean 0 and variance 2 sum_{i != j} M_ij^2
+    (Rademacher) or 2 ||M||_F^2 (Gaussian); the mean over N points is within 4 standard errors.
+    """
+    g, q = gaussian(), rotation()
+    denoise, _ = rotated(g, q)
+    n = 512
+    x = g.sample_noised(jax.random.key(3), n, SIGMA_MIN) @ q.T  # [n, D]
+    opts = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+    exact = solve(denoise, x, divergence="exact", **opts)
+    hutch = solve(denoise, x, jax.random.key(4), divergence="hutchinson", probe=probe, **opts)
+    np.testing.assert_allclose(hutch.x_end, exact.x_end, rtol=1e-6, atol=1e-4)
+    diff = np.asarray(hutch.delta_logp - exact.delta_logp, np.float64)  # [n] nats
+
+    v = np.asarray(g.variances[0], np.float64)
+    c = 0.5 * np.log((v + SIGMA_MAX**2) / (v + SIGMA_MIN**2))  # [D]
+    m = np.asarray(q, np.float64) @ np.diag(c) @ np.asarray(q, np.float64).T  # [D, D]
+    var = 2 * np.sum(m**2) - (2 * np.sum(np.diag(m) ** 2) if probe == "rademacher" else 0.0)
+    stderr = math.sqrt(var / n)
+    assert abs(diff.mean()) < 4 * stderr, (diff.mean(), stderr)
+    assert 0.6 < diff.var() / var < 1.6, (diff.var(), var)
+    # The mean NLL in bits/dim agrees with the exact divergence's; stderr here is ~0.04 bpd.
+    mean_gap = float(jnp.mean(hutch.bits_per_dim - exact.bits_per_dim))
+    assert abs(mean_gap) < 4 * stderr / (D * LN2)
+
+
+def test_rademacher_probe_is_exact_for_a_diagonal_jacobian():
+    """e_i^2 = 1, so e^T diag(a) e = tr diag(a) for every Rademacher probe."""
+    g = gaussian()
+    x = g.sample_noised(jax.random.key(5), 64, SIGMA_MIN)
+    opts = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, steps=32)
+    exact = solve(g.denoise, x, divergence="exact", **opts)
+    hutch = solve(g.denoise, x, jax.random.key(6), divergence="hutchinson", **opts)
+    np.testing.assert_allclose(hutch.nats, exact.nats, atol=1e-4)
+
+
+def test_any_shape_and_per_example_probes():
+    """x [B, 2, 2, 2] gives what the flat [B, 8] gives, and example b's Hutchinson probe does not
+    depend on the batch it is in."""
+    g, q = gaussian(), rotation()
+    denoise, _ = rotated(g, q)
+    x = g.sample_noised(jax.random.key(7), 8, SIGMA_MIN) @ q.T  # [8, D]
+    key = jax.random.key(8)
+    opts = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, steps=32)
+    flat = solve(denoise, x, key, **opts)
+
+    def denoise_4d(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        return denoise(x.reshape(x.shape[0], D), sigma).reshape(x.shape)
+
+    shaped = solve(denoise_4d, x.reshape(8, 2, 2, 2), key, **opts)
+    assert shaped.x_end.shape == (8, 2, 2, 2)
+    np.testing.assert_allclose(shaped.nats, flat.nats, rtol=1e-5)
+    half = solve(denoise, x[:4], key, **opts)
+    np.testing.assert_allclose(half.nats, flat.nats[:4], rtol=1e-5)
+
+
+@pytest.mark.parametrize("data_range", [(-1.0, 1.0), (0.0, 1.0)])
+def test_bits_per_dim_of_a_discretized_gaussian(data_range):
+    """8-bit data k = floor(z), z ~ N(m, s^2) per pixel on the [0, 256) scale, with the model's
+    Gaussian on the data_range scale. Its exact discrete NLL is -sum log(Phi((k + 1 - m) / s) -
+    Phi((k - m) / s)); with s >> 1 bin the dequantized bound is tight, so bits_per_dim must match
+    it. Also checks the bookkeeping bpd = E_u[NLL_x] / (D ln 2) + 8 - log2(hi - lo)."""
+    lo, hi = data_range
+    shape, dim = (2, 2, 3), 12
+    rng = np.random.default_rng(9)
+    m_z = rng.uniform(100.0, 156.0, dim)  # [dim] on the 256-level scale
+    s_z = rng.uniform(15.0, 30.0, dim)
+    z = rng.normal(m_z, s_z, (64, dim))  # [64, dim]
+    k = np.floor(z)
+    assert k.min() >= 0 and k.max() <= 255
+    images = jnp.asarray(k.reshape(64, *shape), jnp.uint8)
+    p_k = norm.cdf((k + 1 - m_z) / s_z) - norm.cdf((k - m_z) / s_z)
+    want = -np.log(p_k).sum(-1) / (dim * LN2)  # [64] exact bits/dim of the discrete data
+
+    scale = (hi - lo) / 256.0
+    model = as_dtype(
+        GaussianMixture(
+            weights=np.ones(1), means=(lo + scale * m_z)[None], variances=((scale * s_z) ** 2)[None]
+        ),
+        jnp.float32,
+    )
+
+    def denoise(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        return model.denoise(x.reshape(x.shape[0], dim), sigma).reshape(x.shape)
+
+    run = jax.jit(
+        lambda im, key: bits_per_dim(
+            denoise,
+            im,
+            key,
+            sigma_min=SIGMA_MIN,
+            sigma_max=SIGMA_MAX,
+            steps=64,
+            data_range=data_range,
+            num_dequant_samples=4,
+        )
+    )
+    out = run(images, jax.random.key(10))
+    assert out.bits_per_dim.shape == (64,) and out.continuous.nats.shape == (4, 64)
+    offset = 8.0 - math.log2(hi - lo)  # 7 for [-1, 1], 8 for [0, 1]
+    np.testing.assert_allclose(
+        out.bits_per_dim, out.continuous.bits_per_dim.mean(0) + offset, rtol=1e-6
+    )
+    np.testing.assert_allclose(out.nats, out.bits_per_dim * dim * LN2, rtol=1e-6)
+    err = np.asarray(out.bits_per_dim) - want
+    assert np.max(np.abs(err)) < 0.01, np.max(np.abs(err))  # measured 5.3e-3
+    assert abs(err.mean()) < 2e-3, err.mean()  # measured -4e-5
+
+    # The dequantized points lie in their bins, on the model's scale.
+    x = np.asarray(dequantize(images, jax.random.key(11), data_range))
+    z_back = (x - lo) / scale
+    assert np.all(z_back >= k.reshape(x.shape) - 1e-3) and np.all(z_back < k.reshape(x.shape) + 1)
+
+
+def test_dopri5_that_runs_out_of_steps_returns_nan():
+    g = gaussian()
+    x = g.sample_noised(jax.random.key(12), 4, SIGMA_MIN)
+    out = solve(
+        g.denoise,
+        x,
+        sigma_min=SIGMA_MIN,
+        sigma_max=SIGMA_MAX,
+        divergence="exact",
+        solver="dopri5",
+        max_steps=3,
+    )
+    assert np.all(np.isnan(out.nats))
+
+
+def _denoise(x, sigma):
+    return jnp.zeros_like(x)
+
+
+X = jnp.zeros((2, 3))
+OK = dict(sigma_min=0.01, sigma_max=10.0)
+IMAGES = jnp.zeros((2, 4), jnp.uint8)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: nll(_denoise, X, None, divergence="trace", **OK), "divergence='trace'"),
+        (lambda: nll(_denoise, X, jax.random.key(0), probe="uniform", **OK), "probe='uniform'"),
+        (lambda: nll(_denoise, X, None, divergence="exact", solver="euler", **OK), "euler"),
+        (lambda: nll(_denoise, X, None, sigma_min=0.0, sigma_max=1.0), "sigma_min=0.0"),
+        (lambda: nll(_denoise, X, None, sigma_min=2.0, sigma_max=1.0), "sigma_max=1.0"),
+        (lambda: nll(_denoise, X, None, sigma_min=1.0, sigma_max=math.inf), "sigma_max=inf"),
+        (lambda: nll(_denoise, X, None, **OK), "needs a key"),
+        (lambda: nll(_denoise, X, None, divergence="exact", steps=0, **OK), "steps=0"),
+        (lambda: nll(_denoise, X, None, divergence="exact", rtol=0.0, **OK), "rtol=0.0"),
+        (lambda: nll(_denoise, jnp.zeros(3), None, divergence="exact", **OK), r"\(3,\)"),
+        (
+            lambda: bits_per_dim(_denoise, jnp.zeros((2, 4)), jax.random.key(0), **OK),
+            "dtype float32",
+        ),
+        (
+            lambda: bits_per_dim(_denoise, np.full((2, 4), 300), jax.random.key(0), **OK),
+            "image value 300",
+        ),
+        (
+            lambda: bits_per_dim(_denoise, np.full((2, 4), -1), jax.random.key(0), **OK),
+            "image value -1",
+        ),
+        (
+            lambda: bits_per_dim(_denoise, IMAGES, jax.random.key(0), data_range=(1, -1), **OK),
+            r"data_range=\(1.0, -1.0\)",
+        ),
+        (
+            lambda: bits_per_dim(_denoise, IMAGES, jax.random.key(0), num_dequant_samples=0, **OK),
+            "num_dequant_samples=0",
+        ),
+        (
+            lambda: bits_per_dim(_denoise, IMAGES, jax.random.key(0), divergence="x", **OK),
+            "divergence='x'",
+        ),
+    ],
+)
+def test_bad_input_is_a_one_line_user_error(call, match):
+    with pytest.raises(UserError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)

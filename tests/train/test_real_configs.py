@@ -1,0 +1,99 @@
+"""The configs for real runs, in their tiny variants, train on CPU (tfds mocked, no download)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+from PIL import Image
+from reference_models import UNET_CONFIGS, VAE_CONFIGS, build_unet, build_vae, save_stable_diffusion
+
+from jaxdiff.configuration import load_config
+from jaxdiff.convert.pipeline_components import load_pipeline_components
+from jaxdiff.errors import UserError
+from jaxdiff.images import read_png_text
+from jaxdiff.train.trainer import load_trained, train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_cifar10_edm_tiny(tmp_path):
+    config = load_config(
+        f"{CONFIGS / 'cifar10_edm.py'}:tiny",
+        ["train.steps=2", "train.log_every=1", "train.preview_every=0"],
+    )
+    config.sample.preview_prompts = ("a photo of a 3",)  # mocked class names are digits
+    with tfds.testing.mock_data(num_examples=16):
+        summary = train(config, tmp_path, progress=False)
+    assert summary["steps"] == 2
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+
+
+def image_folder(root: Path, count: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        size = (20 + 4 * i, 18)  # mixed sizes, resized and cropped by the config
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(
+            root / f"{i}.png"
+        )
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a photo number {i}"}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_sd15_finetune_tiny(tmp_path):
+    model_dir = save_stable_diffusion(
+        tmp_path / "tiny_sd", build_unet(UNET_CONFIGS["sd1"]), build_vae(VAE_CONFIGS["sd"])
+    )
+    (tmp_path / "images").mkdir()
+    images = image_folder(tmp_path / "images")
+    workdir = tmp_path / "run"
+    (workdir / "pretrained").mkdir(parents=True)  # left by a run that died before its first save
+    config = load_config(
+        f"{CONFIGS / 'sd15_finetune.py'}:tiny",
+        [f"pretrained={model_dir}", f"data.path={images}", "train.steps=2", "train.log_every=1"],
+    )
+    config.train.preview_every = 2
+    summary = train(config, workdir, progress=False)
+    assert summary["steps"] == 2
+    _, model = load_trained(workdir, use_ema=False)
+    pretrained = load_pipeline_components(model_dir)
+    # The frozen networks keep the pretrained weights exactly; the UNet moved.
+    for frozen, original in (
+        (model.autoencoder, pretrained.vae),
+        (model.text_encoder, pretrained.text_encoder),
+    ):
+        for a, b in zip(
+            jax.tree.leaves(nnx.state(frozen, nnx.Param)),
+            jax.tree.leaves(nnx.state(original, nnx.Param)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(nnx.state(model.unet, nnx.Param)),
+            jax.tree.leaves(nnx.state(pretrained.unet, nnx.Param)),
+            strict=True,
+        )
+    ]
+    assert any(moved)
+    assert float(model.latent_scale[...]) == pytest.approx(pretrained.vae.scaling_factor)
+    # The workdir alone describes the model: the model folder is no longer needed.
+    shutil.rmtree(model_dir)
+    _, model = load_trained(workdir)
+    assert isinstance(model.unet, type(pretrained.unet))
+    preview = next((workdir / "samples").glob("*.png"))
+    assert read_png_text(preview)["prompts"] == "a red bicycle | a lighthouse"
+
+
+def test_sd15_finetune_needs_a_model_and_data(tmp_path):
+    config = load_config(f"{CONFIGS / 'sd15_finetune.py'}:tiny")
+    with pytest.raises(UserError, match=r"pretrained is empty; give a diffusers model folder"):
+        train(config, tmp_path, progress=False)
