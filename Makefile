@@ -37,7 +37,7 @@ demo: install
 
 test: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 lint: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments

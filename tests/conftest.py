@@ -7,12 +7,12 @@ import types
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Programs compiled by one test (the tiny training steps, the pipelines' loops) are reused by the
-# others and by the processes the tests start.
+# Programs compiled by one test (the tiny training steps, the pipelines' loops, and the many small
+# programs that draw weights op by op) are reused by the others and by the processes they start.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxdiff-tests-jax-cache")
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # torchvision (for pytorch-fid's reference Inception, see reference_models.py) is a CUDA build: its
 # `_meta_registrations` registers fake kernels for `torchvision::nms`, which the CPU build of torch

@@ -90,12 +90,13 @@ class FinetuneTask:
         )
 
     def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:
+        """The networks with zero weights: every one is replaced by the pretrained weights
+        (`initialize`) or a checkpoint's, so none is drawn at random."""
         dtype = DTYPES[self.config.model.dtype]
-        networks = {}
-        for name in NETWORKS:
-            abstract = abstract_model(self.configs[name], str(self.source / name), dtype)
-            cls, arguments = type(abstract), dict(abstract.architecture)
-            networks[name] = cls(**arguments, dtype=dtype, rngs=rngs)
+        networks = {
+            name: _zeros(abstract_model(self.configs[name], str(self.source / name), dtype))
+            for name in NETWORKS
+        }
         return TextToImageModel(
             networks["text_encoder"],
             networks["unet"],
@@ -174,3 +175,9 @@ class FinetuneTask:
     def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, Any]]:
         """One sample for each preview prompt, with the config's sampler settings."""
         return preview(self.config.sample, self.generator(model))
+
+
+def _zeros(abstract: nnx.Module) -> nnx.Module:
+    """A module built abstractly (`nnx.eval_shape`) with every variable set to zeros on the host."""
+    graphdef, state = nnx.split(abstract)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), state))

@@ -40,13 +40,9 @@ from jaxdiff.train.tasks import Task, make_task
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "optimizer", "ema")
-RESUMABLE_GROUPS = (
-    "train",
-    "sample",
-    "eval",
-    "mesh",
-    "sharding_rules",
-)  # may change between restarts
+# Config groups and keys that may change between restarts.
+RESUMABLE_GROUPS = ("train", "sample", "eval", "mesh", "sharding_rules")
+RESUMABLE_KEYS = ("data.threads",)  # how the data is read, not what is read
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
@@ -253,7 +249,8 @@ def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Mod
 
 def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     """A workdir holds one run: resuming is refused when anything but the ``RESUMABLE_GROUPS``
-    (steps, intervals, previews, the mesh) differs from the saved config."""
+    (steps, intervals, previews, evaluation, the mesh) and ``RESUMABLE_KEYS`` differs from the
+    saved config."""
     path = workdir / CONFIG_FILE
     if not path.is_file():
         return
@@ -263,11 +260,18 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> N
         raise UserError(f"{path} is not a jaxdiff config (not JSON); use a new workdir") from None
     current = json.loads(configuration.to_json(config))
     for group in sorted((set(saved) | set(current)) - set(RESUMABLE_GROUPS)):
-        if saved.get(group) != current.get(group):
+        if _fixed(saved.get(group), group) != _fixed(current.get(group), group):
             raise UserError(
                 f"workdir {str(workdir)!r} holds a run with a different '{group}' config; "
                 "use a new workdir or the same config"
             )
+
+
+def _fixed(settings: Any, group: str) -> Any:
+    """A config group without its ``RESUMABLE_KEYS``."""
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if f"{group}.{k}" not in RESUMABLE_KEYS}
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -48,9 +48,10 @@ def image_folder(root: Path, count: int = 6) -> Path:
 
 
 def test_sd15_finetune_tiny(tmp_path):
-    model_dir = save_stable_diffusion(
-        tmp_path / "tiny_sd", build_unet(UNET_CONFIGS["sd1"]), build_vae(VAE_CONFIGS["sd"])
-    )
+    # One layer per level: the step compiles in half the time of the two-layer networks.
+    unet = build_unet({**UNET_CONFIGS["sd1"], "layers_per_block": 1})
+    vae = build_vae({**VAE_CONFIGS["sd"], "layers_per_block": 1})
+    model_dir = save_stable_diffusion(tmp_path / "tiny_sd", unet, vae)
     (tmp_path / "images").mkdir()
     images = image_folder(tmp_path / "images")
     workdir = tmp_path / "run"

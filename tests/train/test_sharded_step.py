@@ -26,8 +26,11 @@ ONE_LEVEL = (
 )
 
 
-def make_config(micro_batches: int = 1):
-    return load_config(f"{CONFIG}:tiny", [*ONE_LEVEL, f"train.micro_batches={micro_batches}"])
+def make_config(micro_batches: int = 1, rules: dict | None = None):
+    overrides = [f"sharding_rules.{name}={axis}" for name, axis in (rules or {}).items()]
+    return load_config(
+        f"{CONFIG}:tiny", [*ONE_LEVEL, f"train.micro_batches={micro_batches}", *overrides]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +44,9 @@ def start() -> tuple:
     return jax.device_get(initial_state(task, optimizer, layout, jax.random.key(0)))
 
 
-def run(start: tuple, mesh_shape: dict, micro_batches: int = 1, devices=None) -> list:
+def run(start: tuple, mesh_shape: dict, micro_batches: int = 1, devices=None, rules=None) -> list:
     """The trainable parameters after ``STEPS`` steps."""
-    config = make_config(micro_batches)
+    config = make_config(micro_batches, rules)
     task = make_task(config)
     mesh = parallel.make_mesh(mesh_shape, devices)
     rules = parallel.check_rules(config.sharding_rules)
@@ -76,6 +79,13 @@ def single_device(start) -> list:
 )
 def test_sharded_step_equals_single_device(start, mesh, single_device):
     assert_close(run(start, mesh), single_device)
+
+
+def test_tensor_parallel_step_equals_single_device(start, single_device):
+    """Attention and feed-forward widths split over ``tensor``, the other weights over ``fsdp``,
+    the batch over ``data`` x ``fsdp``."""
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    assert_close(run(start, mesh, rules={"heads": "tensor", "mlp": "tensor"}), single_device)
 
 
 def test_accumulation_equals_the_whole_batch(start, single_device):
