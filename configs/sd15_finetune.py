@@ -68,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "ema_rate": 0.9999,
             "remat": not tiny,
             "caption_dropout": 0.1,
+            # Encode each image and caption once with the frozen VAE / text encoder (needs
+            # data.flip=False; WORKDIR/encodings/ holds them, remade when the weights change).
+            "cache_encodings": False,
         }
     )
     if not tiny:

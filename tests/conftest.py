@@ -6,6 +6,11 @@ import tempfile
 import types
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests compile far more than they run: XLA's CPU backend without its LLVM optimizations
+# compiles in about 15% less time and computes the same values to rounding.
+for _flag in ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"):
+    if _flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += f" {_flag}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Programs compiled by one test (the tiny training steps, the pipelines' loops, and the many small
 # programs that draw weights op by op) are reused by the others and by the processes they start.

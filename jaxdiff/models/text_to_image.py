@@ -46,7 +46,13 @@ class TextToImageModel(nnx.Module):
         """
         if self.autoencoder is None:
             return images
-        mean, logvar = self.autoencoder.encode(images)
+        return self.sample_latents(*self.autoencoder.encode(images), keys)
+
+    def sample_latents(
+        self, mean: jax.Array, logvar: jax.Array, keys: jax.Array | None = None
+    ) -> jax.Array:
+        """Scaled latents ``[B, h, w, c]`` from the autoencoder's posterior moments (each
+        ``[B, h, w, c]``): a sample with one PRNG key per image, the mean without."""
         latents = mean
         if keys is not None:
             noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(keys)

@@ -29,6 +29,7 @@ from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
+from jaxdiff.train import encoding_cache
 from jaxdiff.train.tasks import DTYPES
 from jaxdiff.train.text_to_image_task import caption_dropout_loss, preview
 
@@ -81,6 +82,9 @@ class FinetuneTask:
         )
         self.unconditional_ids = self.text_ids([""])  # [1, T]
         self.data = make_dataset(config.data)
+        self.cache = None  # the frozen encoders' outputs, when train.cache_encodings
+        if config.train.cache_encodings:
+            encoding_cache.check_cacheable(config)
         vae = self.configs["vae"]
         factor = 2 ** (len(vae.get("block_out_channels", (64,))) - 1)
         size = config.data.image_size
@@ -136,13 +140,25 @@ class FinetuneTask:
         )
         return np.asarray(ids["input_ids"], np.int32)
 
+    def prepare(self, model: TextToImageModel, workdir: Path) -> None:
+        """Reads (or first computes) the cached encodings of the data, when configured."""
+        if self.config.train.cache_encodings:
+            self.cache = encoding_cache.prepare(
+                model, self.config, self.data, self.text_ids, workdir
+            )
+
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        if self.cache is not None:
+            records = self.data.source_indices(indices)
+            return {"moments": self.cache.moments[records], "context": self.cache.context[records]}
         examples = self.data.batch(indices)
         return {"image": examples["image"], "ids": self.text_ids(examples["caption"])}
 
     def loss(self, model: TextToImageModel, batch: dict) -> tuple[jax.Array, dict]:
         rate = self.config.train.caption_dropout
-        return caption_dropout_loss(self.diffusion, rate, self.unconditional_ids, model, batch)
+        cached = self.cache is not None
+        unconditional = self.cache.unconditional if cached else self.unconditional_ids
+        return caption_dropout_loss(self.diffusion, rate, unconditional, model, batch)
 
     def pipeline(self, model: TextToImageModel):
         from jaxdiff.pipelines import StableDiffusion

@@ -172,19 +172,29 @@ class TextToImageTask:
 def caption_dropout_loss(
     diffusion: Diffusion,
     rate: float,
-    unconditional_ids: np.ndarray,
+    unconditional: np.ndarray,
     model: TextToImageModel,
     batch: dict,
 ) -> tuple[jax.Array, dict]:
     """The denoising loss `[B]` of (latent) images conditioned on their captions, each caption
-    replaced by the empty prompt's ids (`unconditional_ids` `[1, T]`) with probability ``rate``
-    so that the model also learns the unconditional denoiser (classifier-free guidance)."""
+    replaced by the empty prompt with probability ``rate`` so that the model also learns the
+    unconditional denoiser (classifier-free guidance).
+
+    ``batch`` holds images and token ids (``unconditional``: the empty prompt's ids `[1, T]`), or
+    the frozen encoders' cached ``moments`` and ``context`` (``unconditional``: the empty
+    prompt's context `[1, T, D]`; see ``jaxdiff.train.encoding_cache``).
+    """
     latent_keys, drop_keys, noise_keys = split_keys(batch["key"], 3)  # [B] each
-    x0 = model.encode_images(batch["image"], latent_keys).astype(jnp.float32)  # [B, h, w, c]
     drop = jax.vmap(lambda k: jax.random.bernoulli(k, rate, (1,)))(drop_keys)  # [B, 1]
-    ids = jnp.where(drop, jnp.asarray(unconditional_ids), batch["ids"])  # [B, T]
-    context = model.encode_text(ids)  # [B, T, D]
-    return diffusion.loss(model.unet, x0, noise_keys, context), {}  # [B]
+    if "moments" in batch:
+        mean, logvar = jnp.split(batch["moments"], 2, axis=-1)  # [B, h, w, c] each
+        x0 = model.sample_latents(mean, logvar, latent_keys)
+        context = jnp.where(drop[:, :, None], jnp.asarray(unconditional), batch["context"])
+    else:
+        x0 = model.encode_images(batch["image"], latent_keys)  # [B, h, w, c]
+        ids = jnp.where(drop, jnp.asarray(unconditional), batch["ids"])  # [B, T]
+        context = model.encode_text(ids)  # [B, T, D]
+    return diffusion.loss(model.unet, x0.astype(jnp.float32), noise_keys, context), {}  # [B]
 
 
 def preview(

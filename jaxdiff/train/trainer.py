@@ -83,6 +83,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         start, state, ema, saved = _restore(checkpointer, layout)
         root_key = jax.random.wrap_key_data(jnp.asarray(saved["root_key"], jnp.uint32))
         position, nonfinite = saved["data_position"], saved["nonfinite_steps"]
+    if hasattr(task, "prepare"):  # work that needs the weights, fresh or restored
+        model, _ = nnx.merge(layout.graphdef, state, copy=True)
+        task.prepare(model, workdir)
+        del model
     steps = train_config.steps
     if start > steps:
         raise UserError(

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
-from PIL import Image
-from reference_models import UNET_CONFIGS, VAE_CONFIGS, build_unet, build_vae, save_stable_diffusion
+from tiny_finetune import finetune_config
 
 from jaxdiff.configuration import load_config
 from jaxdiff.convert.pipeline_components import load_pipeline_components
@@ -34,32 +33,14 @@ def test_cifar10_edm_tiny(tmp_path):
     assert len(losses) == 2 and np.all(np.isfinite(losses))
 
 
-def image_folder(root: Path, count: int = 6) -> Path:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(count):
-        size = (20 + 4 * i, 18)  # mixed sizes, resized and cropped by the config
-        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(
-            root / f"{i}.png"
-        )
-        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a photo number {i}"}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    return root
-
-
 def test_sd15_finetune_tiny(tmp_path):
-    # One layer per level: the step compiles in half the time of the two-layer networks.
-    unet = build_unet({**UNET_CONFIGS["sd1"], "layers_per_block": 1})
-    vae = build_vae({**VAE_CONFIGS["sd"], "layers_per_block": 1})
-    model_dir = save_stable_diffusion(tmp_path / "tiny_sd", unet, vae)
-    (tmp_path / "images").mkdir()
-    images = image_folder(tmp_path / "images")
+    """Two steps on encodings cached from the frozen encoders, a preview, sampling."""
     workdir = tmp_path / "run"
     (workdir / "pretrained").mkdir(parents=True)  # left by a run that died before its first save
-    config = load_config(
-        f"{CONFIGS / 'sd15_finetune.py'}:tiny",
-        [f"pretrained={model_dir}", f"data.path={images}", "train.steps=2", "train.log_every=1"],
+    config = finetune_config(
+        tmp_path, "train.steps=2", "train.log_every=1", "train.cache_encodings=True"
     )
+    model_dir = Path(config.pretrained)
     config.train.preview_every = 2
     summary = train(config, workdir, progress=False)
     assert summary["steps"] == 2
@@ -92,6 +73,7 @@ def test_sd15_finetune_tiny(tmp_path):
     assert isinstance(model.unet, type(pretrained.unet))
     preview = next((workdir / "samples").glob("*.png"))
     assert read_png_text(preview)["prompts"] == "a red bicycle | a lighthouse"
+    assert len(list((workdir / "encodings").iterdir())) == 1
 
 
 def test_sd15_finetune_needs_a_model_and_data(tmp_path):
