@@ -244,22 +244,16 @@ class CLIPImageFeatures(nnx.Module):
         return self.vision_encoder(pixels).image_embeds
 
 
-def clip_image_extractor(folder: str | Path, batch_size: int = 64):
-    """A `FeatureExtractor` of CLIP image embeddings from a transformers `CLIPModel` folder."""
+def clip_image_extractor(clip: CLIP, batch_size: int = 64):
+    """A `FeatureExtractor` of the CLIP image embeddings of a `load_clip` model."""
     from jaxdiff.evaluation.features import FeatureExtractor
 
-    if not folder:
-        raise UserError("eval.clip_model is not set; give a transformers CLIPModel folder")
-    clip = load_clip(folder)
     return FeatureExtractor(CLIPImageFeatures(clip.vision_encoder), "clip", batch_size=batch_size)
 
 
-def load_clip_scorer(folder: str | Path, batch_size: int = 64):
+def clip_scorer(clip: CLIP, tokenizer: Any, batch_size: int = 64):
     """``score(images, captions) -> [N]``: the CLIP score of uint8 images `[N, H, W, 3]` with
-    their captions, in batches, by the CLIPModel in ``folder``."""
-    if not folder:
-        raise UserError("eval.clip_model is not set; give a transformers CLIPModel folder")
-    clip, tokenizer = load_clip(folder), load_tokenizer(folder)
+    their captions, in batches, by a `load_clip` model and its tokenizer."""
 
     def score(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
         return np.concatenate(

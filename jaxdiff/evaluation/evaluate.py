@@ -115,14 +115,15 @@ def _data_images(data: ImageTextDataset, count: int, batch_size: int):
     return np.concatenate(pictures), captions
 
 
-def extractor_for(settings: ml_collections.ConfigDict):
+def extractor_for(settings: ml_collections.ConfigDict, clip=None):
+    """The feature extractor ``eval.features`` names (``clip``: the loaded CLIP model)."""
     from jaxdiff.evaluation import features
 
     if settings.features == "inception":
         return features.inception(settings.inception_weights, batch_size=settings.batch_size)
     from jaxdiff.evaluation.clip_score import clip_image_extractor
 
-    return clip_image_extractor(settings.clip_model, batch_size=settings.batch_size)
+    return clip_image_extractor(clip, batch_size=settings.batch_size)
 
 
 def _cache_name(config: ml_collections.ConfigDict, settings, extractor_name: str, count: int):
@@ -199,12 +200,19 @@ def evaluate(task, model, config: ml_collections.ConfigDict, workdir: Path | Non
         raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
     results: dict[str, float] = {}
     generate = task.generator(model)
+    clip = None  # loaded once for the CLIP features and the CLIP score
+    if "clip_score" in metrics or (
+        settings.features == "clip" and any(m in metrics for m in _IMAGE_METRICS)
+    ):
+        from jaxdiff.evaluation.clip_score import load_clip
+
+        clip = load_clip(settings.clip_model)
     if any(m in metrics for m in (*_IMAGE_METRICS, "clip_score")):
         data, count = reference_data(task, settings.num_samples)
         pictures, prompts = _data_images(data, count, settings.batch_size)
         generated = _generated(generate, prompts, settings)
     if any(m in metrics for m in _IMAGE_METRICS):
-        extractor = extractor_for(settings)
+        extractor = extractor_for(settings, clip)
         features = extractor(generated)
         statistics = None
         if settings.reference:
@@ -214,11 +222,10 @@ def evaluate(task, model, config: ml_collections.ConfigDict, workdir: Path | Non
             reference = _reference_features(task, extractor, settings, workdir, lambda: pictures)
         results.update(image_metrics(features, reference, metrics, statistics))
     if "clip_score" in metrics:
-        from jaxdiff.evaluation.clip_score import load_clip_scorer
+        from jaxdiff.evaluation.clip_score import clip_scorer, load_tokenizer
 
-        scores = load_clip_scorer(settings.clip_model, batch_size=settings.batch_size)(
-            generated, prompts
-        )
+        score = clip_scorer(clip, load_tokenizer(settings.clip_model), settings.batch_size)
+        scores = score(generated, prompts)
         results["clip_score"] = float(np.mean(scores))
     if "adherence" in metrics:
         results.update(_adherence(task, generate, settings))
