@@ -119,6 +119,12 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Reverses :func:`to_json` (lists come back as tuples, as configs write them)."""
+    return from_dict(json.loads(text))
+
+
+def from_dict(values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The locked config of ``values``, a config as JSON gives it back (lists become tuples,
+    as configs write them)."""
 
     def tuples(value: Any) -> Any:
         if isinstance(value, dict):
@@ -127,6 +133,6 @@ def from_json(text: str) -> ml_collections.ConfigDict:
             return tuple(tuples(v) for v in value)
         return value
 
-    config = ml_collections.ConfigDict(tuples(json.loads(text)))
+    config = ml_collections.ConfigDict(tuples(values))
     config.lock()
     return config

@@ -9,15 +9,21 @@ axis or to None. The batch is split along its first axis over ``data`` x ``fsdp`
 A run with several processes (one per host) starts with ``jax.distributed.initialize``; every
 process then builds the same global arrays, each supplying only the rows of the batch that its
 own devices hold (``jax.make_array_from_process_local_data``).
+
+Sampling and evaluation run on each process's own devices (``local_mesh``): every process takes
+its share of the items (``process_share``), and the results are gathered on every process
+(``gather_shares``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -198,3 +204,67 @@ def initialize_distributed() -> None:
             "set to integers"
         ) from None
     jax.distributed.initialize(address, num_processes=count, process_id=index)
+
+
+def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis ``data`` mesh over this process's devices (``devices``: all of them)."""
+    return Mesh(np.asarray(list(devices or jax.local_devices())), ("data",))
+
+
+def local_replica(tree: Any, mesh: Mesh) -> Any:
+    """Every array of ``tree`` whole on each device of the local ``mesh``. An array replicated
+    over the devices of several processes (a multi-process run's model) gives its local copy."""
+
+    def put(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.sharding.is_fully_replicated:
+                raise ValueError(
+                    "an array split over several processes has no local copy; replicate it "
+                    "first (jax.jit with a replicated out_sharding)"
+                )
+            leaf = leaf.addressable_data(0)
+        return jax.device_put(leaf, NamedSharding(mesh, P()))
+
+    return jax.tree.map(put, tree)
+
+
+def split_rows(arrays: Mapping[str, Any], mesh: Mesh, size: int | None = None) -> dict[str, Any]:
+    """Each array (None passes through) padded to ``size`` rows (default: the next multiple of
+    the device count) by repeating its last row, then split by rows over the ``data`` axis."""
+    devices = mesh.devices.size
+    rows = NamedSharding(mesh, P("data"))
+
+    def put(a: Any) -> Any:
+        if a is None:
+            return None
+        target = size if size is not None else -(-a.shape[0] // devices) * devices
+        if target % devices or target < a.shape[0]:
+            raise ValueError(f"{target} rows cannot hold {a.shape[0]} over {devices} devices")
+        if target > a.shape[0]:
+            a = jnp.concatenate([a, jnp.repeat(a[-1:], target - a.shape[0], axis=0)])
+        return jax.device_put(a, rows)
+
+    return {name: put(value) for name, value in arrays.items()}
+
+
+def process_share(count: int) -> range:
+    """The indices of ``count`` items this process works on: contiguous, in process order, the
+    shares' sizes differing by at most one."""
+    processes, index = jax.process_count(), jax.process_index()
+    return range(index * count // processes, (index + 1) * count // processes)
+
+
+def gather_shares(local: np.ndarray, count: int) -> np.ndarray:
+    """Every process's share (``process_share(count)``) of rows, in order: ``[count, ...]`` on
+    every process, from this process's ``local`` rows."""
+    processes = jax.process_count()
+    if processes == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    width = -(-count // processes)
+    padded = np.zeros((width, *local.shape[1:]), local.dtype)
+    padded[: len(local)] = local
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, width, ...]
+    sizes = [(p + 1) * count // processes - p * count // processes for p in range(processes)]
+    return np.concatenate([gathered[p, :size] for p, size in enumerate(sizes)])

@@ -1,10 +1,12 @@
 """Config files and command-line overrides."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from jaxdiff.config_groups import missing_fields
 from jaxdiff.configuration import from_json, load_config, to_json
 from jaxdiff.errors import UserError
 
@@ -62,3 +64,22 @@ def test_missing_config_file():
 def test_json_round_trip():
     config = load_config(f"{CONFIGS / 'shapes_t2i.py'}")
     assert from_json(to_json(config)).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "shapes_vae.py",
+        "shapes_vae.py:tiny",
+        "shapes_t2i.py",
+        "shapes_t2i.py:tiny",
+        "cifar10_edm.py",
+        "cifar10_edm.py:tiny",
+        "sd15_finetune.py",
+        "sd15_finetune.py:tfds",
+        "sd15_finetune.py:tiny",
+    ],
+)
+def test_every_training_config_holds_the_shared_fields(spec):
+    """The fields a saved workdir config is checked for are in every config of every task."""
+    assert missing_fields(json.loads(to_json(load_config(str(CONFIGS / spec))))) == []

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdiff.configuration import require
+from jaxdiff.data.indices import check_indices
 from jaxdiff.errors import UserError
 
 CROPS = ("center", "random")
@@ -143,12 +144,12 @@ class ImageTextDataset:
     def examples(self, positions: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """The transformed records at stream ``positions`` (1-D, non-negative)."""
         read = self.records.__getitem__
-        indices = _check_positions(positions).tolist()
+        indices = check_indices(positions, "position").tolist()
         return list(self._pool.map(read, indices) if self._pool else map(read, indices))
 
     def source_indices(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
         """The source record read at each stream position: `[N]` int64."""
-        return np.array([self._indices[i] for i in _check_positions(positions).tolist()])
+        return np.array([self._indices[i] for i in check_indices(positions, "position").tolist()])
 
     def batch(self, positions: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """`image` float32 in [-1, 1] `[N, S, S, 3]`, `caption` (N strings) and any other record
@@ -169,18 +170,6 @@ class ImageTextDataset:
 
     def vocabulary(self) -> list[str]:
         return self.source.vocabulary()
-
-
-def _check_positions(positions: Sequence[int] | np.ndarray) -> np.ndarray:
-    positions = np.asarray(positions)
-    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
-        raise UserError(
-            f"positions must be a 1-D integer array, got dtype {positions.dtype} and shape "
-            f"{positions.shape}"
-        )
-    if positions.size and positions.min() < 0:
-        raise UserError(f"position {int(positions.min())} is negative; positions start at 0")
-    return positions
 
 
 def make_source(data: ml_collections.ConfigDict) -> Source:

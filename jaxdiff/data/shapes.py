@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from jaxdiff.data.captions import words
+from jaxdiff.data.indices import check_indices
 from jaxdiff.errors import UserError
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -305,14 +306,7 @@ class ShapesDataset:
 
     def _keys(self, indices: np.ndarray) -> np.ndarray:
         """One uint64 key per example from (seed, index): `[N]`."""
-        array = np.asarray(indices)
-        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise UserError(
-                f"indices must be a 1-D integer array, got dtype {array.dtype} and shape "
-                f"{array.shape}"
-            )
-        if array.size and array.min() < 0:
-            raise UserError(f"index {int(array.min())} is negative; indices start at 0")
+        array = check_indices(indices, "index")
         seed_key = _mix(np.array([self.seed], dtype=np.uint64))  # [1]
         return _mix(seed_key ^ _mix(array.astype(np.uint64)))  # [N]
 

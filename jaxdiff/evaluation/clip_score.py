@@ -35,6 +35,7 @@ from jaxdiff.convert.weight_files import read_weights
 from jaxdiff.errors import UserError, first_line
 from jaxdiff.models.clip_text import CLIPTextTransformer
 from jaxdiff.models.clip_vision import CLIPVisionTransformer, preprocess
+from jaxdiff.pipelines.prompts import tokenize
 
 CLIP_SCORE_WEIGHT = 100.0
 """torchmetrics' `CLIPScore` scale w (Hessel et al. 2021 use 2.5 for their CLIP-S)."""
@@ -109,19 +110,6 @@ def load_tokenizer(folder: str | Path) -> Any:
             f"{folder}: no usable tokenizer ({first_line(error)}); accepted: a folder with a "
             "transformers CLIP tokenizer (vocab.json, merges.txt, tokenizer_config.json)"
         ) from None
-
-
-def tokenize(tokenizer: Any, captions: Sequence[str], max_length: int) -> np.ndarray:
-    """Token ids [B, max_length] int32 of `captions`: CLIP's `<|startoftext|> ... <|endoftext|>`,
-    padded to `max_length` (77 for CLIP), longer captions truncated (the end token kept)."""
-    encoded = tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=max_length,
-        truncation=True,
-        return_tensors="np",
-    )
-    return np.asarray(encoded["input_ids"], np.int32)
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -220,7 +208,7 @@ def clip_score(
         _check_count(len(captions), images.shape[0])
         if tokenizer is None:
             raise UserError("captions given as strings but no tokenizer; accepted: a tokenizer")
-        input_ids = tokenize(tokenizer, captions, text_encoder.max_position_embeddings)
+        input_ids = tokenize(tokenizer, captions, text_encoder.max_position_embeddings, warn=False)
     else:
         input_ids = np.asarray(captions)
         if input_ids.ndim != 2 or not np.issubdtype(input_ids.dtype, np.integer):
@@ -251,24 +239,33 @@ def clip_image_extractor(clip: CLIP, batch_size: int = 64):
     return FeatureExtractor(CLIPImageFeatures(clip.vision_encoder), "clip", batch_size=batch_size)
 
 
-def clip_scorer(clip: CLIP, tokenizer: Any, batch_size: int = 64):
+class CLIPTextFeatures(nnx.Module):
+    """CLIP's text tower: token ids `[B, T]` -> projected embeddings `[B, P]`."""
+
+    def __init__(self, text_encoder: CLIPTextTransformer):
+        self.text_encoder = text_encoder
+
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        return self.text_encoder(input_ids).text_embeds
+
+
+def clip_scorer(clip: CLIP, tokenizer: Any, batch_size: int = 64, image_features=None):
     """``score(images, captions) -> [N]``: the CLIP score of uint8 images `[N, H, W, 3]` with
-    their captions, in batches, by a `load_clip` model and its tokenizer."""
+    their captions (as `clip_score`), each tower run in batches split over the devices;
+    ``image_features``: the model's `clip_image_extractor`, when one is already built."""
+    from jaxdiff.evaluation.features import FeatureExtractor
+
+    _check_encoders(clip.text_encoder, clip.vision_encoder)
+    images_of = image_features or clip_image_extractor(clip, batch_size)
+    texts_of = FeatureExtractor(
+        CLIPTextFeatures(clip.text_encoder), "clip-text", batch_size=batch_size
+    )
+    length = clip.text_encoder.max_position_embeddings
 
     def score(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-        return np.concatenate(
-            [
-                np.asarray(
-                    clip_score(
-                        clip.text_encoder,
-                        clip.vision_encoder,
-                        tokenizer,
-                        np.asarray(images[i : i + batch_size], np.float32) / 255.0,
-                        list(captions[i : i + batch_size]),
-                    )
-                )
-                for i in range(0, len(images), batch_size)
-            ]
-        )
+        _check_count(len(captions), len(images))
+        ids = tokenize(tokenizer, list(captions), length, warn=False)  # [N, T]
+        cosine = cosine_similarity(jnp.asarray(images_of(images)), jnp.asarray(texts_of.rows(ids)))
+        return np.asarray(CLIP_SCORE_WEIGHT * jnp.maximum(cosine, 0.0))
 
     return score

@@ -1,8 +1,9 @@
 """`jaxdiff eval` and the trainer's periodic evaluation of a text-to-image model.
 
 ``config.eval`` names the metrics (`METRICS`) and their settings. Images are generated for the
-captions of the first ``num_samples`` examples of the run's data stream, one per caption, with
-the config's sampler settings:
+captions of the first ``num_samples`` examples of the run's data set, one per caption, with the
+config's sampler settings; image i is image i of ``eval.seed`` (the pipelines' ``first_index``),
+so the numbers do not depend on ``eval.batch_size``, the number of devices or of processes:
 
 - ``fid``, ``kid``, ``precision_recall``: against the features of those same data examples,
   extracted by ``eval.features`` ("inception": pytorch-fid's InceptionV3 from
@@ -13,12 +14,20 @@ the config's sampler settings:
 - ``adherence``: prompt adherence on ``shapes`` (every held-out combination,
   ``eval.samples_per_prompt`` images each): fractions with the right shape, colour, position.
 - ``bits_per_dim``: negative log-likelihood of the data examples through the probability-flow
-  ODE, uniformly dequantized (pixel-space models only).
+  ODE, uniformly dequantized (pixel-space models only), example i with the key
+  ``fold_in(key(eval.seed), i)``.
+
+An `Evaluator` is built once per run: it loads the feature extractor's and CLIP's weights, reads
+the data captions and computes (or reads the cached) reference features at its first call, and
+its compiled programs serve every later evaluation. Each process generates, extracts and scores
+its own share of the images on its own devices (``parallel.process_share``); the features and
+per-image numbers are gathered on every process, which all compute the same metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -26,11 +35,16 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
+from jaxdiff import parallel
 from jaxdiff.configuration import require
 from jaxdiff.data.pipeline import ImageTextDataset
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation import fid as fid_lib
+from jaxdiff.evaluation import likelihood
+from jaxdiff.evaluation.prompt_adherence import generated_batches
+from jaxdiff.pipelines.latent_loop import image_keys
 
 METRICS = ("fid", "kid", "precision_recall", "clip_score", "adherence", "bits_per_dim")
 FEATURES = ("inception", "clip")
@@ -88,14 +102,6 @@ def _require_path(value: str, name: str, accepted: str) -> None:
     require(Path(value).exists(), f"{name} {value!r} does not exist; give {accepted}")
 
 
-def _generated(generate, prompts: list[str], settings) -> np.ndarray:
-    """One image per prompt, uint8 `[N, H, W, 3]`, each batch with its own seed."""
-    size = settings.batch_size
-    return np.concatenate(
-        [generate(prompts[i : i + size], settings.seed + i) for i in range(0, len(prompts), size)]
-    )
-
-
 def reference_data(task, count: int) -> tuple[ImageTextDataset, int]:
     """The data examples generated images are compared with: the run's source, unshuffled,
     center-cropped and unflipped (no augmentation), and how many (``count``, at most the source's
@@ -105,14 +111,12 @@ def reference_data(task, count: int) -> tuple[ImageTextDataset, int]:
     return ImageTextDataset(data.source, transform, shuffle=False), min(count, len(data.source))
 
 
-def _data_images(data: ImageTextDataset, count: int, batch_size: int):
-    """uint8 images `[N, H, W, 3]` and captions of the first ``count`` examples of ``data``."""
-    pictures, captions = [], []
-    for start in range(0, count, batch_size):
-        batch = data.batch(np.arange(start, min(count, start + batch_size)))
-        pictures.append(np.rint((batch["image"] + 1.0) * 127.5).astype(np.uint8))
-        captions += batch["caption"]
-    return np.concatenate(pictures), captions
+def _examples(data: ImageTextDataset, indices: range, batch_size: int):
+    """``(start, uint8 images [n, H, W, 3], captions)`` for each batch of the examples
+    ``indices`` of ``data``."""
+    for start in range(indices.start, indices.stop, batch_size):
+        batch = data.batch(np.arange(start, min(indices.stop, start + batch_size)))
+        yield start, np.rint((batch["image"] + 1.0) * 127.5).astype(np.uint8), batch["caption"]
 
 
 def extractor_for(settings: ml_collections.ConfigDict, clip=None):
@@ -147,25 +151,28 @@ def _cache_name(config: ml_collections.ConfigDict, settings, extractor_name: str
     return f"reference_{extractor_name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
-def _reference_features(task, extractor, settings, workdir, pictures_of) -> np.ndarray:
-    """The data examples' features `[N, D]`, cached in ``WORKDIR/eval/`` as an ``.npz`` that
-    also holds their ``mu`` and ``sigma`` (usable as ``eval.reference`` and by pytorch-fid)."""
-    count = reference_data(task, settings.num_samples)[1]
-    path = None
-    if workdir is not None:
-        path = workdir / "eval" / _cache_name(task.config, settings, extractor.name, count)
-        if path.is_file():
-            with np.load(path) as cached:
-                if cached["features"].shape[0] == count:
-                    return cached["features"]
-    features = extractor(pictures_of())
-    if path is not None and jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stats = fid_lib.feature_statistics(features)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, features=features, mu=stats.mu, sigma=stats.sigma)
-        partial.replace(path)
-    return features
+def _read_cached(path: Path | None, count: int) -> np.ndarray | None:
+    """The cached features `[count, D]` at ``path``, or None."""
+    if path is None or not path.is_file():
+        return None
+    with np.load(path) as cached:
+        features = cached["features"]
+    return features if features.shape[0] == count else None
+
+
+def _write_cached(path: Path, features: np.ndarray) -> None:
+    """Features `[N, D]` with their ``mu`` and ``sigma`` (usable as ``eval.reference`` and by
+    pytorch-fid), written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stats = fid_lib.feature_statistics(features)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, features=features, mu=stats.mu, sigma=stats.sigma)
+    partial.replace(path)
+
+
+def _everywhere(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process."""
+    return bool(parallel.gather_shares(np.array([flag]), jax.process_count()).all())
 
 
 def image_metrics(
@@ -189,55 +196,198 @@ def image_metrics(
     return results
 
 
-def evaluate(task, model, config: ml_collections.ConfigDict, workdir: Path | None = None) -> dict:
-    """The metrics ``config.eval.metrics`` of ``model`` (see the module docstring)."""
-    settings = config.eval
-    validate_eval_config(settings, config.data)
-    metrics = metric_names(settings)
-    if not metrics:
-        return {}
-    if not hasattr(task, "generator"):
-        raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
-    results: dict[str, float] = {}
-    generate = task.generator(model)
-    clip = None  # loaded once for the CLIP features and the CLIP score
-    if "clip_score" in metrics or (
-        settings.features == "clip" and any(m in metrics for m in _IMAGE_METRICS)
-    ):
-        from jaxdiff.evaluation.clip_score import load_clip
+class Evaluator:
+    """``evaluator(model) -> {metric: value}``: the metrics ``config.eval.metrics`` of a task's
+    models (see the module docstring). Built once; every process calls it together."""
 
-        clip = load_clip(settings.clip_model)
-    if any(m in metrics for m in (*_IMAGE_METRICS, "clip_score")):
-        data, count = reference_data(task, settings.num_samples)
-        pictures, prompts = _data_images(data, count, settings.batch_size)
-        generated = _generated(generate, prompts, settings)
-    if any(m in metrics for m in _IMAGE_METRICS):
-        extractor = extractor_for(settings, clip)
-        features = extractor(generated)
-        statistics = None
-        if settings.reference:
-            statistics = fid_lib.FeatureStatistics.load(settings.reference, dim=features.shape[1])
-        reference = None
-        if any(m in metrics for m in ("kid", "precision_recall")) or statistics is None:
-            reference = _reference_features(task, extractor, settings, workdir, lambda: pictures)
-        results.update(image_metrics(features, reference, metrics, statistics))
-    if "clip_score" in metrics:
-        from jaxdiff.evaluation.clip_score import clip_scorer, load_tokenizer
+    def __init__(self, task, config: ml_collections.ConfigDict, workdir: str | Path | None = None):
+        settings = config.eval
+        validate_eval_config(settings, config.data)
+        self.task, self.settings = task, settings
+        self.workdir = None if workdir is None else Path(workdir)
+        self.metrics = metric_names(settings)
+        if self.metrics and not hasattr(task, "generator"):
+            raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
+        self._features = any(m in self.metrics for m in _IMAGE_METRICS)
+        clip = None  # loaded once for the CLIP features and the CLIP score
+        if "clip_score" in self.metrics or (self._features and settings.features == "clip"):
+            from jaxdiff.evaluation.clip_score import load_clip
 
-        score = clip_scorer(clip, load_tokenizer(settings.clip_model), settings.batch_size)
-        scores = score(generated, prompts)
-        results["clip_score"] = float(np.mean(scores))
-    if "adherence" in metrics:
-        results.update(_adherence(task, generate, settings))
-    if "bits_per_dim" in metrics:
-        results["bits_per_dim"] = _bits_per_dim(task, model, settings)
-    return results
+            clip = load_clip(settings.clip_model)
+        self._extractor = extractor_for(settings, clip) if self._features else None
+        self._scorer = None
+        if "clip_score" in self.metrics:
+            from jaxdiff.evaluation.clip_score import clip_scorer, load_tokenizer
+
+            tokenizer = load_tokenizer(settings.clip_model)
+            shared = self._extractor if settings.features == "clip" else None
+            self._scorer = clip_scorer(clip, tokenizer, settings.batch_size, shared)
+        self._data, self._count = reference_data(task, settings.num_samples)
+        if self._features or self._scorer is not None:
+            self._check_count(self._count, "eval.num_samples (capped at the data set's size)")
+        self._captions: list[str] | None = None  # this process's share, read once
+        self._reference: np.ndarray | None = None  # [count, D]
+        self._bpd_examples: dict[str, np.ndarray] | None = None  # this process's share
+
+    def __call__(self, model: nnx.Module) -> dict[str, float]:
+        if not self.metrics:
+            return {}
+        results: dict[str, float] = {}
+        generate = self.task.generator(model)
+        if self._features or self._scorer is not None:
+            results.update(self._image_results(generate))
+        if "adherence" in self.metrics:
+            results.update(self._adherence(generate))
+        if "bits_per_dim" in self.metrics:
+            results["bits_per_dim"] = self._bits_per_dim(model)
+        return results
+
+    @staticmethod
+    def _check_count(count: int, name: str) -> None:
+        processes = jax.process_count()
+        require(
+            count >= processes,
+            f"{name} is {count}, fewer than the {processes} processes; give at least {processes}",
+        )
+
+    def _image_results(self, generate) -> dict[str, float]:
+        """FID / KID / precision-recall and CLIP score of one image per data caption."""
+        settings, share = self.settings, parallel.process_share(self._count)
+        if self._captions is None:
+            self._read_data(share)
+        features, scores = [], []
+        for start, pictures in generated_batches(
+            generate, self._captions, settings.seed, settings.batch_size, share.start
+        ):
+            captions = self._captions[start : start + len(pictures)]
+            if self._extractor is not None:
+                features.append(self._extractor(pictures))  # [n, D]
+            if self._scorer is not None:
+                scores.append(self._scorer(pictures, captions))  # [n]
+        results: dict[str, float] = {}
+        if features:
+            generated = parallel.gather_shares(np.concatenate(features), self._count)  # [N, D]
+            statistics = None
+            if settings.reference:
+                statistics = fid_lib.FeatureStatistics.load(
+                    settings.reference, dim=generated.shape[1]
+                )
+            results.update(image_metrics(generated, self._reference, self.metrics, statistics))
+        if scores:
+            results["clip_score"] = float(
+                np.mean(parallel.gather_shares(np.concatenate(scores), self._count))
+            )
+        return results
+
+    def _read_data(self, share: range) -> None:
+        """This process's captions; the reference features, from the cache in ``WORKDIR/eval/``
+        when every process has it, else extracted (each process its share) and cached."""
+        path = None
+        if self.workdir is not None and self._extractor is not None:
+            name = _cache_name(self.task.config, self.settings, self._extractor.name, self._count)
+            path = self.workdir / "eval" / name
+        needed = self._extractor is not None and (
+            not self.settings.reference
+            or any(m in self.metrics for m in ("kid", "precision_recall"))
+        )
+        cached = _read_cached(path, self._count) if needed else None
+        extract = needed and not _everywhere(cached is not None)
+        captions, features = [], []
+        for _, pictures, batch_captions in _examples(self._data, share, self.settings.batch_size):
+            captions += batch_captions
+            if extract:
+                features.append(self._extractor(pictures))
+        self._captions = captions
+        if extract:
+            cached = parallel.gather_shares(np.concatenate(features), self._count)
+            if path is not None and jax.process_index() == 0:
+                _write_cached(path, cached)
+        self._reference = cached
+
+    def _adherence(self, generate) -> dict[str, float]:
+        from jaxdiff.data.shapes import combinations, parse_holdout
+        from jaxdiff.evaluation.adherence import read_attributes
+        from jaxdiff.evaluation.prompt_adherence import prompts_and_targets, scores
+
+        settings = self.settings
+        held_out = parse_holdout(self.task.config.data.holdout) or tuple(combinations())
+        prompts, targets = prompts_and_targets(held_out, settings.samples_per_prompt)
+        self._check_count(len(prompts), "the adherence image count")
+        share = parallel.process_share(len(prompts))
+        read = [
+            read_attributes(pictures)  # [n, 3]
+            for _, pictures in generated_batches(
+                generate,
+                prompts[share.start : share.stop],
+                settings.seed,
+                settings.batch_size,
+                share.start,
+            )
+        ]
+        read_all = parallel.gather_shares(np.concatenate(read), len(prompts))  # [N, 3]
+        result = scores(read_all == targets)
+        return {
+            f"adherence_{name}": result[name] for name in ("shape", "colour", "position", "all")
+        }
+
+    def _bits_per_dim(self, model) -> float:
+        """Mean bits/dim of ``eval.bpd_images`` data examples, each process its share, in
+        batches of a fixed size (one compilation for every evaluation of the run)."""
+        if getattr(model, "autoencoder", None) is not None:
+            raise UserError(
+                "eval metric 'bits_per_dim' needs a pixel-space model; this one works on latents"
+            )
+        settings, task = self.settings, self.task
+        data, count = reference_data(task, settings.bpd_images)
+        self._check_count(count, "eval.bpd_images (capped at the data set's size)")
+        share = parallel.process_share(count)
+        mesh = parallel.local_mesh()
+        if self._bpd_examples is None:
+            pictures, captions = [], []
+            for _, batch_pictures, batch_captions in _examples(data, share, settings.batch_size):
+                pictures.append(batch_pictures)
+                captions += batch_captions
+            self._bpd_examples = {
+                "images": np.concatenate(pictures),  # [n, H, W, 3] uint8
+                "ids": task.text_ids(captions),  # [n, T]
+                "keys": image_keys(jax.random.key(settings.seed), len(captions), share.start),
+            }
+        process = task.diffusion.process
+        ode = likelihood.ODESettings(
+            sigma_min=process.sigma_min, sigma_max=process.sigma_max, steps=settings.bpd_steps
+        )
+        graphdef, state = nnx.split(model)
+        state = parallel.local_replica(state, mesh)
+        size = -(-settings.batch_size // mesh.devices.size) * mesh.devices.size
+        values = []
+        examples = self._bpd_examples
+        for start in range(0, len(share), size):
+            batch = parallel.split_rows(
+                {name: value[start : start + size] for name, value in examples.items()}, mesh, size
+            )
+            bits = _bits_per_dim_batch(graphdef, task.diffusion, ode, state, **batch)  # [size]
+            values.append(np.asarray(bits)[: min(size, len(share) - start)])
+        return float(np.mean(parallel.gather_shares(np.concatenate(values), count)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _bits_per_dim_batch(graphdef, diffusion, ode, state, images, ids, keys) -> jax.Array:
+    """Bits/dim `[B]` of uint8 images `[B, H, W, 3]` given their captions' token ids `[B, T]`,
+    example b dequantized and probed with ``keys[b]``."""
+    model = nnx.merge(graphdef, state)
+    context = model.encode_text(ids)  # [B, T, D]
+    denoiser = diffusion.denoiser(model.unet)
+    result = likelihood.bits_per_dim(
+        lambda x, sigma: denoiser(x, sigma, context), images, keys, ode=ode
+    )
+    return result.bits_per_dim
 
 
 def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[int, dict]:
     """(step, metrics) of the newest EMA weights of a trained run, with ``config.eval`` of its
     saved config changed by ``overrides`` ("eval.metrics=fid", ...). Reference features are
-    cached in ``WORKDIR/eval/``; the results are written to ``WORKDIR/eval/step_N.json``."""
+    cached in ``WORKDIR/eval/``; the results are written to ``WORKDIR/eval/step_N.json``. With
+    several processes (``parallel.initialize_distributed``) each does its share."""
     from jaxdiff.checkpoint import latest_step
     from jaxdiff.train.trainer import CHECKPOINT_DIR, load_model, load_task
 
@@ -245,6 +395,7 @@ def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[in
     for override in overrides:
         if not override.startswith("eval."):
             raise UserError(f"eval takes only eval.* overrides, got {override!r}")
+    parallel.initialize_distributed()
     task = load_task(workdir, overrides)
     config = task.config
     if not metric_names(config.eval):
@@ -253,7 +404,7 @@ def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[in
             f"({', '.join(METRICS)})"
         )
     step = latest_step(workdir / CHECKPOINT_DIR)
-    results = evaluate(task, load_model(task, workdir), config, workdir)
+    results = Evaluator(task, config, workdir)(load_model(task, workdir))
     if jax.process_index() == 0:
         path = workdir / "eval" / f"step_{step:07d}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,45 +412,3 @@ def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[in
         partial.write_text(json.dumps({"step": step, **results}, indent=2) + "\n")
         partial.replace(path)
     return step, results
-
-
-def _adherence(task, generate, settings) -> dict[str, float]:
-    from jaxdiff.data.shapes import combinations, parse_holdout
-    from jaxdiff.evaluation.prompt_adherence import evaluate as adherence
-
-    held_out = parse_holdout(task.config.data.holdout) or tuple(combinations())
-    scores = adherence(
-        lambda prompts, seed: generate(list(prompts), seed),
-        held_out,
-        settings.samples_per_prompt,
-        seed=settings.seed,
-        batch_size=settings.batch_size,
-    )
-    return {f"adherence_{name}": scores[name] for name in ("shape", "colour", "position", "all")}
-
-
-def _bits_per_dim(task, model, settings) -> float:
-    from jaxdiff.evaluation.likelihood import bits_per_dim
-
-    if getattr(model, "autoencoder", None) is not None:
-        raise UserError(
-            "eval metric 'bits_per_dim' needs a pixel-space model; this one works on latents"
-        )
-    process = task.diffusion.process
-    denoiser = task.diffusion.denoiser(model.unet)
-    data, count = reference_data(task, settings.bpd_images)
-    pictures, captions = _data_images(data, count, settings.batch_size)
-    totals = []
-    for start in range(0, len(pictures), settings.batch_size):
-        end = start + settings.batch_size
-        context = model.encode_text(task.text_ids(captions[start:end]))  # [B, T, D]
-        result = bits_per_dim(
-            lambda x, sigma, context=context: denoiser(x, sigma, context),
-            pictures[start:end],
-            jax.random.key(settings.seed + start),
-            sigma_min=process.sigma_min,
-            sigma_max=process.sigma_max,
-            steps=settings.bpd_steps,
-        )
-        totals.append(np.asarray(result.bits_per_dim))
-    return float(np.mean(np.concatenate(totals)))

@@ -2,8 +2,8 @@
 
 A `FeatureExtractor` runs any NNX module that maps images `[B, H, W, 3]` in [0, 1] to features
 `[B, D]` (the FID InceptionV3, CLIP's image tower, or an encoder of one's own) as one jitted
-program: the weights replicated, each batch split over the devices (padded to a multiple of
-their count).
+program: the weights replicated on this process's devices, each batch padded to a fixed size (a
+multiple of the device count: one compilation) and split over them.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from jaxdiff import parallel
 from jaxdiff.errors import UserError
 
 
@@ -31,41 +30,32 @@ class FeatureExtractor:
         batch_size: int = 64,
         devices: Sequence[jax.Device] | None = None,
     ):
-        devices = list(devices or jax.local_devices())
         if batch_size <= 0:
             raise UserError(f"feature batch size must be > 0, got {batch_size}")
         self.name = name
-        self.mesh = Mesh(np.asarray(devices), ("data",))
-        # Whole batches per device: rounded up to a multiple of the device count.
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        self.mesh = parallel.local_mesh(devices)
+        count = self.mesh.devices.size
+        self.batch_size = -(-batch_size // count) * count  # whole batches per device
         graphdef, state = nnx.split(module)
-        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
-        rows = NamedSharding(self.mesh, P("data"))
-        self._rows = rows
-        self._apply = jax.jit(
-            lambda state, images: nnx.merge(graphdef, state)(images).astype(jnp.float32),
-            in_shardings=(NamedSharding(self.mesh, P()), rows),
-            out_shardings=rows,
-        )
+        self._state = parallel.local_replica(state, self.mesh)
+        self._apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x).astype(jnp.float32))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
             raise UserError(f"images must be [N, H, W, 3] with N > 0, got shape {images.shape}")
-        return np.concatenate(
-            [
-                self._batch(images[i : i + self.batch_size])
-                for i in range(0, len(images), self.batch_size)
-            ]
-        )
+        pixels = images / 255.0 if images.dtype == np.uint8 else images
+        return self.rows(pixels.astype(np.float32))  # pixels [N, H, W, 3] in [0, 1]
 
-    def _batch(self, images: np.ndarray) -> np.ndarray:
-        count = len(images)
-        pixels = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
-        padded = np.zeros((self.batch_size, *images.shape[1:]), np.float32)
-        padded[:count] = pixels
-        features = self._apply(self._state, jax.device_put(padded, self._rows))
-        return np.asarray(features)[:count]
+    def rows(self, inputs: np.ndarray) -> np.ndarray:
+        """The module's outputs `[N, D]` for any inputs `[N, ...]` (token ids, say), in batches
+        of ``batch_size`` split over the devices."""
+        outputs = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            rows = parallel.split_rows({"x": chunk}, self.mesh, self.batch_size)["x"]
+            outputs.append(np.asarray(self._apply(self._state, rows))[: len(chunk)])
+        return np.concatenate(outputs)
 
 
 def inception(weights: str, variant: str = "fid", batch_size: int = 64) -> FeatureExtractor:

@@ -112,23 +112,26 @@ def fid(features: np.ndarray, reference: np.ndarray | FeatureStatistics) -> floa
 
 
 def _polynomial_kernel(x: jax.Array, y: jax.Array) -> jax.Array:
-    """`(x.y / d + 1)^3`: x `[..., m, d]`, y `[..., n, d]` -> `[..., m, n]`."""
-    return (jnp.einsum("...md,...nd->...mn", x, y) / x.shape[-1] + 1.0) ** 3
+    """`(x.y / d + 1)^3`: x `[m, d]`, y `[n, d]` -> `[m, n]`."""
+    return (x @ y.T / x.shape[-1] + 1.0) ** 3
+
+
+def _unbiased_mmd2(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Unbiased squared MMD of one pair of subsets x `[m, d]`, y `[m, d]` -> `[]`."""
+    m = x.shape[0]
+    k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+    off_diagonal = k_xx.sum() - jnp.trace(k_xx) + k_yy.sum() - jnp.trace(k_yy)
+    return off_diagonal / (m * (m - 1)) - 2.0 * k_xy.mean()
 
 
 @jax.jit
-def _unbiased_mmd2(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Unbiased squared MMD of subsets x `[S, m, d]`, y `[S, m, d]` -> `[S]`."""
-    m = x.shape[-2]
-    k_xx, k_yy = _polynomial_kernel(x, x), _polynomial_kernel(y, y)
-    k_xy = _polynomial_kernel(x, y)
-    off_diagonal = (
-        k_xx.sum((-2, -1))
-        - jnp.trace(k_xx, axis1=-2, axis2=-1)
-        + k_yy.sum((-2, -1))
-        - jnp.trace(k_yy, axis1=-2, axis2=-1)
-    )
-    return off_diagonal / (m * (m - 1)) - 2.0 * k_xy.mean((-2, -1))
+def _subset_mmd2(
+    x: jax.Array, y: jax.Array, x_subsets: jax.Array, y_subsets: jax.Array
+) -> jax.Array:
+    """`_unbiased_mmd2` of `x[x_subsets[s]]` and `y[y_subsets[s]]` for each s, one subset at a
+    time (memory O(m^2 + m d) beyond the inputs): x `[N, d]`, y `[M, d]`, indices `[S, m]` ->
+    `[S]`."""
+    return jax.lax.map(lambda s: _unbiased_mmd2(x[s[0]], y[s[1]]), (x_subsets, y_subsets))
 
 
 def kid(
@@ -153,9 +156,16 @@ def kid(
         )
     m = min(subset_size, len(features), len(reference))
     rng = np.random.default_rng(seed)
-    x = np.stack([features[rng.choice(len(features), m, replace=False)] for _ in range(subsets)])
-    y = np.stack([reference[rng.choice(len(reference), m, replace=False)] for _ in range(subsets)])
-    values = np.asarray(_unbiased_mmd2(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)))
+    x_subsets = np.stack([rng.choice(len(features), m, replace=False) for _ in range(subsets)])
+    y_subsets = np.stack([rng.choice(len(reference), m, replace=False) for _ in range(subsets)])
+    values = np.asarray(
+        _subset_mmd2(
+            jnp.asarray(features, jnp.float32),
+            jnp.asarray(reference, jnp.float32),
+            jnp.asarray(x_subsets),
+            jnp.asarray(y_subsets),
+        )
+    )  # [subsets]
     return float(values.mean()), float(values.std())
 
 

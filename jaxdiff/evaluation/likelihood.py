@@ -31,6 +31,9 @@ Gaussian of standard deviation `sigma_min`), the data end of the ODE; it tends t
 density as `sigma_min -> 0`. For VP processes the state is the VE-form `x = z / alpha` (the
 denoiser contract), which differs from the VP `z` by the factor `sqrt(1 + sigma_min^2)`.
 
+**Settings.** The ends `sigma_min`, `sigma_max`, the divergence and the solver below are the
+fields of one `ODESettings`, the `ode` argument of `nll` and `bits_per_dim`.
+
 **Divergence.** `"exact"`: the trace of the Jacobian, one linearization and `D_dim` tangent
 evaluations (vmapped) per function evaluation; for small `D_dim`. `"hutchinson"`: the
 Skilling-Hutchinson estimate `e^T (dg/dx) e` from one `jax.jvp`, with a Rademacher (default) or
@@ -53,6 +56,15 @@ dopri5 at 1e-5 (about 220 evaluations); the mean error is 10 to 50 times smaller
 default) gives 1.2e-4. With the `N(0, sigma_max^2 I)` prior the prior mismatch adds up to 8e-3
 bits/dim at sigma_max = 80 for data of scale 1, and about 2e-3 at sigma_max = 1e3.
 
+**Random keys.** `key` is one key (`jax.random.key`) or a key array `[B]`, one key per example.
+From one key, example b draws from `fold_in(k, b)` of keys `k` derived from it: its draws do not
+depend on the batch size, but do on its position in the batch. From per-example keys, example
+b's Hutchinson probe and each of its dequantization draws come from `keys[b]` alone, so with
+`"rk4"` (fixed steps) and a denoiser that treats examples independently, an example's result
+does not depend on the batch it is in or its position in it (to float rounding): a data set may
+be split into batches in any order. `"dopri5"` takes one step size for the whole batch, so its
+results depend on the rest of the batch with either kind of key.
+
 **Dequantized 8-bit data.** For images `k` in `{0, ..., 255}^D` (Uria et al. 2013; Theis et al.
 2016; Ho et al. 2020 and Song et al. 2021 report this), `bits_per_dim` draws `u ~ U[0, 1)^D` and
 maps `z = k + u` in `[0, 256)` to the model's scale `x = lo + (hi - lo) * z / 256` for
@@ -72,6 +84,7 @@ within one part in 256.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -145,18 +158,85 @@ def _check_tolerance(name: str, value: object) -> None:
         raise UserError(f"{name}={value!r} must be a number > 0")
 
 
+def _check_ode(ode: object) -> None:
+    if not isinstance(ode, ODESettings):
+        raise UserError(f"ode={ode!r} is not supported; accepted: an ODESettings")
+
+
+def _check_key(key: object, batch: int) -> jax.Array:
+    """A typed key `[]` or one per example `[B]` (raw uint32 key data is wrapped), else a
+    UserError."""
+    try:
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # type: ignore[attr-defined]
+            key = jax.random.wrap_key_data(key)
+    except (AttributeError, TypeError):
+        raise UserError(
+            f"key of type {type(key).__name__}, dtype {getattr(key, 'dtype', None)} and shape "
+            f"{getattr(key, 'shape', None)} is not supported; accepted: jax.random.key(seed), "
+            "or one such key per example"
+        ) from None
+    if key.shape not in ((), (batch,)):
+        raise UserError(
+            f"key has shape {key.shape}; accepted: one key, shape (), or one per example, "
+            f"shape ({batch},)"
+        )
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class ODESettings:
+    """How `nll` and `bits_per_dim` solve the PF-ODE (module docstring), checked on construction.
+
+    Frozen and hashable, so it can be a static argument of `jax.jit`. `sigma_min < sigma_max`
+    are the data and prior ends of the ODE (stored as Python floats). `divergence` is "exact" or
+    "hutchinson" (then the probe is `probe`, "rademacher" or "gaussian"); `solver` is "rk4"
+    (`steps` equal steps) or "dopri5" (`rtol`, `atol`, at most `max_steps` attempted steps, NaN
+    if they do not suffice).
+    """
+
+    sigma_min: float
+    sigma_max: float
+    divergence: str = "hutchinson"
+    probe: str = "rademacher"
+    solver: str = "rk4"
+    steps: int = 100
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    max_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_choice("divergence", self.divergence, DIVERGENCES)
+        _check_choice("probe", self.probe, PROBES)
+        _check_choice("solver", self.solver, SOLVERS)
+        lo, hi = _check_sigmas(self.sigma_min, self.sigma_max)
+        object.__setattr__(self, "sigma_min", lo)
+        object.__setattr__(self, "sigma_max", hi)
+        _check_positive_int("steps", self.steps)
+        _check_positive_int("max_steps", self.max_steps)
+        _check_tolerance("rtol", self.rtol)
+        _check_tolerance("atol", self.atol)
+
+
 # ---------------------------------------------------------------------------------------------
 # The augmented ODE
 
 
-def _per_example_keys(key: jax.Array, batch: int) -> jax.Array:
-    """`fold_in(key, b)` for b < batch: example b's draw does not depend on the batch size. [B]"""
+def _example_keys(key: jax.Array, batch: int) -> jax.Array:
+    """Example b's key: `keys[b]` of per-example keys `[B]`, or `fold_in(key, b)` of one key
+    (then example b's draws do not depend on the batch size). [B]"""
+    key = _check_key(key, batch)
+    if key.ndim == 1:
+        return key
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
 
 
 def _draw_probe(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype, probe: str) -> jax.Array:
-    """One Hutchinson probe per example, from per-example keys. [B, ...]"""
-    keys = _per_example_keys(key, shape[0])
+    """One Hutchinson probe per example, from `_example_keys`. [B, ...]"""
+    keys = _example_keys(key, shape[0])
     if probe == "gaussian":
         return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
     return jax.vmap(lambda k: jax.random.rademacher(k, shape[1:], dtype))(keys)
@@ -300,40 +380,20 @@ def _dopri5(
 
 
 def nll(
-    denoise: Denoise,
-    x: jax.Array,
-    key: jax.Array | None = None,
-    *,
-    sigma_min: float,
-    sigma_max: float,
-    divergence: str = "hutchinson",
-    probe: str = "rademacher",
-    solver: str = "rk4",
-    steps: int = 100,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    max_steps: int = 1000,
+    denoise: Denoise, x: jax.Array, key: jax.Array | None = None, *, ode: ODESettings
 ) -> Likelihood:
     """Negative log-likelihood of continuous data through the PF-ODE (module docstring).
 
     `x [B, ...]` (any shape; `D = prod(x.shape[1:])` dimensions per example) in the denoiser's
     scale; `denoise(x [B, ...], sigma []) -> [B, ...]` must treat examples independently.
     Returns `-log p_{sigma_min}(x)` per example in nats and bits/dim, with the prior
-    `N(0, sigma_max^2 I)`. `divergence` is "exact" or "hutchinson" (then `key` draws the probe,
-    per example, `probe` = "rademacher" or "gaussian"); `solver` is "rk4" (`steps` steps) or
-    "dopri5" (`rtol`, `atol`, at most `max_steps` attempted steps, NaN if they do not suffice).
-    The state is held in at least float32. Jit-able with the keyword arguments static, e.g.
-    `jax.jit(lambda x, k: nll(denoise, x, k, sigma_min=1e-3, sigma_max=80.0))`.
+    `N(0, sigma_max^2 I)`, solving the ODE as `ode` sets. `key` draws the Hutchinson probes (it
+    is unused by the exact divergence): one key, or one key per example `[B]` (module docstring,
+    "Random keys"). The state is held in at least float32. Jit-able with `ode` static, e.g.
+    `jax.jit(functools.partial(nll, denoise), static_argnames="ode")(x, key, ode=ode)`.
     """
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_choice("probe", probe, PROBES)
-    _check_choice("solver", solver, SOLVERS)
-    lo, hi = _check_sigmas(sigma_min, sigma_max)
-    _check_positive_int("steps", steps)
-    _check_positive_int("max_steps", max_steps)
-    _check_tolerance("rtol", rtol)
-    _check_tolerance("atol", atol)
-    if divergence == "hutchinson" and key is None:
+    _check_ode(ode)
+    if ode.divergence == "hutchinson" and key is None:
         raise UserError("divergence='hutchinson' needs a key for its probe; pass key=")
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[0] < 1 or math.prod(x.shape[1:]) < 1:
@@ -344,14 +404,15 @@ def nll(
     x = x.astype(dtype)
     batch, dim = x.shape[0], math.prod(x.shape[1:])
 
-    e = _draw_probe(key, x.shape, dtype, probe) if divergence == "hutchinson" else None
-    rhs = _augmented_rhs(denoise, divergence, e)
-    t0, t1 = math.log(lo), math.log(hi)
-    if solver == "rk4":
-        x_end, delta, nfe = _rk4(rhs, x, t0, t1, steps)
+    e = _draw_probe(key, x.shape, dtype, ode.probe) if ode.divergence == "hutchinson" else None
+    rhs = _augmented_rhs(denoise, ode.divergence, e)
+    t0, t1 = math.log(ode.sigma_min), math.log(ode.sigma_max)
+    if ode.solver == "rk4":
+        x_end, delta, nfe = _rk4(rhs, x, t0, t1, ode.steps)
     else:
-        x_end, delta, nfe = _dopri5(rhs, x, t0, t1, rtol, atol, max_steps)
+        x_end, delta, nfe = _dopri5(rhs, x, t0, t1, ode.rtol, ode.atol, ode.max_steps)
 
+    hi = ode.sigma_max
     sq = jnp.sum(x_end.reshape(batch, dim) ** 2, axis=-1)  # [B]
     prior = -0.5 * sq / hi**2 - 0.5 * dim * math.log(2 * math.pi * hi**2)  # [B]
     nats = -(prior + delta)  # [B]
@@ -362,12 +423,18 @@ def dequantize(
     images: jax.Array, key: jax.Array, data_range: tuple[float, float] = (-1.0, 1.0)
 ) -> jax.Array:
     """Uniform dequantization of 8-bit `images [B, ...]`: `lo + (hi - lo) * (k + u) / 256` with
-    `u ~ U[0, 1)` drawn per example from `fold_in(key, b)`. Float32 [B, ...]."""
+    `u ~ U[0, 1)` drawn for example b from `keys[b]` of per-example keys `[B]`, or from
+    `fold_in(key, b)` of one key. Float32 [B, ...]."""
     lo, hi = _check_data_range(data_range)
     images = _check_images(images)
-    keys = _per_example_keys(key, images.shape[0])
+    keys = _example_keys(key, images.shape[0])  # [B]
     u = jax.vmap(lambda k: jax.random.uniform(k, images.shape[1:], jnp.float32))(keys)
     return lo + (hi - lo) * (images.astype(jnp.float32) + u) / 256.0
+
+
+def _draw_keys(key: jax.Array, draw: jax.Array) -> jax.Array:
+    """The dequantization and probe keys of draw `draw` of one key. [2]"""
+    return jax.random.split(jax.random.fold_in(key, draw))
 
 
 def bits_per_dim(
@@ -375,15 +442,7 @@ def bits_per_dim(
     images_uint8: jax.Array,
     key: jax.Array,
     *,
-    sigma_min: float,
-    sigma_max: float,
-    divergence: str = "hutchinson",
-    probe: str = "rademacher",
-    solver: str = "rk4",
-    steps: int = 100,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    max_steps: int = 1000,
+    ode: ODESettings,
     data_range: tuple[float, float] = (-1.0, 1.0),
     num_dequant_samples: int = 1,
 ) -> DiscreteLikelihood:
@@ -393,36 +452,27 @@ def bits_per_dim(
         bits/dim = E_u[NLL_x] / (D ln 2) + 8 - log2(hi - lo),   data_range = (lo, hi),
 
     an upper bound on `-log2 P(k) / D`, averaged over `num_dequant_samples` draws of `u` (each
-    with its own Hutchinson probe). The other arguments are those of `nll`; the continuous
-    results of each draw come back stacked in `continuous` [S, B, ...].
+    with its own Hutchinson probe), solving the ODE as `ode` sets. `key` is one key, or one key
+    per example `[B]`: draw s of example b then comes from `fold_in(keys[b], s)` alone (module
+    docstring, "Random keys"). The continuous results of each draw come back stacked in
+    `continuous` [S, B, ...]. Jit-able with `ode` static, as `nll`.
     """
     lo, hi = _check_data_range(data_range)
     images = _check_images(images_uint8)
     _check_positive_int("num_dequant_samples", num_dequant_samples)
-    # Everything but the data is checked by nll; check here too so a bad call fails before
-    # any tracing.
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_sigmas(sigma_min, sigma_max)
-    options = dict(
-        sigma_min=sigma_min,
-        sigma_max=sigma_max,
-        divergence=divergence,
-        probe=probe,
-        solver=solver,
-        steps=steps,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-    )
+    _check_ode(ode)
+    key = _check_key(key, images.shape[0])
     dim = math.prod(images.shape[1:])
 
-    def one_draw(k: jax.Array) -> Likelihood:
-        k_u, k_probe = jax.random.split(k)
-        x = dequantize(images, k_u, (lo, hi))  # [B, ...]
-        return nll(denoise, x, k_probe, **options)
+    def one_draw(draw: jax.Array) -> Likelihood:
+        if key.ndim == 0:
+            keys = _draw_keys(key, draw)  # [2]
+        else:
+            keys = jax.vmap(_draw_keys, (0, None))(key, draw)  # [B, 2]
+        x = dequantize(images, keys[..., 0], (lo, hi))  # [B, ...]
+        return nll(denoise, x, keys[..., 1], ode=ode)
 
-    draw_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(num_dequant_samples))
-    cont = jax.lax.map(one_draw, draw_keys)  # fields [S, B, ...]
+    cont = jax.lax.map(one_draw, jnp.arange(num_dequant_samples))  # fields [S, B, ...]
     nats = jnp.mean(cont.nats, axis=0) - dim * math.log((hi - lo) / 256.0)  # [B]
     return DiscreteLikelihood(nats, nats / (dim * math.log(2.0)), cont)
 

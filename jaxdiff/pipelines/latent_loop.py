@@ -48,9 +48,9 @@ class LoopSettings:
     threshold: tuple[float, float] | None
 
 
-def image_keys(key: jax.Array, count: int) -> jax.Array:
-    """Image i of a call uses `fold_in(key, i)`. [count] keys"""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(count))
+def image_keys(key: jax.Array, count: int, first: int = 0) -> jax.Array:
+    """Image i of a call uses `fold_in(key, first + i)`. [count] keys"""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(count))
 
 
 @functools.partial(jax.jit, static_argnums=1)

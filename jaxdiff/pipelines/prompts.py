@@ -1,13 +1,16 @@
 """Prompts to token ids as Stable Diffusion's pipelines tokenize them.
 
 Every prompt is padded to the tokenizer's `model_max_length` (77 for CLIP) and cut there, as
-diffusers does; a prompt that is cut gives a warning naming the words dropped.
+diffusers does; a prompt that is cut gives a warning naming the words dropped. `tokenize` is the
+one padded, truncated tokenizer call of jaxdiff: CLIP scores and fine-tuning captions use it
+too, without the warning.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +41,26 @@ def negative_prompt_list(negative: str | Sequence[str] | None, count: int) -> li
     return negatives
 
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> np.ndarray:
-    """Token ids `[N, model_max_length]` int32, padded and cut at the tokenizer's limit; warns
-    once per prompt that is cut, naming the words dropped."""
-    limit = tokenizer.model_max_length
+def tokenize(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_length: int | None = None,
+    warn: bool = True,
+) -> np.ndarray:
+    """Token ids `[N, max_length]` int32, padded and cut at `max_length` (the tokenizer's
+    `model_max_length` when None); with `warn`, warns once per prompt that is cut, naming the
+    words dropped."""
+    limit = tokenizer.model_max_length if max_length is None else max_length
     ids = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True)[
         "input_ids"
     ]
+    if warn:
+        _warn_cut(tokenizer, prompts, limit)
+    return np.asarray(ids, np.int32)
+
+
+def _warn_cut(tokenizer: Any, prompts: Sequence[str], limit: int) -> None:
+    """One warning per prompt longer than `limit` tokens, naming the words dropped."""
     full = tokenizer(list(prompts), padding=False, truncation=False, verbose=False)["input_ids"]
     for prompt, tokens in zip(prompts, full, strict=True):
         if len(tokens) > limit:
@@ -53,6 +69,5 @@ def tokenize(tokenizer, prompts: Sequence[str]) -> np.ndarray:
             warnings.warn(
                 f"prompt {prompt[:40]!r}... is longer than the tokenizer's {limit} tokens; "
                 f"these words were dropped: {dropped!r}",
-                stacklevel=3,
+                stacklevel=4,
             )
-    return np.asarray(ids, np.int32)

@@ -9,7 +9,8 @@ The model's scheduler config decides the process, the prediction type and the ti
 (`SchedulerConfig`); `sampler` picks any sampler of the zoo, on the grid its diffusers
 counterpart would use. The batch of images is split over every local device on a `data` mesh
 axis (padded to a multiple of the device count); image i of a call starts from the key
-`fold_in(key, i)`, so it is the same whatever the batch size or the number of devices.
+`fold_in(key, first_index + i)` (`first_index` 0 by default), so it is the same whatever the
+batch size, the number of calls a set is made in, or the number of devices.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from jaxdiff import samplers
+from jaxdiff import parallel, samplers
 from jaxdiff.configuration import require
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import UserError
@@ -49,6 +48,7 @@ class _Sampling:
     sigma_schedule: str | None = None
     seed: int = 0
     key: jax.Array | None = None
+    first_index: int = 0
     latents: Any = None
     num_images_per_prompt: int = 1
     output_type: str = "np"
@@ -72,6 +72,11 @@ class _Sampling:
         require(
             self.key is not None or (isinstance(self.seed, int) and 0 <= self.seed < 2**32),
             f"seed={self.seed!r} must be an integer in [0, 2**32) (or pass key=)",
+        )
+        first = self.first_index
+        require(
+            isinstance(first, int) and first >= 0,
+            f"first_index={first!r} must be an integer >= 0",
         )
         image_io.check_output_type(self.output_type)
         options = dict(self.sampler_options or {})
@@ -111,10 +116,9 @@ class StableDiffusion:
         self.latent_channels = unet_arch["out_channels"]
         self.unet_in_channels = unet_arch["in_channels"]
         self.default_size = unet.sample_size * self.vae_scale_factor
-        devices = list(devices or jax.local_devices())
-        self.mesh = Mesh(np.asarray(devices), ("data",))
+        self.mesh = parallel.local_mesh(devices)
         self._graphdef, state = nnx.split((unet, vae, text_encoder))
-        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        self._state = parallel.local_replica(state, self.mesh)
 
     @classmethod
     def from_pretrained(
@@ -160,8 +164,9 @@ class StableDiffusion:
         `sampling`: num_inference_steps=50, guidance_scale=7.5 (classifier-free guidance when
         > 1, as diffusers), guidance_rescale=0.0, sampler="ddim" (any of `samplers.names()`),
         sampler_options (the sampler's own options), sigma_schedule (None: the scheduler
-        config's; "discrete" or "karras"), seed=0 or key, latents (unit noise
-        `[B, h, w, c]`), num_images_per_prompt=1, output_type="np".
+        config's; "discrete" or "karras"), seed=0 or key, first_index=0 (image i uses
+        `fold_in(key, first_index + i)`), latents (unit noise `[B, h, w, c]`),
+        num_images_per_prompt=1, output_type="np".
         """
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
@@ -250,7 +255,7 @@ class StableDiffusion:
         negative_ids = np.repeat(tokenize(self.tokenizer, negatives), repeat, axis=0)
         latent_shape = (*latent_size, self.latent_channels)
         root = sampling.key if sampling.key is not None else jax.random.key(sampling.seed)
-        keys = image_keys(root, count)  # [B]
+        keys = image_keys(root, count, sampling.first_index)  # [B]
         noise = self._noise(sampling.latents, keys, latent_shape)  # [B, h, w, c]
         clip_range, threshold = self.scheduler.x0_limits(sampling.sampler)
         settings = LoopSettings(
@@ -265,7 +270,7 @@ class StableDiffusion:
             clip_sample_range=clip_range,
             threshold=threshold,
         )
-        batch = self._shard(
+        batch = parallel.split_rows(
             dict(
                 ids=ids,
                 negative_ids=negative_ids,
@@ -273,7 +278,8 @@ class StableDiffusion:
                 noise=noise,
                 images=images,
                 masks=masks,
-            )
+            ),
+            self.mesh,
         )
         out, _ = compiled_loop(settings)(
             self._state,
@@ -311,18 +317,3 @@ class StableDiffusion:
             f"latents of shape {latents.shape}; accepted: {want} (images, h, w, channels)",
         )
         return latents
-
-    def _shard(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Pad the batch to a multiple of the device count and split it over `data`."""
-        devices = self.mesh.devices.size
-        sharding = NamedSharding(self.mesh, P("data"))
-
-        def put(a: Any) -> Any:
-            if a is None:
-                return None
-            pad = -a.shape[0] % devices
-            if pad:
-                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
-            return jax.device_put(a, sharding)
-
-        return {name: put(value) for name, value in batch.items()}

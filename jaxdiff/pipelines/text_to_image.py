@@ -3,8 +3,11 @@
 
 The whole denoising loop is one jit-compiled function per (sampler, options, steps, batch shape);
 prompts, seeds and the guidance scale are traced inputs, so changing them does not recompile.
-Image ``i`` of a call starts from the noise of ``fold_in(noise_key(seed), i)``: it does not
-depend on how many images are made with it.
+The batch is split over this process's devices (padded to a multiple of their count). Image ``i``
+of a call is image ``first_index + i`` of its seed: it is sampled under ``jax.vmap`` from the key
+``fold_in(key(seed), first_index + i)`` alone (its starting noise and a stochastic sampler's
+noise), so it does not depend on how many images are made with it, in how many calls, or on how
+many devices.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff import samplers
+from jaxdiff import parallel, samplers
 from jaxdiff.configuration import require
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.images import to_uint8
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import encode
+from jaxdiff.pipelines.latent_loop import image_keys
 
 
 class TextToImagePipeline:
@@ -34,16 +38,19 @@ class TextToImagePipeline:
         tokenizer,
         diffusion: Diffusion,
         latent_shape: tuple[int, int, int],
+        devices: Sequence[jax.Device] | None = None,
     ):
         self.tokenizer = tokenizer
         self.diffusion = diffusion
         self.latent_shape = tuple(latent_shape)  # (h, w, c)
-        self._graphdef, self._state = nnx.split(model)
+        self.mesh = parallel.local_mesh(devices)
+        self._graphdef, state = nnx.split(model)
+        self._state = parallel.local_replica(state, self.mesh)
 
     def __call__(self, prompts: Sequence[str], **sampling) -> np.ndarray:
         """Images ``[len(prompts), H, W, 3]`` uint8, one per prompt; ``sampling`` takes the
         keyword arguments of :meth:`latents` (negative prompts, seed, steps, guidance, sampler,
-        schedule and their options)."""
+        schedule and their options, the first image's index)."""
         return self.decode(self.latents(prompts, **sampling))
 
     def latents(
@@ -57,12 +64,15 @@ class TextToImagePipeline:
         schedule: str = "karras",
         sampler_options: dict | None = None,
         schedule_options: dict | None = None,
+        first_index: int = 0,
     ) -> jax.Array:
         """The sampled latents ``[len(prompts), h, w, c]`` float32 that ``__call__`` decodes.
 
         ``negative_prompts`` (default: the empty prompt) replace the unconditional branch of
         classifier-free guidance (Ho & Salimans 2022); ``guidance`` 1 is the conditional model;
-        ``schedule_options`` go to the sigma schedule (``Diffusion.sampling_sigmas``).
+        ``schedule_options`` go to the sigma schedule (``Diffusion.sampling_sigmas``);
+        ``first_index``: the index of the call's first image among the images of ``seed``
+        (a set made in several calls equals the set made in one).
         """
         prompts = list(prompts)
         require(len(prompts) > 0, "no prompt given; pass at least one prompt")
@@ -75,25 +85,29 @@ class TextToImagePipeline:
             "give one per prompt or none",
         )
         check_sampling(steps, guidance, seed)
+        require(first_index >= 0, f"first_index must be >= 0, got {first_index}")
         options = dict(sampler_options or {})
         run = self._function(sampler, options)
         sigmas = self.diffusion.sampling_sigmas(steps, schedule, **(schedule_options or {}))
         samplers.check_sigmas(sigmas)
-        ids = jnp.asarray(encode(self.tokenizer, prompts))
-        negative_ids = jnp.asarray(encode(self.tokenizer, negative_prompts))
-        return run(
-            self._graphdef,
-            self._state,
-            ids,
-            negative_ids,
-            jnp.int32(seed),
-            jnp.float32(guidance),
-            sigmas,
+        batch = parallel.split_rows(
+            {
+                "ids": encode(self.tokenizer, prompts),
+                "negative_ids": encode(self.tokenizer, negative_prompts),
+                "keys": image_keys(jax.random.key(seed), len(prompts), first_index),
+            },
+            self.mesh,
         )
+        latents = run(
+            self._graphdef, self._state, **batch, guidance=jnp.float32(guidance), sigmas=sigmas
+        )
+        return latents[: len(prompts)]
 
     def decode(self, latents: jax.Array) -> np.ndarray:
-        """Latents ``[B, h, w, c]`` -> images ``[B, H, W, 3]`` uint8."""
-        return to_uint8(np.asarray(_decode(self._graphdef, self._state, latents)))
+        """Latents ``[B, h, w, c]`` -> images ``[B, H, W, 3]`` uint8, decoded over the devices."""
+        rows = parallel.split_rows({"latents": latents}, self.mesh)["latents"]
+        decoded = _decode_latents(self._graphdef, self._state, rows)  # [B', H, W, 3]
+        return to_uint8(np.asarray(decoded)[: latents.shape[0]])
 
     def _function(self, sampler: str, options: dict) -> Callable:
         key = (samplers.get(sampler), tuple(sorted(options.items())), self.diffusion)
@@ -114,21 +128,26 @@ def _compiled_run(
     """The jit-compiled sampling loop, shared by every pipeline with the same settings; the model
     structure is a static argument, so new weights (a training preview, say) reuse the code."""
 
-    def run(graphdef, state, ids, negative_ids, seed, guidance, sigmas):
+    def run(graphdef, state, ids, negative_ids, keys, guidance, sigmas):
         model = nnx.merge(graphdef, state)
         context = model.encode_text(ids)  # [B, T, D]
         uncond = model.encode_text(negative_ids)  # [B, T, D]
-        denoise = samplers.cfg(diffusion.denoiser(model.unet), context, uncond, guidance)
-        noise_root, sampler_key = jax.random.split(jax.random.key(seed))
-        noise = jax.vmap(
-            lambda i: jax.random.normal(jax.random.fold_in(noise_root, i), latent_shape)
-        )(jnp.arange(ids.shape[0]))  # [B, h, w, c]
-        return sample(denoise, noise * sigmas[0], sigmas, key=sampler_key, **dict(options))
+        denoiser = diffusion.denoiser(model.unet)
+
+        def one(context: jax.Array, uncond: jax.Array, key: jax.Array) -> jax.Array:
+            """One image from its key: [T, D], [T, D] -> [h, w, c]."""
+            noise_key, sampler_key = jax.random.split(key)
+            noise = jax.random.normal(noise_key, (1, *latent_shape))  # [1, h, w, c]
+            denoise = samplers.cfg(denoiser, context[None], uncond[None], guidance)
+            x = sample(denoise, noise * sigmas[0], sigmas, key=sampler_key, **dict(options))
+            return x[0]
+
+        return jax.vmap(one)(context, uncond, keys)  # [B, h, w, c]
 
     return jax.jit(run, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _decode(graphdef, state, latents: jax.Array) -> jax.Array:
+def _decode_latents(graphdef, state, latents: jax.Array) -> jax.Array:
     """Latents [B, h, w, c] -> images [B, H, W, 3] in [-1, 1]."""
     return nnx.merge(graphdef, state).decode_latents(latents)

@@ -11,7 +11,6 @@ and scheduler config into the workdir, so that sampling and resuming need only t
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from jaxdiff.convert.pipeline_components import NETWORKS, resolve_model_dir
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.models.text_to_image import TextToImageModel
+from jaxdiff.pipelines.prompts import tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 from jaxdiff.train import encoding_cache
 from jaxdiff.train.tasks import DTYPES
-from jaxdiff.train.text_to_image_task import caption_dropout_loss, preview
+from jaxdiff.train.text_to_image_task import Generate, caption_dropout_loss, preview
 
 PRETRAINED_DIR = "pretrained"  # architecture files, tokenizer and scheduler, copied from the model
 FINETUNE_WEIGHTINGS = ("uniform", "min_snr")
@@ -134,11 +134,7 @@ class FinetuneTask:
     def text_ids(self, captions: list[str]) -> np.ndarray:
         """Token ids `[N, T]` of captions, cut at the tokenizer's limit (silently: training
         captions are often longer than CLIP's 77 tokens)."""
-        limit = self.tokenizer.model_max_length
-        ids = self.tokenizer(
-            list(captions), padding="max_length", max_length=limit, truncation=True
-        )
-        return np.asarray(ids["input_ids"], np.int32)
+        return tokenize(self.tokenizer, captions, warn=False)
 
     def prepare(self, model: TextToImageModel, workdir: Path) -> None:
         """Reads (or first computes) the cached encodings of the data, when configured."""
@@ -167,14 +163,14 @@ class FinetuneTask:
             model.unet, model.autoencoder, model.text_encoder, self.tokenizer, self.scheduler_config
         )
 
-    def generator(self, model: TextToImageModel) -> Callable[[list[str], int], np.ndarray]:
-        """``generate(prompts, seed)``: uint8 images `[N, S, S, 3]` at the data's size, the
-        config's sampling."""
+    def generator(self, model: TextToImageModel) -> Generate:
+        """``generate(prompts, seed, first_index=0)``: uint8 images `[N, S, S, 3]` at the data's
+        size, image i the ``first_index + i``-th of ``seed``, the config's sampling."""
         sample = self.config.sample
         size = self.config.data.image_size
         pipeline = self.pipeline(model)
 
-        def generate(prompts: list[str], seed: int) -> np.ndarray:
+        def generate(prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray:
             pictures = pipeline(
                 prompts,
                 height=size,
@@ -183,6 +179,7 @@ class FinetuneTask:
                 guidance_scale=sample.guidance,
                 sampler=sample.sampler,
                 seed=seed,
+                first_index=first_index,
             )  # [N, S, S, 3] in [0, 1]
             return np.rint(np.asarray(pictures) * 255.0).astype(np.uint8)
 

@@ -36,6 +36,9 @@ AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, 
 TOKENIZER_DIR = "tokenizer"
 LATENT_SCALE_IMAGES = 1024  # images encoded to measure the latent standard deviation
 
+# generate(prompts, seed, first_index) -> uint8 images [N, H, W, 3]: a task's sampling settings
+Generate = Callable[[list[str], int, int], np.ndarray]
+
 
 class TextToImageTask:
     """Denoising loss on (latent) images conditioned on their captions."""
@@ -148,15 +151,17 @@ class TextToImageTask:
     def pipeline(self, model: TextToImageModel) -> TextToImagePipeline:
         return TextToImagePipeline(model, self.tokenizer, self.diffusion, self.latent_shape)
 
-    def generator(self, model: TextToImageModel) -> Callable[[list[str], int], np.ndarray]:
-        """``generate(prompts, seed)``: uint8 images `[N, H, W, 3]`, the config's sampling."""
+    def generator(self, model: TextToImageModel) -> Generate:
+        """``generate(prompts, seed, first_index=0)``: uint8 images `[N, H, W, 3]`, image i
+        the ``first_index + i``-th of ``seed``, the config's sampling."""
         sample = self.config.sample
         pipeline = self.pipeline(model)
 
-        def generate(prompts: list[str], seed: int) -> np.ndarray:
+        def generate(prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray:
             return pipeline(
                 prompts,
                 seed=seed,
+                first_index=first_index,
                 steps=sample.steps,
                 guidance=sample.guidance,
                 sampler=sample.sampler,
@@ -198,7 +203,7 @@ def caption_dropout_loss(
 
 
 def preview(
-    sample: ml_collections.ConfigDict, generate: Callable[[list[str], int], np.ndarray]
+    sample: ml_collections.ConfigDict, generate: Generate
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """A row of one image per preview prompt (seed 0) and the PNG text describing it."""
     prompts = list(sample.preview_prompts)

@@ -27,10 +27,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxdiff import configuration, images, parallel
+from jaxdiff import config_groups, configuration, images, parallel
 from jaxdiff.checkpoint import PROGRESS, Checkpointer, latest_step
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.evaluate import evaluate
+from jaxdiff.evaluation.evaluate import Evaluator
 from jaxdiff.train.ema import make_ema_decay
 from jaxdiff.train.optim import learning_rate_schedule, make_optimizer
 from jaxdiff.train.state import StateLayout, as_targets, build_layout, initial_state, place
@@ -103,6 +103,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     health = jax.device_put(initial_health(), replicated)
     health["nonfinite_steps"] = jax.device_put(jnp.int32(nonfinite), replicated)
     lr = learning_rate_schedule(train_config)
+    evaluator = Evaluator(task, config, workdir) if config.eval.every else None
     logger = _Logger(workdir, enabled=is_main, resumed_at=start)
     bar = tqdm(
         total=steps,
@@ -157,7 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                     if preview:
                         _preview(task, model, workdir, done)
                     if evaluation:
-                        logger.scalars(done, evaluate(task, model, config, workdir), kind="eval")
+                        logger.scalars(done, evaluator(model), kind="eval")
                     del model
                     logged_at = time.perf_counter()  # the step rate counts training alone
             checkpointer.wait()  # a second SIGTERM cannot cut the last save short
@@ -228,7 +229,7 @@ def load_task(workdir: str | Path, overrides: list[str] = ()) -> Task:
             f"workdir {str(workdir)!r} has no checkpoint; train one first with "
             f"'jaxdiff train --config CONFIG --workdir {workdir}'"
         )
-    config = configuration.from_json(config_path.read_text())
+    config = configuration.from_dict(_saved_config(config_path))
     configuration.apply_overrides(config, list(overrides))
     return make_task(config, workdir=workdir)
 
@@ -258,10 +259,7 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> N
     path = workdir / CONFIG_FILE
     if not path.is_file():
         return
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not a jaxdiff config (not JSON); use a new workdir") from None
+    saved = _saved_config(path)
     current = json.loads(configuration.to_json(config))
     for group in sorted((set(saved) | set(current)) - set(RESUMABLE_GROUPS)):
         if _fixed(saved.get(group), group) != _fixed(current.get(group), group):
@@ -269,6 +267,25 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> N
                 f"workdir {str(workdir)!r} holds a run with a different '{group}' config; "
                 "use a new workdir or the same config"
             )
+
+
+def _saved_config(path: Path) -> dict[str, Any]:
+    """The config a run saved at ``path`` (its JSON object), refused with one line when it lacks
+    a field that every config holds (``jaxdiff.config_groups``), as one written by an older
+    jaxdiff may."""
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is not a jaxdiff config (not a JSON object); use a new workdir")
+    missing = config_groups.missing_fields(saved)
+    if missing:
+        raise UserError(
+            f"{path} lacks {', '.join(missing)} (written by an older jaxdiff); add them to the "
+            "file or start a new run"
+        )
+    return saved
 
 
 def _fixed(settings: Any, group: str) -> Any:

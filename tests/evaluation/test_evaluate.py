@@ -10,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from processes import launch, wait
 from reference_models import save_clip_model
 
 from jaxdiff.cli import main
 from jaxdiff.configuration import load_config
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.evaluate import Evaluator
 from jaxdiff.evaluation.features import FeatureExtractor
-from jaxdiff.train.trainer import train
+from jaxdiff.train.trainer import load_model, load_task, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -51,7 +53,7 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
         "eval",
         "--workdir",
         str(workdir),
-        "--config.eval.metrics=fid,kid,precision_recall,clip_score,bits_per_dim",
+        "--config.eval.metrics=fid,kid,precision_recall,clip_score,adherence,bits_per_dim",
         "--config.eval.features=clip",
         f"--config.eval.clip_model={clip_folder}",
         "--config.eval.num_samples=8",
@@ -85,6 +87,45 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
     )
     against_file = json.loads((workdir / "eval" / "step_0000002.json").read_text())
     assert against_file["fid"] == pytest.approx(results["fid"], rel=1e-5)
+
+    # Two processes of 4 devices, in batches of 3, with no cached reference: the same numbers.
+    split = tmp_path / "two_processes"
+    shutil.copytree(run, split)
+    wait(launch([args[0], "--workdir", str(split), *args[3:], "--config.eval.batch_size=3"]))
+    shared = json.loads((split / "eval" / "step_0000002.json").read_text())
+    assert shared.keys() == results.keys()
+    for name, value in results.items():
+        assert shared[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def test_a_second_evaluation_compiles_nothing(run, tmp_path):
+    """The trainer builds one evaluator; every evaluation after the first reuses its programs
+    (generation, features, CLIP score, the bits/dim ODE solve), for new weights too."""
+    _, clip_folder = save_clip_model(tmp_path / "clip")
+    overrides = [
+        "eval.metrics=fid,clip_score,bits_per_dim",
+        "eval.features=clip",
+        f"eval.clip_model={clip_folder}",
+        "eval.num_samples=4",
+        "eval.bpd_images=2",
+        "eval.bpd_steps=2",
+    ]
+    task = load_task(run, overrides)
+    evaluator = Evaluator(task, task.config)
+    first = evaluator(load_model(task, run))
+    compiles = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event.startswith("/jax/core/compile/"):  # tracing, lowering, compiling
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        second = evaluator(load_model(task, run))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    assert second == first
 
 
 @pytest.mark.parametrize(

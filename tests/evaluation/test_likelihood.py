@@ -2,6 +2,7 @@
 denoisers (the noised density at sigma_min is closed-form), Hutchinson unbiasedness against its
 exact variance, and the bits/dim of dequantized 8-bit data against a discretized Gaussian."""
 
+import functools
 import math
 
 import jax
@@ -13,7 +14,7 @@ from scipy.stats import norm
 
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, make_mixture
-from jaxdiff.evaluation.likelihood import bits_per_dim, dequantize, nll
+from jaxdiff.evaluation.likelihood import ODESettings, bits_per_dim, dequantize, nll
 
 D = 8
 SIGMA_MIN, SIGMA_MAX = 1e-3, 1e3  # sigma_max >> data scale: the N(0, sigma_max^2) prior is ~exact
@@ -61,7 +62,9 @@ def rotated(g: GaussianMixture, q: jax.Array):
 
 
 def solve(denoise, x, key=None, **options):
-    return jax.jit(lambda x, k: nll(denoise, x, k, **options))(x, key)
+    """`nll` under jit with `ODESettings(SIGMA_MIN, SIGMA_MAX, **options)` static."""
+    ode = ODESettings(SIGMA_MIN, SIGMA_MAX, **options)
+    return jax.jit(functools.partial(nll, denoise), static_argnames="ode")(x, key, ode=ode)
 
 
 def bpd_error(nats: jax.Array, logp: jax.Array) -> jax.Array:
@@ -75,9 +78,7 @@ def test_gaussian_nll_with_exact_divergence_is_the_closed_form(solver):
     g, q = gaussian(), rotation()
     denoise, logp = rotated(g, q)
     x = g.sample_noised(jax.random.key(1), 256, SIGMA_MIN) @ q.T  # [256, D]
-    out = solve(
-        denoise, x, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, divergence="exact", solver=solver
-    )
+    out = solve(denoise, x, divergence="exact", solver=solver)
     assert out.nats.shape == out.bits_per_dim.shape == (256,)
     np.testing.assert_allclose(out.bits_per_dim, out.nats / (D * LN2), rtol=1e-6)
     want = logp(x, SIGMA_MIN)
@@ -91,14 +92,7 @@ def test_gaussian_nll_with_exact_divergence_is_the_closed_form(solver):
 def test_two_component_mixture_nll_is_the_mixture_log_density(solver):
     mix = as_dtype(make_mixture(dim=D, components=2, spread=1.5, component_std=0.5, seed=3), "f4")
     x = mix.sample_noised(jax.random.key(2), 256, SIGMA_MIN)  # [256, D]
-    out = solve(
-        mix.denoise,
-        x,
-        sigma_min=SIGMA_MIN,
-        sigma_max=SIGMA_MAX,
-        divergence="exact",
-        solver=solver,
-    )
+    out = solve(mix.denoise, x, divergence="exact", solver=solver)
     want = log_density(mix, x, SIGMA_MIN)
     assert float(jnp.max(jnp.abs(bpd_error(out.nats, want)))) < 0.01  # measured 2.5e-3
     solved = -(log_density(mix, out.x_end, SIGMA_MAX) + out.delta_logp)
@@ -118,9 +112,8 @@ def test_hutchinson_is_unbiased_with_the_predicted_variance(probe):
     denoise, _ = rotated(g, q)
     n = 512
     x = g.sample_noised(jax.random.key(3), n, SIGMA_MIN) @ q.T  # [n, D]
-    opts = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
-    exact = solve(denoise, x, divergence="exact", **opts)
-    hutch = solve(denoise, x, jax.random.key(4), divergence="hutchinson", probe=probe, **opts)
+    exact = solve(denoise, x, divergence="exact")
+    hutch = solve(denoise, x, jax.random.key(4), divergence="hutchinson", probe=probe)
     np.testing.assert_allclose(hutch.x_end, exact.x_end, rtol=1e-6, atol=1e-4)
     diff = np.asarray(hutch.delta_logp - exact.delta_logp, np.float64)  # [n] nats
 
@@ -140,9 +133,8 @@ def test_rademacher_probe_is_exact_for_a_diagonal_jacobian():
     """e_i^2 = 1, so e^T diag(a) e = tr diag(a) for every Rademacher probe."""
     g = gaussian()
     x = g.sample_noised(jax.random.key(5), 64, SIGMA_MIN)
-    opts = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, steps=32)
-    exact = solve(g.denoise, x, divergence="exact", **opts)
-    hutch = solve(g.denoise, x, jax.random.key(6), divergence="hutchinson", **opts)
+    exact = solve(g.denoise, x, divergence="exact", steps=32)
+    hutch = solve(g.denoise, x, jax.random.key(6), divergence="hutchinson", steps=32)
     np.testing.assert_allclose(hutch.nats, exact.nats, atol=1e-4)
 
 
@@ -153,17 +145,40 @@ def test_any_shape_and_per_example_probes():
     denoise, _ = rotated(g, q)
     x = g.sample_noised(jax.random.key(7), 8, SIGMA_MIN) @ q.T  # [8, D]
     key = jax.random.key(8)
-    opts = dict(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, steps=32)
-    flat = solve(denoise, x, key, **opts)
+    flat = solve(denoise, x, key, steps=32)
 
     def denoise_4d(x: jax.Array, sigma: jax.Array) -> jax.Array:
         return denoise(x.reshape(x.shape[0], D), sigma).reshape(x.shape)
 
-    shaped = solve(denoise_4d, x.reshape(8, 2, 2, 2), key, **opts)
+    shaped = solve(denoise_4d, x.reshape(8, 2, 2, 2), key, steps=32)
     assert shaped.x_end.shape == (8, 2, 2, 2)
     np.testing.assert_allclose(shaped.nats, flat.nats, rtol=1e-5)
-    half = solve(denoise, x[:4], key, **opts)
+    half = solve(denoise, x[:4], key, steps=32)
     np.testing.assert_allclose(half.nats, flat.nats[:4], rtol=1e-5)
+    raw = solve(denoise, x, jax.random.PRNGKey(8), steps=32)  # uint32 key data: the same key
+    np.testing.assert_array_equal(raw.nats, flat.nats)
+
+
+def test_per_example_keys_make_bits_per_dim_independent_of_the_batching():
+    """With one key per example and rk4, example b's dequantization draws and probe come from
+    keys[b] alone: the bits/dim of 6 images in one batch are those of the images in two batches,
+    one of them reordered, each with its examples' keys. With one key for the batch they are not.
+    """
+    g, q = gaussian(), rotation()
+    denoise, _ = rotated(g, q)
+    images = jnp.asarray(np.random.default_rng(13).integers(0, 256, (6, D)), jnp.uint8)
+    keys = jax.random.split(jax.random.key(14), 6)  # [6]
+    ode = ODESettings(SIGMA_MIN, SIGMA_MAX, divergence="hutchinson", solver="rk4", steps=8)
+    run = jax.jit(functools.partial(bits_per_dim, denoise, ode=ode, num_dequant_samples=2))
+
+    whole = run(images, keys).bits_per_dim  # [6]
+    order = np.array([5, 3, 4])
+    parts = np.concatenate(
+        [run(images[:3], keys[:3]).bits_per_dim, run(images[order], keys[order]).bits_per_dim]
+    )
+    np.testing.assert_allclose(parts, whole[np.r_[0:3, order]], rtol=1e-6)
+    one_key = run(images[order], keys[0]).bits_per_dim
+    assert not np.allclose(one_key, run(images, keys[0]).bits_per_dim[order], rtol=1e-3)
 
 
 @pytest.mark.parametrize("data_range", [(-1.0, 1.0), (0.0, 1.0)])
@@ -200,9 +215,7 @@ def test_bits_per_dim_of_a_discretized_gaussian(data_range):
             denoise,
             im,
             key,
-            sigma_min=SIGMA_MIN,
-            sigma_max=SIGMA_MAX,
-            steps=64,
+            ode=ODESettings(SIGMA_MIN, SIGMA_MAX, steps=64),
             data_range=data_range,
             num_dequant_samples=4,
         )
@@ -227,15 +240,7 @@ def test_bits_per_dim_of_a_discretized_gaussian(data_range):
 def test_dopri5_that_runs_out_of_steps_returns_nan():
     g = gaussian()
     x = g.sample_noised(jax.random.key(12), 4, SIGMA_MIN)
-    out = solve(
-        g.denoise,
-        x,
-        sigma_min=SIGMA_MIN,
-        sigma_max=SIGMA_MAX,
-        divergence="exact",
-        solver="dopri5",
-        max_steps=3,
-    )
+    out = solve(g.denoise, x, divergence="exact", solver="dopri5", max_steps=3)
     assert np.all(np.isnan(out.nats))
 
 
@@ -245,45 +250,44 @@ def _denoise(x, sigma):
 
 X = jnp.zeros((2, 3))
 OK = dict(sigma_min=0.01, sigma_max=10.0)
+ODE = ODESettings(**OK)
+EXACT = ODESettings(divergence="exact", **OK)
 IMAGES = jnp.zeros((2, 4), jnp.uint8)
+KEY = jax.random.key(0)
 
 
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: nll(_denoise, X, None, divergence="trace", **OK), "divergence='trace'"),
-        (lambda: nll(_denoise, X, jax.random.key(0), probe="uniform", **OK), "probe='uniform'"),
-        (lambda: nll(_denoise, X, None, divergence="exact", solver="euler", **OK), "euler"),
-        (lambda: nll(_denoise, X, None, sigma_min=0.0, sigma_max=1.0), "sigma_min=0.0"),
-        (lambda: nll(_denoise, X, None, sigma_min=2.0, sigma_max=1.0), "sigma_max=1.0"),
-        (lambda: nll(_denoise, X, None, sigma_min=1.0, sigma_max=math.inf), "sigma_max=inf"),
-        (lambda: nll(_denoise, X, None, **OK), "needs a key"),
-        (lambda: nll(_denoise, X, None, divergence="exact", steps=0, **OK), "steps=0"),
-        (lambda: nll(_denoise, X, None, divergence="exact", rtol=0.0, **OK), "rtol=0.0"),
-        (lambda: nll(_denoise, jnp.zeros(3), None, divergence="exact", **OK), r"\(3,\)"),
+        (lambda: ODESettings(divergence="trace", **OK), "divergence='trace'"),
+        (lambda: ODESettings(probe="uniform", **OK), "probe='uniform'"),
+        (lambda: ODESettings(solver="euler", **OK), "euler"),
+        (lambda: ODESettings(sigma_min=0.0, sigma_max=1.0), "sigma_min=0.0"),
+        (lambda: ODESettings(sigma_min=2.0, sigma_max=1.0), "sigma_max=1.0"),
+        (lambda: ODESettings(sigma_min=1.0, sigma_max=math.inf), "sigma_max=inf"),
+        (lambda: ODESettings(steps=0, **OK), "steps=0"),
+        (lambda: ODESettings(max_steps=2.5, **OK), "max_steps=2.5"),
+        (lambda: ODESettings(rtol=0.0, **OK), "rtol=0.0"),
+        (lambda: nll(_denoise, X, None, ode=OK), "ode=.*accepted: an ODESettings"),
+        (lambda: nll(_denoise, X, None, ode=ODE), "needs a key"),
+        (lambda: nll(_denoise, X, jax.random.split(KEY, 3), ode=ODE), r"shape \(3,\).*\(2,\)"),
+        (lambda: nll(_denoise, X, 0, ode=ODE), "key of type int"),
+        (lambda: nll(_denoise, jnp.zeros(3), None, ode=EXACT), r"\(3,\)"),
+        (lambda: bits_per_dim(_denoise, jnp.zeros((2, 4)), KEY, ode=ODE), "dtype float32"),
+        (lambda: bits_per_dim(_denoise, np.full((2, 4), 300), KEY, ode=ODE), "image value 300"),
+        (lambda: bits_per_dim(_denoise, np.full((2, 4), -1), KEY, ode=ODE), "image value -1"),
         (
-            lambda: bits_per_dim(_denoise, jnp.zeros((2, 4)), jax.random.key(0), **OK),
-            "dtype float32",
-        ),
-        (
-            lambda: bits_per_dim(_denoise, np.full((2, 4), 300), jax.random.key(0), **OK),
-            "image value 300",
-        ),
-        (
-            lambda: bits_per_dim(_denoise, np.full((2, 4), -1), jax.random.key(0), **OK),
-            "image value -1",
-        ),
-        (
-            lambda: bits_per_dim(_denoise, IMAGES, jax.random.key(0), data_range=(1, -1), **OK),
+            lambda: bits_per_dim(_denoise, IMAGES, KEY, ode=ODE, data_range=(1, -1)),
             r"data_range=\(1.0, -1.0\)",
         ),
         (
-            lambda: bits_per_dim(_denoise, IMAGES, jax.random.key(0), num_dequant_samples=0, **OK),
+            lambda: bits_per_dim(_denoise, IMAGES, KEY, ode=ODE, num_dequant_samples=0),
             "num_dequant_samples=0",
         ),
+        (lambda: bits_per_dim(_denoise, IMAGES, KEY, ode=None), "ode=None"),
         (
-            lambda: bits_per_dim(_denoise, IMAGES, jax.random.key(0), divergence="x", **OK),
-            "divergence='x'",
+            lambda: bits_per_dim(_denoise, IMAGES, jax.random.split(KEY, (2, 2)), ode=ODE),
+            r"shape \(2, 2\)",
         ),
     ],
 )

@@ -12,8 +12,8 @@ def drawing_generator(swap_squares_for_circles: bool = False):
     attributes = data.attributes(np.arange(20_000))
     calls = []
 
-    def generate(prompts, seed):
-        calls.append(seed)
+    def generate(prompts, seed, first_index):
+        calls.append((seed, first_index))
         pictures = []
         for text in prompts:
             words = text.split()
@@ -33,7 +33,7 @@ def test_a_perfect_generator_scores_one():
     result = prompt_adherence.evaluate(generate, combinations(), 2, seed=5, batch_size=64)
     assert result["count"] == 180 and result["images"].shape == (180, 32, 32, 3)
     assert result["all"] == 1.0 and result["shape"] == 1.0
-    assert calls == [5, 69, 133], "each chunk of prompts gets its own seed"
+    assert calls == [(5, 0), (5, 64), (5, 128)], "chunks are numbered by their first image"
 
 
 def test_scores_count_each_attribute():

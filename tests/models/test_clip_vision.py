@@ -14,6 +14,7 @@ from jaxdiff.convert.transformers_clip import CLIP_VISION_CONFIG
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation.clip_score import (
     clip_score,
+    clip_scorer,
     cosine_similarity,
     load_clip,
     load_tokenizer,
@@ -125,6 +126,18 @@ def test_clip_score_matches_transformers_clip_model(saved_clip_model, clip):
     assert _max_diff(ours_text, text_embeds) < 1e-5
     assert _max_diff(ours_image, image_embeds) < 1e-5
     np.testing.assert_allclose(cosine_similarity(ours_image, ours_text), cosine, atol=1e-5)
+
+
+def test_scorer_over_devices_equals_clip_score(saved_clip_model, clip):
+    """Both towers in padded batches of 8 split over the 8 devices, uint8 images."""
+    tokenizer = load_tokenizer(saved_clip_model[2])
+    images = np.rint(np.concatenate([_images(), _images(seed=1)]) * 255).astype(np.uint8)
+    captions = CAPTIONS + CAPTIONS[::-1]
+    expected = clip_score(
+        clip.text_encoder, clip.vision_encoder, tokenizer, images / 255.0, captions
+    )
+    scores = clip_scorer(clip, tokenizer, batch_size=5)(images[:7], captions[:7])
+    np.testing.assert_allclose(scores, np.asarray(expected)[:7], rtol=1e-5, atol=1e-4)
 
 
 def test_token_ids_and_hessel_weight(saved_clip_model, clip):

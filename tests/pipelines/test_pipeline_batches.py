@@ -1,5 +1,6 @@
-"""Every image has its own key: the same seed gives the same image on 1 or 8 devices and in a
-batch of 1 or 4; the compiled loop is reused for new prompts, seeds and guidance scales."""
+"""Every image has its own key: the same seed gives the same image on 1 or 8 devices, in a batch
+of 1 or 4 and in two calls; the compiled loop is reused for new prompts, seeds and guidance
+scales."""
 
 import functools
 
@@ -40,11 +41,13 @@ def test_same_images_on_one_and_eight_devices_and_any_batch(sd_folders, mode, sa
     batch_one_device = run(one_device, prompts, seed=7)  # [4, H, W, 3]
     batch_eight = run(eight_devices, prompts, seed=7)
     repeated = run(eight_devices, prompts[:1], seed=7, num_images_per_prompt=4)
+    later = run(eight_devices, prompts[2:], seed=7, first_index=2)  # a set made in two calls
     other_seed = run(eight_devices, prompts[:1], seed=8)
     assert batch_eight.shape == (4, 16, 16, 3) and repeated.shape == (4, 16, 16, 3)
     np.testing.assert_allclose(batch_one_device, batch_eight, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(single[0], batch_eight[0], rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(repeated[0], batch_eight[0], rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(later, batch_eight[2:], rtol=0, atol=TOLERANCE)
     # The other images of a prompt differ: each has its own noise.
     assert np.abs(repeated[1] - repeated[0]).max() > 0.05
     assert np.abs(other_seed[0] - single[0]).max() > 0.05

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiff.configuration import load_config
+from jaxdiff.configuration import load_config, to_json
 from jaxdiff.errors import UserError
 from jaxdiff.images import read_png_text
-from jaxdiff.train.trainer import load_trained, train
+from jaxdiff.train.trainer import load_task, load_trained, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -78,6 +78,25 @@ def test_workdir_of_another_model_is_refused(tmp_path, vae_workdir):
     config = tiny("shapes_vae.py", "train.steps=6", "model.vae.latent_channels=8")
     with pytest.raises(UserError, match="different 'model' config"):
         train(config, vae_workdir, progress=False)
+
+
+def test_workdir_config_of_an_older_jaxdiff_names_the_missing_fields(tmp_path):
+    """`jaxdiff sample` and `jaxdiff eval` (load_task) and resuming (train) refuse a saved config
+    that lacks fields every config holds, in one line, before anything is built."""
+    config = tiny("shapes_vae.py")
+    saved = json.loads(to_json(config))
+    del saved["eval"], saved["data"]["resize"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    expected = (
+        f"{path} lacks eval, data.resize (written by an older jaxdiff); add them to the file or "
+        "start a new run"
+    )
+    for read in (lambda: load_task(tmp_path), lambda: train(config, tmp_path, progress=False)):
+        with pytest.raises(UserError) as error:
+            read()
+        assert str(error.value) == expected
 
 
 def test_latent_text_to_image_on_a_trained_autoencoder(tmp_path, vae_workdir):

@@ -1,0 +1,48 @@
+"""jaxdiff's own text-to-image pipeline: each image is a function of its seed and index alone,
+the same on 1 or 8 devices, in one batch or several calls, with a stochastic sampler."""
+
+import functools
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxdiff.configuration import load_config
+from jaxdiff.pipelines import TextToImagePipeline
+from jaxdiff.train.tasks import make_task
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes_t2i.py"
+TOLERANCE = 1e-5  # float differences of batched vs unbatched convolutions on CPU
+
+
+@functools.cache
+def _task_and_model():
+    config = load_config(f"{CONFIG}:tiny", ["vae_workdir=", "data.image_size=16"])
+    task = make_task(config)
+    return task, task.build_model(nnx.Rngs(0))
+
+
+def _pipeline(devices: int) -> TextToImagePipeline:
+    task, model = _task_and_model()
+    return TextToImagePipeline(
+        model, task.tokenizer, task.diffusion, task.latent_shape, jax.local_devices()[:devices]
+    )
+
+
+def test_an_image_depends_on_its_seed_and_index_alone():
+    prompts = ["a red circle in the center", "a blue square in the top left corner"] * 3
+    settings = dict(steps=3, sampler="euler_ancestral", guidance=2.0, seed=4)
+    one_device, eight_devices = _pipeline(1), _pipeline(8)
+    whole = eight_devices.latents(prompts, **settings)  # [6, h, w, c]
+    assert whole.shape == (6, *eight_devices.latent_shape)
+    parts = [
+        one_device.latents(prompts[:1], **settings),
+        eight_devices.latents(prompts[1:5], **settings, first_index=1),
+        one_device.latents(prompts[5:], **settings, first_index=5),
+    ]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=TOLERANCE)
+    # The same prompt at two indices: two different images.
+    assert np.abs(np.asarray(whole[0] - whole[2])).max() > 0.05
+    pictures = eight_devices(prompts[:3], **settings)
+    assert pictures.shape == (3, 16, 16, 3) and pictures.dtype == np.uint8

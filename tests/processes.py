@@ -1,0 +1,52 @@
+"""Several `jaxdiff` command processes joined into one multi-process run on 127.0.0.1 (CPU
+devices, gloo collectives), as on a multi-host pod."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(arguments: list[str], processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
+    """``python -m jaxdiff.cli *arguments`` in ``processes`` processes of ``devices`` each."""
+    port = _free_port()
+    flags = re.sub(
+        r"--xla_force_host_platform_device_count=\d+",
+        f"--xla_force_host_platform_device_count={devices}",
+        os.environ.get("XLA_FLAGS", ""),
+    )
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxdiff.cli", *arguments],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "XLA_FLAGS": flags,
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": str(processes),
+                "JAX_PROCESS_ID": str(index),
+            },
+        )
+        for index in range(processes)
+    ]
+
+
+def wait(processes: list[subprocess.Popen], timeout: float = 600) -> None:
+    """Waits for every process; fails with a process's output if it did not exit with 0."""
+    for process in processes:
+        output, _ = process.communicate(timeout=timeout)
+        assert process.returncode == 0, output
