@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jaxdiff import parallel
 from jaxdiff.errors import UserError, first_line
 
 PROGRESS = "progress"  # the JSON item
@@ -120,7 +121,7 @@ class Checkpointer:
                 raise
             except Exception as failure:  # any failure to read marks a bad step
                 error = failure
-            if _everywhere(error is None):  # all processes resume from the same step
+            if parallel.everywhere(error is None):  # all processes resume from the same step
                 return step, restored
             error = error or RuntimeError("another process could not read it")
             first_error = first_error or error
@@ -175,13 +176,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-def _everywhere(ok: bool) -> bool:
-    """Whether ``ok`` holds on every process (each process calls this the same number of times)."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _array_handlers(min_slice_bytes: int) -> list[tuple[type, Any]]:

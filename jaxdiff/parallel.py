@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -228,6 +228,12 @@ def local_replica(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def whole_batches(count: int, mesh: Mesh) -> int:
+    """``count`` rounded up to a multiple of the device count of ``mesh``."""
+    devices = mesh.devices.size
+    return -(-count // devices) * devices
+
+
 def split_rows(arrays: Mapping[str, Any], mesh: Mesh, size: int | None = None) -> dict[str, Any]:
     """Each array (None passes through) padded to ``size`` rows (default: the next multiple of
     the device count) by repeating its last row, then split by rows over the ``data`` axis."""
@@ -237,7 +243,7 @@ def split_rows(arrays: Mapping[str, Any], mesh: Mesh, size: int | None = None) -
     def put(a: Any) -> Any:
         if a is None:
             return None
-        target = size if size is not None else -(-a.shape[0] // devices) * devices
+        target = size if size is not None else whole_batches(a.shape[0], mesh)
         if target % devices or target < a.shape[0]:
             raise ValueError(f"{target} rows cannot hold {a.shape[0]} over {devices} devices")
         if target > a.shape[0]:
@@ -245,6 +251,31 @@ def split_rows(arrays: Mapping[str, Any], mesh: Mesh, size: int | None = None) -
         return jax.device_put(a, rows)
 
     return {name: put(value) for name, value in arrays.items()}
+
+
+def map_batches(
+    apply: Callable[..., jax.Array], arrays: Mapping[str, np.ndarray], mesh: Mesh, size: int
+) -> np.ndarray:
+    """``apply(**batch)`` over the rows of ``arrays`` (equal lengths N) in batches of ``size``
+    rows (a multiple of the device count; the last batch padded: one compiled shape), each
+    split over the devices; the outputs' rows `[N, ...]`, padding cut."""
+    count = len(next(iter(arrays.values())))
+    outputs = []
+    for start in range(0, count, size):
+        chunk = {name: value[start : start + size] for name, value in arrays.items()}
+        out = apply(**split_rows(chunk, mesh, size))
+        outputs.append(np.asarray(out)[: min(size, count - start)])
+    return np.concatenate(outputs)
+
+
+def everywhere(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (each process calls this the same number of
+    times)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def process_share(count: int) -> range:

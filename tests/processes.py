@@ -20,11 +20,10 @@ def _free_port() -> int:
 def launch(arguments: list[str], processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
     """``python -m jaxdiff.cli *arguments`` in ``processes`` processes of ``devices`` each."""
     port = _free_port()
-    flags = re.sub(
-        r"--xla_force_host_platform_device_count=\d+",
-        f"--xla_force_host_platform_device_count={devices}",
-        os.environ.get("XLA_FLAGS", ""),
+    others = re.sub(
+        r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
     )
+    flags = f"{others} --xla_force_host_platform_device_count={devices}"
     return [
         subprocess.Popen(
             [sys.executable, "-m", "jaxdiff.cli", *arguments],

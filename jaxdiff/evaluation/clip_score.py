@@ -132,6 +132,13 @@ def clip_score_from_ids(
     text_embeds = text_encoder(input_ids).text_embeds  # [B, P]
     pixels = preprocess(images, vision_encoder.image_size)  # [B, S, S, 3]
     image_embeds = vision_encoder(pixels).image_embeds  # [B, P]
+    return scores_of_embeddings(image_embeds, text_embeds, weight)
+
+
+def scores_of_embeddings(
+    image_embeds: jax.Array, text_embeds: jax.Array, weight: float = CLIP_SCORE_WEIGHT
+) -> jax.Array:
+    """`weight * max(cos(E_I, E_C), 0)` of image and caption embeddings [B, P] -> [B]."""
     return weight * jnp.maximum(cosine_similarity(image_embeds, text_embeds), 0.0)
 
 
@@ -250,22 +257,26 @@ class CLIPTextFeatures(nnx.Module):
 
 
 def clip_scorer(clip: CLIP, tokenizer: Any, batch_size: int = 64, image_features=None):
-    """``score(images, captions) -> [N]``: the CLIP score of uint8 images `[N, H, W, 3]` with
-    their captions (as `clip_score`), each tower run in batches split over the devices;
-    ``image_features``: the model's `clip_image_extractor`, when one is already built."""
+    """``score(images, captions, image_embeds=None) -> [N]``: the CLIP score of uint8 images
+    `[N, H, W, 3]` with their captions (as `clip_score`), each tower run in batches split over
+    the devices. ``image_features``: the model's `clip_image_extractor`, when one is already
+    built; ``image_embeds``: its output `[N, P]` for these images, when already computed."""
     from jaxdiff.evaluation.features import FeatureExtractor
 
     _check_encoders(clip.text_encoder, clip.vision_encoder)
     images_of = image_features or clip_image_extractor(clip, batch_size)
-    texts_of = FeatureExtractor(
-        CLIPTextFeatures(clip.text_encoder), "clip-text", batch_size=batch_size
-    )
+    text = CLIPTextFeatures(clip.text_encoder)
+    texts_of = FeatureExtractor(text, "clip-text", batch_size=batch_size)
     length = clip.text_encoder.max_position_embeddings
 
-    def score(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+    def score(
+        images: np.ndarray, captions: Sequence[str], image_embeds: np.ndarray | None = None
+    ) -> np.ndarray:
         _check_count(len(captions), len(images))
         ids = tokenize(tokenizer, list(captions), length, warn=False)  # [N, T]
-        cosine = cosine_similarity(jnp.asarray(images_of(images)), jnp.asarray(texts_of.rows(ids)))
-        return np.asarray(CLIP_SCORE_WEIGHT * jnp.maximum(cosine, 0.0))
+        embeds = images_of(images) if image_embeds is None else image_embeds  # [N, P]
+        return np.asarray(
+            scores_of_embeddings(jnp.asarray(embeds), jnp.asarray(texts_of.rows(ids)))
+        )
 
     return score

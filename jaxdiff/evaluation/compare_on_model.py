@@ -1,6 +1,6 @@
 """Compare samplers on a trained jaxdiff text-to-image model (a workdir of the shapes demo).
 
-Every sampler starts from the same noise per image (the pipeline's `fold_in(seed, i)`), so its
+Every sampler starts from the same noise per image (from the pipeline's key of image i), so its
 coupled error is measured against a high-NFE reference run from that noise: the RMSE between final
 latents. Each run's images are also scored for shapes prompt adherence (the attributes read back
 from the pixels). The steps of a run are the most whose denoiser calls fit in its NFE budget,

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import jax
@@ -44,7 +45,7 @@ from jaxdiff.errors import UserError
 from jaxdiff.evaluation import fid as fid_lib
 from jaxdiff.evaluation import likelihood
 from jaxdiff.evaluation.prompt_adherence import generated_batches
-from jaxdiff.pipelines.latent_loop import image_keys
+from jaxdiff.item_keys import item_keys
 
 METRICS = ("fid", "kid", "precision_recall", "clip_score", "adherence", "bits_per_dim")
 FEATURES = ("inception", "clip")
@@ -75,6 +76,8 @@ def validate_eval_config(
     )
     require(settings.num_samples >= 2, f"eval.num_samples must be >= 2, got {settings.num_samples}")
     require(settings.batch_size > 0, f"eval.batch_size must be > 0, got {settings.batch_size}")
+    for name in ("samples_per_prompt", "bpd_images", "bpd_steps"):
+        require(settings[name] > 0, f"eval.{name} must be > 0, got {settings[name]}")
     require(
         settings.features in FEATURES,
         f"eval.features {settings.features!r} is not supported; accepted: {', '.join(FEATURES)}",
@@ -152,12 +155,16 @@ def _cache_name(config: ml_collections.ConfigDict, settings, extractor_name: str
 
 
 def _read_cached(path: Path | None, count: int) -> np.ndarray | None:
-    """The cached features `[count, D]` at ``path``, or None."""
+    """The cached features `[count, D]` at ``path``, or None (also for an unreadable file: it
+    is extracted and written again)."""
     if path is None or not path.is_file():
         return None
-    with np.load(path) as cached:
-        features = cached["features"]
-    return features if features.shape[0] == count else None
+    try:
+        with np.load(path) as cached:
+            features = cached["features"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return features if features.ndim == 2 and features.shape[0] == count else None
 
 
 def _write_cached(path: Path, features: np.ndarray) -> None:
@@ -168,11 +175,6 @@ def _write_cached(path: Path, features: np.ndarray) -> None:
     partial = path.with_name(path.name + ".partial.npz")
     np.savez(partial, features=features, mu=stats.mu, sigma=stats.sigma)
     partial.replace(path)
-
-
-def _everywhere(flag: bool) -> bool:
-    """Whether ``flag`` holds on every process."""
-    return bool(parallel.gather_shares(np.array([flag]), jax.process_count()).all())
 
 
 def image_metrics(
@@ -208,6 +210,10 @@ class Evaluator:
         self.metrics = metric_names(settings)
         if self.metrics and not hasattr(task, "generator"):
             raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
+        if "bits_per_dim" in self.metrics and not task.pixel_space:
+            raise UserError(
+                "eval metric 'bits_per_dim' needs a pixel-space model; this one works on latents"
+            )
         self._features = any(m in self.metrics for m in _IMAGE_METRICS)
         clip = None  # loaded once for the CLIP features and the CLIP score
         if "clip_score" in self.metrics or (self._features and settings.features == "clip"):
@@ -227,7 +233,9 @@ class Evaluator:
             self._check_count(self._count, "eval.num_samples (capped at the data set's size)")
         self._captions: list[str] | None = None  # this process's share, read once
         self._reference: np.ndarray | None = None  # [count, D]
+        self._statistics: fid_lib.FeatureStatistics | None = None  # eval.reference
         self._bpd_examples: dict[str, np.ndarray] | None = None  # this process's share
+        self._bpd_count = 0
 
     def __call__(self, model: nnx.Module) -> dict[str, float]:
         if not self.metrics:
@@ -263,16 +271,18 @@ class Evaluator:
             if self._extractor is not None:
                 features.append(self._extractor(pictures))  # [n, D]
             if self._scorer is not None:
-                scores.append(self._scorer(pictures, captions))  # [n]
+                shared = features[-1] if settings.features == "clip" and features else None
+                scores.append(self._scorer(pictures, captions, shared))  # [n]
         results: dict[str, float] = {}
         if features:
             generated = parallel.gather_shares(np.concatenate(features), self._count)  # [N, D]
-            statistics = None
-            if settings.reference:
-                statistics = fid_lib.FeatureStatistics.load(
+            if settings.reference and "fid" in self.metrics and self._statistics is None:
+                self._statistics = fid_lib.FeatureStatistics.load(
                     settings.reference, dim=generated.shape[1]
                 )
-            results.update(image_metrics(generated, self._reference, self.metrics, statistics))
+            results.update(
+                image_metrics(generated, self._reference, self.metrics, self._statistics)
+            )
         if scores:
             results["clip_score"] = float(
                 np.mean(parallel.gather_shares(np.concatenate(scores), self._count))
@@ -291,7 +301,7 @@ class Evaluator:
             or any(m in self.metrics for m in ("kid", "precision_recall"))
         )
         cached = _read_cached(path, self._count) if needed else None
-        extract = needed and not _everywhere(cached is not None)
+        extract = needed and not parallel.everywhere(cached is not None)
         captions, features = [], []
         for _, pictures, batch_captions in _examples(self._data, share, self.settings.batch_size):
             captions += batch_captions
@@ -332,25 +342,22 @@ class Evaluator:
 
     def _bits_per_dim(self, model) -> float:
         """Mean bits/dim of ``eval.bpd_images`` data examples, each process its share, in
-        batches of a fixed size (one compilation for every evaluation of the run)."""
-        if getattr(model, "autoencoder", None) is not None:
-            raise UserError(
-                "eval metric 'bits_per_dim' needs a pixel-space model; this one works on latents"
-            )
+        batches of one fixed size (one compilation for every evaluation of the run)."""
         settings, task = self.settings, self.task
-        data, count = reference_data(task, settings.bpd_images)
-        self._check_count(count, "eval.bpd_images (capped at the data set's size)")
-        share = parallel.process_share(count)
         mesh = parallel.local_mesh()
         if self._bpd_examples is None:
+            data, count = reference_data(task, settings.bpd_images)
+            self._check_count(count, "eval.bpd_images (capped at the data set's size)")
+            share = parallel.process_share(count)
             pictures, captions = [], []
             for _, batch_pictures, batch_captions in _examples(data, share, settings.batch_size):
                 pictures.append(batch_pictures)
                 captions += batch_captions
+            self._bpd_count = count
             self._bpd_examples = {
                 "images": np.concatenate(pictures),  # [n, H, W, 3] uint8
                 "ids": task.text_ids(captions),  # [n, T]
-                "keys": image_keys(jax.random.key(settings.seed), len(captions), share.start),
+                "keys": item_keys(jax.random.key(settings.seed), len(captions), share.start),
             }
         process = task.diffusion.process
         ode = likelihood.ODESettings(
@@ -358,16 +365,15 @@ class Evaluator:
         )
         graphdef, state = nnx.split(model)
         state = parallel.local_replica(state, mesh)
-        size = -(-settings.batch_size // mesh.devices.size) * mesh.devices.size
-        values = []
-        examples = self._bpd_examples
-        for start in range(0, len(share), size):
-            batch = parallel.split_rows(
-                {name: value[start : start + size] for name, value in examples.items()}, mesh, size
-            )
-            bits = _bits_per_dim_batch(graphdef, task.diffusion, ode, state, **batch)  # [size]
-            values.append(np.asarray(bits)[: min(size, len(share) - start)])
-        return float(np.mean(parallel.gather_shares(np.concatenate(values), count)))
+        share_size = len(self._bpd_examples["ids"])
+        size = parallel.whole_batches(min(settings.batch_size, share_size), mesh)
+        bits = parallel.map_batches(
+            functools.partial(_bits_per_dim_batch, graphdef, task.diffusion, ode, state),
+            self._bpd_examples,
+            mesh,
+            size,
+        )  # [n]
+        return float(np.mean(parallel.gather_shares(bits, self._bpd_count)))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

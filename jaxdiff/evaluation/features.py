@@ -34,28 +34,32 @@ class FeatureExtractor:
             raise UserError(f"feature batch size must be > 0, got {batch_size}")
         self.name = name
         self.mesh = parallel.local_mesh(devices)
-        count = self.mesh.devices.size
-        self.batch_size = -(-batch_size // count) * count  # whole batches per device
+        self.batch_size = parallel.whole_batches(batch_size, self.mesh)
         graphdef, state = nnx.split(module)
         self._state = parallel.local_replica(state, self.mesh)
-        self._apply = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x).astype(jnp.float32))
+
+        @jax.jit
+        def apply(state: nnx.State, x: jax.Array) -> jax.Array:
+            if x.dtype == jnp.uint8:  # images: to [0, 1] on the devices
+                x = x.astype(jnp.float32) / 255.0
+            return nnx.merge(graphdef, state)(x).astype(jnp.float32)
+
+        self._apply = apply
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
             raise UserError(f"images must be [N, H, W, 3] with N > 0, got shape {images.shape}")
-        pixels = images / 255.0 if images.dtype == np.uint8 else images
-        return self.rows(pixels.astype(np.float32))  # pixels [N, H, W, 3] in [0, 1]
+        if images.dtype != np.uint8:
+            images = images.astype(np.float32, copy=False)  # in [0, 1]
+        return self.rows(images)
 
     def rows(self, inputs: np.ndarray) -> np.ndarray:
-        """The module's outputs `[N, D]` for any inputs `[N, ...]` (token ids, say), in batches
-        of ``batch_size`` split over the devices."""
-        outputs = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start : start + self.batch_size]
-            rows = parallel.split_rows({"x": chunk}, self.mesh, self.batch_size)["x"]
-            outputs.append(np.asarray(self._apply(self._state, rows))[: len(chunk)])
-        return np.concatenate(outputs)
+        """The module's outputs `[N, D]` for any inputs `[N, ...]` (token ids, say; uint8 ones
+        are taken for images and divided by 255), in batches split over the devices."""
+        return parallel.map_batches(
+            lambda x: self._apply(self._state, x), {"x": inputs}, self.mesh, self.batch_size
+        )
 
 
 def inception(weights: str, variant: str = "fid", batch_size: int = 64) -> FeatureExtractor:

@@ -94,6 +94,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError
+from jaxdiff.item_keys import item_keys
 
 # denoise(x [B, ...], sigma []) -> x0_hat [B, ...]
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
@@ -229,9 +230,7 @@ def _example_keys(key: jax.Array, batch: int) -> jax.Array:
     """Example b's key: `keys[b]` of per-example keys `[B]`, or `fold_in(key, b)` of one key
     (then example b's draws do not depend on the batch size). [B]"""
     key = _check_key(key, batch)
-    if key.ndim == 1:
-        return key
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+    return key if key.ndim == 1 else item_keys(key, batch)
 
 
 def _draw_probe(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype, probe: str) -> jax.Array:

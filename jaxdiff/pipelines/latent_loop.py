@@ -48,11 +48,6 @@ class LoopSettings:
     threshold: tuple[float, float] | None
 
 
-def image_keys(key: jax.Array, count: int, first: int = 0) -> jax.Array:
-    """Image i of a call uses `fold_in(key, first + i)`. [count] keys"""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(count))
-
-
 @functools.partial(jax.jit, static_argnums=1)
 def draw_noise(keys: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
     """The initial unit noise of each image from its key. keys [B] -> [B, h, w, c]"""

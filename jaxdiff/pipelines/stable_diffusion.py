@@ -30,8 +30,9 @@ from jaxdiff import parallel, samplers
 from jaxdiff.configuration import require
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import UserError
+from jaxdiff.item_keys import check_first_index, item_keys
 from jaxdiff.pipelines import image_io
-from jaxdiff.pipelines.latent_loop import LoopSettings, compiled_loop, draw_noise, image_keys
+from jaxdiff.pipelines.latent_loop import LoopSettings, compiled_loop, draw_noise
 from jaxdiff.pipelines.prompts import negative_prompt_list, prompt_list, tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 
@@ -72,11 +73,6 @@ class _Sampling:
         require(
             self.key is not None or (isinstance(self.seed, int) and 0 <= self.seed < 2**32),
             f"seed={self.seed!r} must be an integer in [0, 2**32) (or pass key=)",
-        )
-        first = self.first_index
-        require(
-            isinstance(first, int) and first >= 0,
-            f"first_index={first!r} must be an integer >= 0",
         )
         image_io.check_output_type(self.output_type)
         options = dict(self.sampler_options or {})
@@ -255,7 +251,8 @@ class StableDiffusion:
         negative_ids = np.repeat(tokenize(self.tokenizer, negatives), repeat, axis=0)
         latent_shape = (*latent_size, self.latent_channels)
         root = sampling.key if sampling.key is not None else jax.random.key(sampling.seed)
-        keys = image_keys(root, count, sampling.first_index)  # [B]
+        check_first_index(sampling.first_index, count)
+        keys = item_keys(root, count, sampling.first_index)  # [B]
         noise = self._noise(sampling.latents, keys, latent_shape)  # [B, h, w, c]
         clip_range, threshold = self.scheduler.x0_limits(sampling.sampler)
         settings = LoopSettings(

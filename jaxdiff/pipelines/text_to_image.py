@@ -24,9 +24,9 @@ from jaxdiff import parallel, samplers
 from jaxdiff.configuration import require
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.images import to_uint8
+from jaxdiff.item_keys import check_first_index, item_keys
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import encode
-from jaxdiff.pipelines.latent_loop import image_keys
 
 
 class TextToImagePipeline:
@@ -85,7 +85,7 @@ class TextToImagePipeline:
             "give one per prompt or none",
         )
         check_sampling(steps, guidance, seed)
-        require(first_index >= 0, f"first_index must be >= 0, got {first_index}")
+        check_first_index(first_index, len(prompts))
         options = dict(sampler_options or {})
         run = self._function(sampler, options)
         sigmas = self.diffusion.sampling_sigmas(steps, schedule, **(schedule_options or {}))
@@ -94,7 +94,7 @@ class TextToImagePipeline:
             {
                 "ids": encode(self.tokenizer, prompts),
                 "negative_ids": encode(self.tokenizer, negative_prompts),
-                "keys": image_keys(jax.random.key(seed), len(prompts), first_index),
+                "keys": item_keys(jax.random.key(seed), len(prompts), first_index),
             },
             self.mesh,
         )

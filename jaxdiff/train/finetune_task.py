@@ -41,6 +41,7 @@ class FinetuneTask:
     """Denoising loss of a pretrained latent text-to-image model on new captioned images."""
 
     trainable = nnx.All(nnx.Param, nnx.PathContains("unet"))
+    pixel_space = False  # a latent model
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path | None = None):
         from transformers import AutoTokenizer

@@ -8,9 +8,8 @@ workdir is self-contained. With ``vae_workdir = ""`` the model works on pixels.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +35,12 @@ AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, 
 TOKENIZER_DIR = "tokenizer"
 LATENT_SCALE_IMAGES = 1024  # images encoded to measure the latent standard deviation
 
-# generate(prompts, seed, first_index) -> uint8 images [N, H, W, 3]: a task's sampling settings
-Generate = Callable[[list[str], int, int], np.ndarray]
+
+class Generate(Protocol):
+    """A task's sampling: uint8 images `[N, H, W, 3]` for prompts, image i the
+    ``first_index + i``-th image of ``seed``."""
+
+    def __call__(self, prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray: ...
 
 
 class TextToImageTask:
@@ -55,6 +58,7 @@ class TextToImageTask:
             else build_tokenizer(self.data.vocabulary(), config.model.text.max_position_embeddings)
         )
         self.autoencoder_config = _autoencoder_config(config, workdir)
+        self.pixel_space = self.autoencoder_config is None  # no autoencoder: it works on pixels
         factor = 1
         if self.autoencoder_config is not None:
             factor = 2 ** (len(self.autoencoder_config.block_out_channels) - 1)

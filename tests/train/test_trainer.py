@@ -11,6 +11,7 @@ from flax import nnx
 
 from jaxdiff.configuration import load_config, to_json
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.evaluate import Evaluator
 from jaxdiff.images import read_png_text
 from jaxdiff.train.trainer import load_task, load_trained, train
 
@@ -112,6 +113,9 @@ def test_latent_text_to_image_on_a_trained_autoencoder(tmp_path, vae_workdir):
     assert np.isfinite(scale) and scale > 0 and scale != 1.0
     pictures = task.pipeline(model)(["a red circle in the center"] * 2, steps=3, guidance=2.0)
     assert pictures.shape == (2, 16, 16, 3) and pictures.dtype == np.uint8
+    task.config.eval.metrics = "bits_per_dim"
+    with pytest.raises(UserError, match="'bits_per_dim' needs a pixel-space model; this one"):
+        Evaluator(task, task.config)
     preview = tmp_path / "samples" / "step_0000004.png"
     assert read_png_text(preview)["sampler"] == config.sample.sampler
 
