@@ -61,6 +61,12 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
         "--config.eval.bpd_images=4",
         "--config.eval.bpd_steps=4",
     ]
+    # Two processes of 4 devices, in batches of 3, with no cached reference: the same numbers.
+    split = tmp_path / "two_processes"
+    shutil.copytree(run, split)
+    two_processes = [a for a in args if not a.startswith("--config.eval.batch_size")]
+    two_processes[2] = str(split)
+    processes = launch([*two_processes, "--config.eval.batch_size=3"])
     assert main(args) == 0
     results = json.loads((workdir / "eval" / "step_0000002.json").read_text())
     assert results["step"] == 2
@@ -74,26 +80,15 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
     with np.load(cached) as stored:
         assert stored["features"].shape == (8, 16) and stored["sigma"].shape == (16, 16)
     stamp = cached.stat().st_mtime_ns
-    assert main([*args[:3], "--config.eval.metrics=fid", *args[4:]]) == 0
+    # KID reuses the cached features; FID against their saved statistics is the same number.
+    again = [*args[:3], "--config.eval.metrics=fid,kid", f"--config.eval.reference={cached}"]
+    assert main([*again, *args[4:]]) == 0
     assert cached.stat().st_mtime_ns == stamp, "reference features are reused"
-    again = json.loads((workdir / "eval" / "step_0000002.json").read_text())
-    assert again["fid"] == pytest.approx(results["fid"], rel=1e-5)
-    # FID against the saved statistics is the same number.
-    assert (
-        main(
-            [*args[:3], "--config.eval.metrics=fid", f"--config.eval.reference={cached}", *args[4:]]
-        )
-        == 0
-    )
     against_file = json.loads((workdir / "eval" / "step_0000002.json").read_text())
     assert against_file["fid"] == pytest.approx(results["fid"], rel=1e-5)
+    assert against_file["kid"] == pytest.approx(results["kid"], rel=1e-5)
 
-    # Two processes of 4 devices, in batches of 3, with no cached reference: the same numbers.
-    split = tmp_path / "two_processes"
-    shutil.copytree(run, split)
-    two_processes = [a for a in args if not a.startswith("--config.eval.batch_size")]
-    two_processes[2] = str(split)
-    wait(launch([*two_processes, "--config.eval.batch_size=3"]))
+    wait(processes)
     shared = json.loads((split / "eval" / "step_0000002.json").read_text())
     assert shared.keys() == results.keys()
     for name, value in results.items():
