@@ -17,7 +17,7 @@ batch concurrently.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -140,6 +140,17 @@ class ImageTextDataset:
     @property
     def image_size(self) -> int:
         return self.transform.size
+
+    def unaugmented(self) -> ImageTextDataset:
+        """The same source's records in order, center-cropped and unflipped: position i is
+        record i, read the same every time."""
+        transform = dataclasses.replace(self.transform, crop="center", flip=False)
+        return ImageTextDataset(self.source, transform, shuffle=False)
+
+    def batches(self, positions: range, batch_size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(start, batch)`` for each run of ``batch_size`` of ``positions`` (see ``batch``)."""
+        for start in range(positions.start, positions.stop, batch_size):
+            yield start, self.batch(np.arange(start, min(positions.stop, start + batch_size)))
 
     def examples(self, positions: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """The transformed records at stream ``positions`` (1-D, non-negative)."""

@@ -26,7 +26,6 @@ per-image numbers are gathered on every process, which all compute the same metr
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -109,16 +108,13 @@ def reference_data(task, count: int) -> tuple[ImageTextDataset, int]:
     """The data examples generated images are compared with: the run's source, unshuffled,
     center-cropped and unflipped (no augmentation), and how many (``count``, at most the source's
     size: no example twice)."""
-    data = task.data
-    transform = dataclasses.replace(data.transform, crop="center", flip=False)
-    return ImageTextDataset(data.source, transform, shuffle=False), min(count, len(data.source))
+    return task.data.unaugmented(), min(count, len(task.data.source))
 
 
 def _examples(data: ImageTextDataset, indices: range, batch_size: int):
     """``(start, uint8 images [n, H, W, 3], captions)`` for each batch of the examples
     ``indices`` of ``data``."""
-    for start in range(indices.start, indices.stop, batch_size):
-        batch = data.batch(np.arange(start, min(indices.stop, start + batch_size)))
+    for start, batch in data.batches(indices, batch_size):
         yield start, np.rint((batch["image"] + 1.0) * 127.5).astype(np.uint8), batch["caption"]
 
 

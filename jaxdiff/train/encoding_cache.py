@@ -111,15 +111,13 @@ def _build(model, data: ImageTextDataset, text_ids, directory: Path, batch_size:
     """Encodes every record of ``data``'s source in order into ``directory`` (written whole or
     not at all: a partial folder, renamed when complete)."""
     _check_single_captions(data.source)
-    records = ImageTextDataset(data.source, data.transform, shuffle=False)
     count = len(data.source)
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     files = {}
-    for start in range(0, count, batch_size):
-        positions = np.arange(start, min(count, start + batch_size))
-        batch = records.batch(positions)
+    for start, batch in data.unaugmented().batches(range(count), batch_size):
+        positions = np.arange(start, start + len(batch["caption"]))
         moments, context = jax.device_get(
             _encode(model, batch["image"], text_ids(batch["caption"]))
         )
