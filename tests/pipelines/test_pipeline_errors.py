@@ -57,6 +57,15 @@ def _raises(match: str):
             r"sampler option eta=\[0.5\]: the pipelines take numbers and strings",
         ),
         (lambda p: p("a", seed=-1), r"seed=-1 must be an integer in \[0, 2\*\*32\)"),
+        (
+            lambda p: p("a", first_index=-1),
+            r"first_index=-1 must be an integer in \[0, 2147483647\]",
+        ),
+        (
+            lambda p: p(["a", "b"], first_index=2**31 - 1),
+            r"first_index=2147483647 must be an integer in \[0, 2147483646\] for 2 items",
+        ),
+        (lambda p: p("a", first_index=True), r"first_index=True must be an integer"),
         (lambda p: p("a", output_type="pt"), r"output_type='pt'; accepted: np, pil"),
         (lambda p: p("a", latents=np.zeros((1, 8, 8, 3))), r"latents of shape \(1, 8, 8, 3\)"),
         (lambda p: p([]), r"no prompt given"),

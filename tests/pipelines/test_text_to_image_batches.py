@@ -6,9 +6,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxdiff.configuration import load_config
+from jaxdiff.errors import UserError
 from jaxdiff.pipelines import TextToImagePipeline
 from jaxdiff.train.tasks import make_task
 
@@ -46,3 +48,8 @@ def test_an_image_depends_on_its_seed_and_index_alone():
     assert np.abs(np.asarray(whole[0] - whole[2])).max() > 0.05
     pictures = eight_devices(prompts[:3], **settings)
     assert pictures.shape == (3, 16, 16, 3) and pictures.dtype == np.uint8
+
+
+def test_a_bad_first_index_is_a_one_line_error():
+    with pytest.raises(UserError, match=r"first_index=-2 must be an integer in \[0, 2147483647\]"):
+        _pipeline(8).latents(["a red circle in the center"], first_index=-2)
