@@ -17,11 +17,14 @@ $(VENV)/.installed: $(BIN)/python setup.py
 
 # pytorch-fid's Inception, the FID reference network, needs torchvision, whose PyPI build is made
 # for CUDA torch: it goes in a folder of its own that only the reference tests put on sys.path.
+# k-diffusion, the reference of the samplers with its names, requires its training stack and an
+# unpinned torch: it goes in with --no-deps (the test extra has what its sampling.py imports).
 FID_REFERENCE := $(VENV)/pytorch-fid-reference
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps --target $(FID_REFERENCE) torchvision==0.28.0 pytorch-fid==0.3.0
+	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,9 +38,12 @@ demo: install
 	XLA_FLAGS=--xla_force_host_platform_device_count=$(DEMO_DEVICES) \
 		$(BIN)/python experiments/shapes_demo.py --workdir runs/demo
 
+# Each test file runs whole on one of two workers (--dist loadfile), so the runs and reference
+# models its module fixtures build are built once; --durations=20 names the slowest tests.
 test: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 lint: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments

@@ -1,6 +1,10 @@
 """jaxdiff: text-to-image diffusion research in JAX / Flax NNX."""
 
+import pathlib
+
 from setuptools import find_packages, setup
+
+README = pathlib.Path(__file__).parent / "README.md"
 
 INSTALL_REQUIRES = [
     "jax>=0.10",
@@ -14,7 +18,6 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.8",
     "grain>=0.2.10",  # the record pipeline over tfds.data_source / folders
     "array_record>=0.5",  # tfds.data_source reads ArrayRecord files
-    "safetensors>=0.4",
     "pillow>=10.0",
     "tqdm>=4.66",
     "matplotlib>=3.8",
@@ -23,12 +26,27 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # The PyTorch references the parity tests compare against, pinned exactly. On a CPU-only
-    # machine install torch's CPU build first (from its CPU wheel index) so that pip does not
-    # fetch the CUDA build and its gigabytes of CUDA packages.
-    # The Makefile also puts pytorch-fid and torchvision, the FID reference network, in a folder
-    # of their own (see tests/reference_models.py).
-    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "diffusers>=0.40", "ruff>=0.6"],
+    # The PyTorch references the parity tests compare against, pinned exactly: their numerics
+    # change between releases. On a CPU-only machine install torch's CPU build first (from its
+    # CPU wheel index) so that pip does not fetch the CUDA build and its gigabytes of CUDA
+    # packages. transformers >= 5.24 needs peft >= 0.22; 5.23.0 works with peft 0.21.2.
+    # torchsde and torchdiffeq are what k-diffusion's sampling.py imports; k-diffusion itself
+    # requires its whole training stack and an unpinned torch, so the Makefile installs it with
+    # --no-deps. It also puts pytorch-fid and torchvision, the FID reference network, in a
+    # folder of their own (see tests/reference_models.py).
+    "test": [
+        "pytest>=8.0",
+        "pytest-xdist>=3.5",
+        "ruff>=0.6",
+        "import-linter==2.17",
+        "torch==2.13.0",
+        "diffusers==0.42.1",
+        "transformers==5.23.0",
+        "peft==0.21.2",
+        "safetensors==0.8.0",
+        "torchsde==0.2.6",
+        "torchdiffeq==0.2.5",
+    ],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],
 }
@@ -36,8 +54,10 @@ EXTRAS = {
 setup(
     name="jaxdiff",
     version="0.1.0",
-    description="Text-to-image diffusion research in JAX / Flax NNX: models, samplers, sharded training.",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    description=(
+        "Text-to-image diffusion research in JAX / Flax NNX: models, samplers, sharded training."
+    ),
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["jaxdiff", "jaxdiff.*"]),

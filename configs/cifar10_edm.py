@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "min_snr_gamma": 5.0,
         }
     )
-    config.train = common.train(
+    config.train = common.training(
         steps=60 if tiny else 400_000,  # 200 M images at batch 512
         batch_size=8 if tiny else 512,
         learning_rate=1e-3,

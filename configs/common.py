@@ -1,11 +1,11 @@
 """Pieces shared by the configs: the data sets, and the groups every config holds (``base``,
-``train``: ``jaxdiff.config_groups``, which a saved workdir config is checked against)."""
+``training``: ``jaxdiff.config_groups``, which a saved workdir config is checked against)."""
 
 from __future__ import annotations
 
 import ml_collections
 
-from jaxdiff.config_groups import base, stream, train, transform
+from jaxdiff.config_groups import base, stream, training, transform
 from jaxdiff.errors import UserError
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "folder_data",
     "shapes_data",
     "tfds_data",
-    "train",
+    "training",
 ]
 
 # Combinations never shown in training: each shape, colour and position still appears in others.

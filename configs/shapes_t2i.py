@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "min_snr_gamma": 5.0,
         }
     )
-    config.train = common.train(
+    config.train = common.training(
         steps=60 if tiny else 1200,
         batch_size=8 if tiny else 64,
         learning_rate=1e-3 if tiny else 6e-4,

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A small KL weight (on per-element means) keeps the latents nearly deterministic; the
     # text-to-image stage normalises them by their measured standard deviation.
     config.loss = ml_collections.ConfigDict({"reconstruction": "l2", "kl_weight": 1e-6})
-    config.train = common.train(
+    config.train = common.training(
         steps=40 if tiny else 600,
         batch_size=8 if tiny else 32,
         learning_rate=1e-3 if tiny else 2e-3,

@@ -24,8 +24,9 @@ from jaxdiff import images  # noqa: E402
 from jaxdiff.configuration import load_config  # noqa: E402
 from jaxdiff.data.shapes import SHAPES, combinations, parse_holdout, prompt  # noqa: E402
 from jaxdiff.evaluation import prompt_adherence  # noqa: E402
-from jaxdiff.evaluation.adherence import read_attributes  # noqa: E402
-from jaxdiff.train.trainer import load_trained, train  # noqa: E402
+from jaxdiff.evaluation.shape_attributes import read_attributes  # noqa: E402
+from jaxdiff.train.tasks import generator, load_trained  # noqa: E402
+from jaxdiff.train.trainer import train  # noqa: E402
 from jaxdiff.train.vae_task import PREVIEW_INDEX, reconstruct  # noqa: E402
 
 
@@ -62,9 +63,14 @@ def main() -> None:
     }
     heldout = set(parse_holdout(t2i_config.data.holdout))
     every = combinations()
-    result = prompt_adherence.evaluate(
-        task.pipeline(model), every, args.samples_per_prompt, seed=1, **sampling
+    generate = generator(
+        task,
+        model,
+        num_inference_steps=sampling["steps"],
+        guidance_scale=sampling["guidance"],
+        sampler=sampling["sampler"],
     )
+    result = prompt_adherence.evaluate(generate, every, args.samples_per_prompt, seed=1)
     reconstruction = _reconstruction_adherence(workdir / "vae")
     seconds["evaluate"] = time.perf_counter() - started
 
@@ -153,7 +159,7 @@ def _report(metrics: dict, vae_config, t2i_config) -> str:
 ## Prompt adherence
 {metrics["samples_per_prompt"]} samples for the canonical prompt of each of the 90 (shape, colour,
 position) combinations; sampler `{s["sampler"]}`, {s["steps"]} steps, guidance {s["guidance"]}.
-Attributes are read back from the images by `jaxdiff.evaluation.adherence.read_attributes`.
+Attributes are read back from the images by `jaxdiff.evaluation.shape_attributes.read_attributes`.
 
 | prompts | images | shape | colour | position | all correct |
 |---|---|---|---|---|---|

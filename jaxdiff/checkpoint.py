@@ -2,7 +2,7 @@
 
 A checkpoint holds several array items (for training: ``model``, ``optimizer``, ``ema``) so that a
 reader takes only what it needs (sampling restores ``model`` and ``ema``), and one JSON item
-(``progress``: the data position, the RNG key, counters). Every process writes the shards its
+(the run record: the data position, the RNG key, counters). Every process writes the shards its
 devices hold. orbax writes each step into a temporary folder and renames it when complete, so a
 crash, even a ``kill -9`` during a save, never leaves a half-written step under a step's name; the
 temporary folders of interrupted saves are removed at the next start. A step that cannot be read
@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jaxdiff import parallel
 from jaxdiff.errors import UserError, first_line
 
-PROGRESS = "progress"  # the JSON item
+RUN_RECORD = "progress"  # the JSON item: data position, RNG key, counters (its name on disk)
 # Replicated arrays are written by their replicas in parallel only in slices of at least this many
 # bytes: smaller slices cost more (a compiled slice each) than they save.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
@@ -62,7 +62,7 @@ class Checkpointer:
         handlers = {
             name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry) for name in items
         }
-        handlers[PROGRESS] = ocp.JsonCheckpointHandler()
+        handlers[RUN_RECORD] = ocp.JsonCheckpointHandler()
         self._manager = ocp.CheckpointManager(
             self.directory, item_handlers=handlers, options=options
         )
@@ -75,18 +75,20 @@ class Checkpointer:
         step of a folder that has none."""
         return self._manager.should_save(step)
 
-    def save(self, step: int, trees: Mapping[str, Any], progress: Mapping[str, Any]) -> None:
-        """Starts saving ``trees`` (one pytree per array item) and ``progress`` (JSON) at ``step``;
-        the arrays are copied before this returns, the files are written in the background."""
+    def save(self, step: int, trees: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+        """Starts saving ``trees`` (one pytree per array item) and the run ``record`` (JSON) at
+        ``step``; the arrays are copied before this returns, the files are written in the
+        background."""
         args = {k: ocp.args.PyTreeSave(v) for k, v in trees.items()}
-        args[PROGRESS] = ocp.args.JsonSave(dict(progress))
+        args[RUN_RECORD] = ocp.args.JsonSave(dict(record))
         self._manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def restore(
-        self, step: int, templates: Mapping[str, Any], progress: bool = False
+        self, step: int, templates: Mapping[str, Any], record: bool = False
     ) -> dict[str, Any]:
         """Restores the items named in ``templates`` (pytrees of arrays or ``ShapeDtypeStruct``
-        giving shapes, dtypes and the shardings to restore into), and ``progress`` if asked."""
+        giving shapes, dtypes and the shardings to restore into), and the run record if
+        ``record``."""
         self._check_shapes(step, templates)
         abstract = {
             name: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -98,13 +100,13 @@ class Checkpointer:
             )
             for k, v in abstract.items()
         }
-        if progress:
-            args[PROGRESS] = ocp.args.JsonRestore()
+        if record:
+            args[RUN_RECORD] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         return {name: restored[name] for name in args}
 
     def restore_latest(
-        self, templates: Mapping[str, Any], progress: bool = False
+        self, templates: Mapping[str, Any], record: bool = False
     ) -> tuple[int, dict[str, Any]]:
         """The newest step that every process can read, and its items. A step that fails to read
         is passed over for the previous one with a warning naming both; if none can be read, the
@@ -115,7 +117,7 @@ class Checkpointer:
         first_error: Exception | None = None
         for position, step in enumerate(steps):
             try:
-                restored = self.restore(step, templates, progress)
+                restored = self.restore(step, templates, record)
                 error = None
             except UserError:
                 raise

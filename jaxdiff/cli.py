@@ -32,12 +32,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-# The sampling defaults of a trained jaxdiff run and of Stable Diffusion weights (diffusers').
-SAMPLE_DEFAULTS = {
-    "--workdir": {"--steps": 20, "--guidance": 3.0, "--sampler": "heun", "--num-images": 4},
-    "--pretrained": {"--steps": 50, "--guidance": 7.5, "--sampler": "ddim", "--num-images": 1},
-}
-_PRETRAINED_ONLY = ("height", "width", "image", "mask", "strength")
+# Images per prompt by default: a grid of a small trained run's samples, one Stable Diffusion image.
+NUM_IMAGES = {"--workdir": 4, "--pretrained": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,19 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     for flag, kind, text in (
         ("--steps", int, "sampler steps (> 0)"),
-        ("--guidance", float, "classifier-free guidance >= 0"),
+        ("--guidance", float, "classifier-free guidance >= 0 (on when > 1)"),
         ("--sampler", str, "a name from jaxdiff.samplers.names()"),
-        ("--num-images", int, "images per prompt"),
     ):
-        defaults = ", ".join(f"{mode}: {d[flag]}" for mode, d in SAMPLE_DEFAULTS.items())
-        sample.add_argument(flag, type=kind, help=f"{text} (default {defaults})")
-    sample.add_argument("--height", type=int, help="--pretrained: image height (the model's)")
-    sample.add_argument("--width", type=int, help="--pretrained: image width (the model's)")
-    sample.add_argument("--image", type=Path, help="--pretrained: start image (img2img, inpaint)")
-    sample.add_argument("--mask", type=Path, help="--pretrained: inpaint where the mask is white")
+        sample.add_argument(flag, type=kind, help=f"{text} (default: the pipeline's)")
     sample.add_argument(
-        "--strength", type=float, help="--pretrained with --image: 0 < s <= 1 (0.8; inpaint 1)"
+        "--num-images",
+        type=int,
+        help="images per prompt (default "
+        + ", ".join(f"{k}: {v}" for k, v in NUM_IMAGES.items())
+        + ")",
     )
+    sample.add_argument("--height", type=int, help="image height (the model's)")
+    sample.add_argument("--width", type=int, help="image width (the model's)")
+    sample.add_argument("--image", type=Path, help="start image (img2img, inpaint)")
+    sample.add_argument("--mask", type=Path, help="inpaint where the mask is white")
+    sample.add_argument("--strength", type=float, help="with --image: 0 < s <= 1 (0.8; inpaint 1)")
     sample.add_argument("--out", type=Path, help="PNG path (default: WORKDIR/samples/...)")
 
     compare = commands.add_parser(
@@ -140,10 +139,11 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxdiff.configuration import load_config
+    from jaxdiff.evaluation.evaluate import Evaluator
     from jaxdiff.train.trainer import train
 
     config = load_config(args.config, overrides)
-    metrics = train(config, args.workdir, progress=not args.no_progress)
+    metrics = train(config, args.workdir, progress=not args.no_progress, make_evaluator=Evaluator)
     if metrics["preempted"]:
         print(
             f"stopped by SIGTERM after step {metrics['steps']}, checkpoint saved in "
@@ -155,54 +155,96 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    """`jaxdiff sample`: text-to-image, img2img (--image) or inpainting (--image --mask) with a
+    trained run (--workdir) or Stable Diffusion weights (--pretrained); one grid PNG, a row per
+    prompt. Every argument is checked before the weights are loaded."""
     from jaxdiff import images, samplers
-    from jaxdiff.models.tokenizer import encode
-    from jaxdiff.pipelines.text_to_image import check_sampling
-    from jaxdiff.train.trainer import load_model, load_task
 
-    # Every argument is checked before the weights are loaded.
     mode = "--pretrained" if args.pretrained is not None else "--workdir"
-    for flag, default in SAMPLE_DEFAULTS[mode].items():
-        name = flag.removeprefix("--").replace("-", "_")
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    if args.num_images <= 0:
-        raise UserError(f"--num-images must be > 0, got {args.num_images}")
-    check_sampling(args.steps, args.guidance, args.seed, prefix="--")
+    args.num_images = NUM_IMAGES[mode] if args.num_images is None else args.num_images
+    for flag, value, ok in (
+        ("--steps", args.steps, args.steps is None or args.steps > 0),
+        ("--guidance", args.guidance, args.guidance is None or args.guidance >= 0),
+        ("--num-images", args.num_images, args.num_images > 0),
+        ("--seed", args.seed, 0 <= args.seed < 2**32),
+    ):
+        if not ok:
+            raise UserError(f"{flag} must be {_ACCEPTED[flag]}, got {value}")
+    if args.sampler is not None:
+        samplers.get(args.sampler)
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {str(args.out)!r} is a directory; give a .png file path")
-    samplers.get(args.sampler)
-    if mode == "--pretrained":
-        return _sample_pretrained(args)
-    for name in _PRETRAINED_ONLY:
-        if getattr(args, name) is not None:
-            raise UserError(f"--{name} goes with --pretrained, not --workdir")
-    task = load_task(args.workdir)
-    if not hasattr(task, "pipeline"):
-        raise UserError(
-            f"workdir {str(args.workdir)!r} holds a {task.config.task!r} model, "
-            "not a text-to-image one"
-        )
-    encode(task.tokenizer, [*args.prompt, args.negative_prompt])
-    model = load_model(task, args.workdir)
-    prompts = [p for p in args.prompt for _ in range(args.num_images)]
-    pictures = task.pipeline(model)(
-        prompts,
-        negative_prompts=[args.negative_prompt] * len(prompts),
+    if args.image is None and (args.mask is not None or args.strength is not None):
+        raise UserError("--mask and --strength need --image (the image to start from)")
+    if args.image is not None and (args.height is not None or args.width is not None):
+        raise UserError("--height and --width go with text-to-image; --image sets the size")
+    if args.strength is not None and not 0.0 < args.strength <= 1.0:
+        raise UserError(f"--strength {args.strength} must be in (0, 1]")
+    image = None if args.image is None else _read_image(args.image, "RGB", "--image")
+    mask = None if args.mask is None else _read_image(args.mask, "L", "--mask")
+    pipe = _pipeline(args)
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    given["sampler"] = args.sampler
+    settings = dict(
+        negative_prompt=args.negative_prompt or None,
         seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        sampler=args.sampler,
+        num_images_per_prompt=args.num_images,
+        **{k: v for k, v in given.items() if v is not None},
     )
-    out = args.out or args.workdir / "samples" / f"{_slug(args.prompt[0])}_seed{args.seed}.png"
-    images.save_png(out, images.grid(pictures, columns=args.num_images), _png_text(args), scale=4)
+    used = pipe.sampling(**{k: v for k, v in settings.items() if k != "negative_prompt"})
+    text = {
+        "model": args.pretrained or str(args.workdir),
+        "prompt": " | ".join(args.prompt),
+        "negative_prompt": args.negative_prompt,
+        "seed": args.seed,
+        "sampler": used.sampler,
+        "steps": used.num_inference_steps,
+        "guidance": used.guidance_scale,
+    }
+    if image is None:
+        pictures = pipe(args.prompt, height=args.height, width=args.width, **settings)
+    elif mask is None:
+        strength = 0.8 if args.strength is None else args.strength
+        pictures = pipe.img2img(args.prompt, image, strength=strength, **settings)
+        text |= {"image": args.image, "strength": strength}
+    else:
+        strength = 1.0 if args.strength is None else args.strength
+        pictures = pipe.inpaint(args.prompt, image, mask, strength=strength, **settings)
+        text |= {"image": args.image, "mask": args.mask, "strength": strength}
+    folder = args.workdir / "samples" if args.workdir is not None else Path("samples")
+    out = args.out or folder / f"{_slug(args.prompt[0])}_seed{args.seed}.png"
+    grid = images.grid(images.to_uint8(pictures, (0.0, 1.0)), columns=args.num_images)
+    # A trained run's small images (32 px on shapes) are written 4x larger to be seen.
+    images.save_png(out, grid, text, scale=4 if args.workdir is not None else 1)
     print(f"wrote {out}")
     return 0
 
 
+_ACCEPTED = {
+    "--steps": "> 0",
+    "--guidance": ">= 0",
+    "--num-images": "> 0",
+    "--seed": "in [0, 2**32)",
+}
+
+
+def _pipeline(args: argparse.Namespace):
+    """The pipeline of --pretrained weights or of the --workdir run (its prompts' words checked
+    against the run's vocabulary before its weights are loaded)."""
+    if args.pretrained is not None:
+        from jaxdiff.pipelines import StableDiffusion
+
+        return StableDiffusion.from_pretrained(args.pretrained)
+    from jaxdiff.train.tasks import load_image_task, load_model
+
+    task = load_image_task(args.workdir)
+    task.text_ids([*args.prompt, args.negative_prompt])
+    return task.pipeline(load_model(task, args.workdir))
+
+
 def _compare_samplers(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxdiff.benchmarks import report
     from jaxdiff.configuration import load_config
-    from jaxdiff.evaluation import comparison_report as report
 
     config = load_config(args.config, overrides)
     if config.get("problem") not in ("mixtures", "model"):
@@ -211,7 +253,7 @@ def _compare_samplers(args: argparse.Namespace, overrides: list[str]) -> int:
             "a sampler comparison config sets problem to 'mixtures' or 'model'"
         )
     if config.problem == "model":
-        from jaxdiff.evaluation.compare_on_model import ADHERENCE, compare_on_model
+        from jaxdiff.benchmarks.on_model import ADHERENCE, compare_on_model
 
         if args.workdir is None:
             raise UserError(f"config {args.config!r} compares samplers on a model; give --workdir")
@@ -221,8 +263,8 @@ def _compare_samplers(args: argparse.Namespace, overrides: list[str]) -> int:
         }
         metrics, title = ADHERENCE, f"Samplers on the trained model {args.workdir}"
     else:
+        from jaxdiff.benchmarks.on_mixtures import compare_on_mixtures
         from jaxdiff.diffusion.processes import make_process
-        from jaxdiff.evaluation.compare_samplers import compare_on_mixtures
 
         if args.workdir is not None:
             raise UserError(f"config {args.config!r} compares samplers on mixtures; drop --workdir")
@@ -246,18 +288,6 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _png_text(args: argparse.Namespace) -> dict[str, object]:
-    """How a sample was made, for its PNG text chunks."""
-    return {
-        "prompt": " | ".join(args.prompt),
-        "negative_prompt": args.negative_prompt,
-        "seed": args.seed,
-        "sampler": args.sampler,
-        "steps": args.steps,
-        "guidance": args.guidance,
-    }
-
-
 def _read_image(path: Path, mode: str, flag: str):
     """The image file `path` as a PIL image in `mode` ("RGB" or "L")."""
     from PIL import Image, UnidentifiedImageError
@@ -267,49 +297,6 @@ def _read_image(path: Path, mode: str, flag: str):
             return picture.convert(mode)
     except (OSError, UnidentifiedImageError) as error:
         raise UserError(f"{flag} {str(path)!r} is not a readable image ({error})") from error
-
-
-def _sample_pretrained(args: argparse.Namespace) -> int:
-    """`jaxdiff sample --pretrained`: text-to-image, img2img (--image) or inpainting (--image
-    --mask) with a Stable Diffusion model; one grid PNG, a row per prompt."""
-    import numpy as np
-
-    from jaxdiff import images
-    from jaxdiff.pipelines import StableDiffusion
-
-    if args.image is None and (args.mask is not None or args.strength is not None):
-        raise UserError("--mask and --strength need --image (the image to start from)")
-    if args.image is not None and (args.height is not None or args.width is not None):
-        raise UserError("--height and --width go with text-to-image; --image sets the size")
-    if args.strength is not None and not 0.0 < args.strength <= 1.0:
-        raise UserError(f"--strength {args.strength} must be in (0, 1]")
-    image = None if args.image is None else _read_image(args.image, "RGB", "--image")
-    mask = None if args.mask is None else _read_image(args.mask, "L", "--mask")
-    pipe = StableDiffusion.from_pretrained(args.pretrained)
-    settings = dict(
-        negative_prompt=args.negative_prompt or None,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        sampler=args.sampler,
-        seed=args.seed,
-        num_images_per_prompt=args.num_images,
-    )
-    text = {"model": args.pretrained, **_png_text(args)}
-    if image is None:
-        pictures = pipe(args.prompt, height=args.height, width=args.width, **settings)
-    elif mask is None:
-        strength = 0.8 if args.strength is None else args.strength
-        pictures = pipe.img2img(args.prompt, image, strength=strength, **settings)
-        text |= {"image": args.image, "strength": strength}
-    else:
-        strength = 1.0 if args.strength is None else args.strength
-        pictures = pipe.inpaint(args.prompt, image, mask, strength=strength, **settings)
-        text |= {"image": args.image, "mask": args.mask, "strength": strength}
-    out = args.out or Path("samples") / f"{_slug(args.prompt[0])}_seed{args.seed}.png"
-    pixels = np.round(pictures * 255.0).astype(np.uint8)  # [B, H, W, 3]
-    images.save_png(out, images.grid(pixels, columns=args.num_images), text)
-    print(f"wrote {out}")
-    return 0
 
 
 def _slug(text: str) -> str:

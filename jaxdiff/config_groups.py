@@ -10,11 +10,13 @@ config file's own and are not checked.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxdiff import parallel
+from jaxdiff.errors import check_choice, require
 
 OPEN_GROUPS = ("mesh", "sharding_rules")
 """Groups whose members may be left out: a mesh axis not named has size 1, a logical axis not
@@ -35,7 +37,7 @@ def stream(shuffle: bool, threads: int, seed: int = 0) -> dict:
     return {"seed": seed, "shuffle": shuffle, "threads": threads}
 
 
-def train(steps: int, batch_size: int, learning_rate: float) -> ml_collections.ConfigDict:
+def training(steps: int, batch_size: int, learning_rate: float) -> ml_collections.ConfigDict:
     """AdamW with warmup and cosine decay, clipping, EMA, checkpoints, logs and previews."""
     return ml_collections.ConfigDict(
         {
@@ -85,6 +87,61 @@ def evaluation() -> ml_collections.ConfigDict:
     )
 
 
+METRICS = ("fid", "kid", "precision_recall", "clip_score", "adherence", "bits_per_dim")
+IMAGE_METRICS = ("fid", "kid", "precision_recall")  # in a feature space
+FEATURES = ("inception", "clip")
+
+
+def metric_names(settings: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``eval.metrics``, a comma-separated string ("fid,kid"), as names."""
+    return tuple(name.strip() for name in settings.metrics.split(",") if name.strip())
+
+
+def validate_evaluation(
+    settings: ml_collections.ConfigDict, data: ml_collections.ConfigDict
+) -> None:
+    """Validates ``config.eval`` against the data set before anything runs: each message names
+    the value (a weights path that does not exist fails here, not after hours of training)."""
+    metrics = metric_names(settings)
+    unknown = [m for m in metrics if m not in METRICS]
+    require(
+        not unknown,
+        f"eval.metrics names {', '.join(map(repr, unknown))}; accepted: {', '.join(METRICS)}",
+    )
+    require(settings.every >= 0, f"eval.every must be >= 0, got {settings.every}")
+    require(
+        not settings.every or bool(metrics),
+        f"eval.every is {settings.every} but eval.metrics names none; "
+        f"accepted: {', '.join(METRICS)}",
+    )
+    require(settings.num_samples >= 2, f"eval.num_samples must be >= 2, got {settings.num_samples}")
+    require(settings.batch_size > 0, f"eval.batch_size must be > 0, got {settings.batch_size}")
+    for name in ("samples_per_prompt", "bpd_images", "bpd_steps"):
+        require(settings[name] > 0, f"eval.{name} must be > 0, got {settings[name]}")
+    check_choice("eval.features", settings.features, FEATURES)
+    features = any(m in metrics for m in IMAGE_METRICS)
+    if features and settings.features == "inception":
+        _require_path(
+            settings.inception_weights,
+            "eval.inception_weights",
+            "the InceptionV3 weights file of pytorch-fid (pt_inception-2015-12-05-6726825d.pth) "
+            "or torchvision",
+        )
+    if (features and settings.features == "clip") or "clip_score" in metrics:
+        _require_path(settings.clip_model, "eval.clip_model", "a transformers CLIPModel folder")
+    if settings.reference:
+        _require_path(settings.reference, "eval.reference", "an .npz of mu and sigma")
+    require(
+        "adherence" not in metrics or data.name == "shapes",
+        f"eval metric 'adherence' reads shapes images; data.name is {data.name!r}",
+    )
+
+
+def _require_path(value: str, name: str, accepted: str) -> None:
+    require(bool(value), f"{name} is not set; give {accepted}")
+    require(Path(value).exists(), f"{name} {value!r} does not exist; give {accepted}")
+
+
 def base(task: str) -> ml_collections.ConfigDict:
     """A config of ``task`` with the groups every config shares but ``data`` and ``train``."""
     config = ml_collections.ConfigDict()
@@ -102,7 +159,7 @@ def shared_fields() -> dict[str, Any]:
     """The fields every config holds, as nested dicts: ``base``, ``train`` and the ``data``
     fields that every source reads (the values are placeholders)."""
     config = base("").to_dict()
-    config["train"] = train(1, 1, 1.0).to_dict()
+    config["train"] = training(1, 1, 1.0).to_dict()
     config["data"] = {"name": "", **transform(1), **stream(shuffle=False, threads=0)}
     return config
 

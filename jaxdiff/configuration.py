@@ -106,12 +106,6 @@ def parse_value(key: str, text: str, old: Any) -> Any:
         return text
 
 
-def require(condition: bool, message: str) -> None:
-    """Raises UserError(message) unless ``condition``: the idiom for config validation."""
-    if not condition:
-        raise UserError(message)
-
-
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The config as stable, human-readable JSON (saved in every workdir)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)

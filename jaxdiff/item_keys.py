@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.configuration import require
+from jaxdiff.errors import require
 
 MAX_INDEX = 2**31  # indices are int32
 

@@ -1,7 +1,13 @@
-"""Tiny random diffusers / transformers reference models and their inputs.
+"""Tiny random diffusers / transformers reference models, their inputs, and what makes a parity
+test against them a proof (a wrong implementation fails it):
 
-conftest.py builds each reference with random weights (perturbed away from their trivial initial
-values) and saves it with the library's own `save_pretrained`.
+- `perturb`: every parameter far from its initial value, zero-initialised ones included;
+- `assert_far_from_flat`: the reference outputs vary, so that errors show in them;
+- `nudged`: weights moved by a small amount, for a deliberately wrong run that must miss the
+  reference by at least 10x the test's tolerance.
+
+conftest.py builds each reference with `perturb`ed random weights and saves it with the library's
+own `save_pretrained`.
 """
 
 import json
@@ -9,7 +15,9 @@ import string
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 
 UNET_CONFIGS = {
@@ -122,13 +130,36 @@ SD15_SCHEDULER = {
 
 
 def perturb(model, seed: int = 0) -> None:
-    """Adds noise to every parameter so norms and biases are away from their trivial init."""
+    """Adds `0.1 * randn` to every parameter of a torch model, so that norms, biases and
+    zero-initialised layers are away from their trivial init (with weights at their init a VAE
+    decoder squashes every image to a flat grey)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def assert_far_from_flat(reference: np.ndarray, minimum_std: float = 0.1) -> None:
+    """Every example of a reference output `[B, ...]` varies: the std over its elements is above
+    `minimum_std` (on the unit scale of images, latents and hidden states)."""
+    spread = np.asarray(reference).reshape(len(reference), -1).std(axis=1)  # [B]
+    assert spread.min() > minimum_std, f"a reference output is nearly flat: std {spread}"
+
+
+def nudged(state: Any, fraction: float = 0.01, seed: int = 0, where: str = "") -> Any:
+    """`state` (a pytree of arrays, e.g. an `nnx.State`) with its largest array (of those whose
+    key path contains `where`) moved by Gaussian noise of `fraction` of that array's RMS: a subtly
+    wrong weight."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    leaves = [leaf for _, leaf in flat]
+    named = [i for i, (path, _) in enumerate(flat) if where in jax.tree_util.keystr(path)]
+    largest = max(named, key=lambda i: np.size(leaves[i]))
+    weight = np.asarray(leaves[largest])
+    noise = np.random.RandomState(seed).randn(*weight.shape) * np.sqrt(np.mean(weight**2))
+    leaves[largest] = (weight + fraction * noise).astype(weight.dtype)
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def build_unet(config: dict):

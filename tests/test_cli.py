@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxdiff.cli import main
@@ -38,7 +39,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
         (T2I_TINY, "--config.sample.guidance=-1", "sample.guidance must be >= 0, got -1.0"),
         (T2I_TINY, "--config.sample.sampler=rk45", "unknown sampler 'rk45'; accepted: ddim, ddpm"),
         (VAE_TINY, "--config.data.image_size=17", "image_size 17 is not divisible by"),
-        (VAE_TINY, "--config.model.dtype=float8", "model.dtype 'float8' is not supported"),
+        (VAE_TINY, "--config.model.dtype=float8", "model.dtype='float8' is not supported"),
         (T2I_TINY, "--config.vae_workdir=/no/such/dir", "holds no trained autoencoder"),
         (T2I_TINY, "--config.sample.preview_prompts=('a pink star',)", "unknown word 'pink'"),
         (f"{CONFIGS / 'shapes_t2i.py'}:huge", "--config.seed=1", "unknown config variant 'huge'"),
@@ -70,6 +71,30 @@ def test_sample_writes_a_png_with_its_settings(t2i_workdir, tmp_path):
     )
 
 
+@pytest.mark.parametrize("mode", ["img2img", "inpaint"])
+def test_sample_from_an_image_with_a_trained_run(t2i_workdir, tmp_path, mode):
+    from PIL import Image
+
+    picture = np.zeros((32, 32, 3), np.uint8)
+    picture[8:24, 8:24] = (255, 0, 0)
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    argv = ["sample", "--workdir", str(t2i_workdir), "--prompt", "a red square in the center"]
+    argv += ["--steps", "2", "--num-images", "1", "--image", str(tmp_path / "in.png")]
+    argv += ["--mask", str(tmp_path / "mask.png")] if mode == "inpaint" else ["--strength", "0.5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    written = np.asarray(Image.open(out).convert("RGB"))  # one 32 px image in a 2 px border, 4x
+    assert written.shape == ((2 + 32 + 2) * 4,) * 2 + (3,)
+    image = written[8 : 8 + 32 * 4 : 4, 8 : 8 + 32 * 4 : 4].astype(int)  # [32, 32, 3]
+    if mode == "inpaint":  # the known top half is kept, the bottom half painted
+        np.testing.assert_allclose(image[:16], picture[:16], atol=1)
+        assert np.abs(image[16:] - picture[16:]).max() > 10
+    assert read_png_text(out)["image"] == str(tmp_path / "in.png")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -78,7 +103,7 @@ def test_sample_writes_a_png_with_its_settings(t2i_workdir, tmp_path):
         (["--prompt", "a red circle", "--guidance", "-2"], "--guidance must be >= 0, got -2.0"),
         (["--prompt", "a red circle", "--sampler", "nope"], "unknown sampler 'nope'"),
         (["--prompt", "a red circle", "--num-images", "0"], "--num-images must be > 0"),
-        (["--prompt", "a red circle", "--seed", "-1"], "--seed must be in [0, 2**31), got -1"),
+        (["--prompt", "a red circle", "--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
         (["--prompt", "a red circle", "--out", "/tmp"], "--out '/tmp' is a directory"),
     ],
 )
@@ -190,7 +215,7 @@ def test_bad_compare_input_is_one_line(capsys, tmp_path, extra, message):
     [
         (["--config.samplers=('dpm_adaptive',)"], "'dpm_adaptive' picks its own steps"),
         (["--config.prompts=0"], "prompts=0 must be in [1, 90]"),
-        (["--config.schedules=('wavy',)"], "unknown sigma schedule 'wavy'"),
+        (["--config.schedules=('wavy',)"], "schedule='wavy' is not supported; accepted: karras"),
     ],
 )
 def test_bad_model_compare_input_is_one_line(capsys, tmp_path, t2i_workdir, extra, message):

@@ -108,7 +108,7 @@ FORMATS: dict[str, ComponentFormat] = {
 """Supported reference classes, by diffusers' `_class_name` / transformers' `architectures[0]`."""
 
 
-def read_config(directory: Path) -> dict[str, Any]:
+def read_component_config(directory: Path) -> dict[str, Any]:
     """A component folder's config.json, with a one-line error for anything else."""
     if not directory.is_dir():
         raise UserError(f"{directory} is not a folder; accepted: a diffusers component folder")
@@ -165,7 +165,7 @@ def from_diffusers(
       variant: the weights variant to read (`"fp16"`: `*.fp16.safetensors`).
     """
     directory = Path(component_dir)
-    model = abstract_model(read_config(directory), str(directory), dtype, param_dtype)
+    model = abstract_model(read_component_config(directory), str(directory), dtype, param_dtype)
     table = model_format(model).table(dict(model.architecture))
     load_into(table, read_weights(directory, variant), model, str(directory))
     return model

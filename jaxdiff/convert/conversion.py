@@ -24,7 +24,7 @@ from jaxdiff.convert.pipeline_components import (
     resolve_model_dir,
 )
 from jaxdiff.convert.weight_files import read_weights
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice
 
 TARGETS = ("jaxdiff", "diffusers")
 _COPIED = ("tokenizer", "scheduler")  # the rest of COMPONENTS
@@ -38,7 +38,7 @@ def _is_component(entry: object) -> bool:
 def stored_dtype(directory: Path, variant: str | None) -> np.dtype:
     """The dtype most of a network folder's floating-point weight bytes are stored in."""
     if (directory / native.CONFIG).is_file():
-        return np.dtype(native.read_config(directory).get("param_dtype", "float32"))
+        return np.dtype(native.read_native_config(directory).get("param_dtype", "float32"))
     nbytes: dict[np.dtype, int] = {}
     for tensor in read_weights(directory, variant).values():
         if tensor.dtype.name in native.PARAM_DTYPES:
@@ -72,8 +72,7 @@ def convert(
     `dtype` is the dtype of the written weights (default: the source's); `variant` picks the
     source's weights variant ("fp16"). `destination` appears only when complete.
     """
-    if to not in TARGETS:
-        raise UserError(f"unknown format {to!r}; accepted: {', '.join(TARGETS)}")
+    check_choice("to", to, TARGETS)
     local = Path(source)
     is_network = (local / "config.json").is_file() or (local / native.CONFIG).is_file()
     directory = local if is_network else resolve_model_dir(source, variant)

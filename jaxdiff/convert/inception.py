@@ -24,7 +24,7 @@ from jax.typing import DTypeLike
 
 from jaxdiff.convert.name_tables import Layout, NameTable, Rule, load_into
 from jaxdiff.convert.safetensors_io import read_safetensors
-from jaxdiff.convert.weight_files import _read_bin
+from jaxdiff.convert.weight_files import read_torch_bin
 from jaxdiff.errors import UserError
 from jaxdiff.models.inception import VARIANTS, InceptionV3
 
@@ -55,14 +55,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{path} is not a file; accepted: a .pth or .safetensors weight file")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UserError(
-            f"{path} is a PyTorch pickle and torch is not installed; install torch, or convert "
-            "the file to .safetensors"
-        ) from None
-    return _read_bin(path)
+    return read_torch_bin(path)
 
 
 def _load_statistics(tensors: Mapping[str, np.ndarray], model: nnx.Module, source: str) -> None:

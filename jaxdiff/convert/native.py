@@ -20,7 +20,7 @@ from jax.typing import DTypeLike
 from jaxdiff.convert.components import build_model
 from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.output_folder import atomic_folder
-from jaxdiff.errors import UserError, first_line
+from jaxdiff.errors import UserError, check_choice, first_line
 from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
 
 CONFIG = "jaxdiff_model.json"
@@ -57,8 +57,8 @@ def save(model: nnx.Module, directory: str | Path) -> None:
         write(model, partial)
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    """A jaxdiff network folder's config, checked."""
+def read_native_config(directory: Path) -> dict[str, Any]:
+    """A jaxdiff network folder's config (`jaxdiff_model.json`), checked."""
     path = directory / CONFIG
     if not path.is_file():
         raise UserError(
@@ -67,15 +67,8 @@ def read_config(directory: Path) -> dict[str, Any]:
     config = read_json_object(path)
     if not isinstance(config.get("architecture"), dict):
         raise UserError(f"{path} has no architecture object; accepted: a file jaxdiff wrote")
-    if config.get("param_dtype", "float32") not in PARAM_DTYPES:
-        raise UserError(
-            f"{path} has param_dtype {config.get('param_dtype')!r}; accepted: "
-            f"{', '.join(PARAM_DTYPES)}"
-        )
-    if config.get("class") not in MODELS:
-        raise UserError(
-            f"{path} names class {config.get('class')!r}; accepted: {', '.join(MODELS)}"
-        )
+    check_choice(f"{path}: param_dtype", config.get("param_dtype", "float32"), PARAM_DTYPES)
+    check_choice(f"{path}: class", config.get("class"), MODELS)
     return config
 
 
@@ -87,7 +80,7 @@ def load(
 ) -> nnx.Module:
     """The network saved in `directory`, parameters in `param_dtype` (default: as saved)."""
     directory = Path(directory)
-    config = read_config(directory)
+    config = read_native_config(directory)
     model = build_model(
         MODELS[config["class"]],
         config["architecture"],

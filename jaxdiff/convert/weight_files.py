@@ -73,13 +73,15 @@ def _shards(index: Path) -> list[Path]:
     return [index.parent / s for s in shards]
 
 
-def _read_bin(path: Path) -> dict[str, np.ndarray]:
+def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch state-dict pickle (`.bin`, `.pth`), read with
+    `torch.load(weights_only=True)` (torch needed); bfloat16 stays bfloat16 (`ml_dtypes`)."""
     try:
         import torch
     except ImportError:
         raise UserError(
             f"{path} is a PyTorch pickle and torch is not installed; accepted: safetensors "
-            "weights, or install torch to read .bin files"
+            "weights, or install torch to read it"
         ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -107,7 +109,7 @@ def read_weights(directory: Path, variant: str | None = None) -> dict[str, np.nd
     error)."""
     tensors: dict[str, np.ndarray] = {}
     for path in find_weights(directory, variant):
-        part = read_safetensors(path) if path.suffix == ".safetensors" else _read_bin(path)
+        part = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_bin(path)
         repeated = sorted(set(part) & set(tensors))
         if repeated:
             raise UserError(f"{path} repeats tensors of another shard: {', '.join(repeated[:5])}")

@@ -26,9 +26,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jaxdiff.configuration import require
 from jaxdiff.data.indices import check_indices
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice, require
 
 CROPS = ("center", "random")
 SOURCES = ("shapes", "folder", "tfds")
@@ -81,10 +80,7 @@ class ImageTransform:
 
     def __post_init__(self) -> None:
         require(self.size > 0, f"data.image_size must be > 0, got {self.size}")
-        require(
-            self.crop in CROPS,
-            f"data.crop {self.crop!r} is not supported; accepted: {', '.join(CROPS)}",
-        )
+        check_choice("data.crop", self.crop, CROPS)
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = as_rgb(record["image"])  # [H, W, 3]
@@ -185,6 +181,7 @@ class ImageTextDataset:
 
 def make_source(data: ml_collections.ConfigDict) -> Source:
     """The record source ``config.data`` names (``data.name``: shapes, folder or tfds)."""
+    check_choice("data.name", data.name, SOURCES)
     if data.name == "shapes":
         from jaxdiff.data.shapes import ShapesDataset, parse_holdout
 
@@ -202,19 +199,17 @@ def make_source(data: ml_collections.ConfigDict) -> Source:
             "data.path is empty; give the image-caption folder: --config.data.path=FOLDER",
         )
         return FolderSource(data.path, data.image_column, data.caption_column)
-    if data.name == "tfds":
-        from jaxdiff.data.tfds_source import TfdsSource
+    from jaxdiff.data.tfds_source import TfdsSource
 
-        return TfdsSource(
-            data.tfds_name,
-            split=data.split,
-            data_dir=data.data_dir or None,
-            image_key=data.image_key,
-            caption_key=data.caption_key,
-            label_key=data.label_key,
-            caption_template=data.caption_template,
-        )
-    raise UserError(f"data.name {data.name!r} is not supported; accepted: {', '.join(SOURCES)}")
+    return TfdsSource(
+        data.tfds_name,
+        split=data.split,
+        data_dir=data.data_dir or None,
+        image_key=data.image_key,
+        caption_key=data.caption_key,
+        label_key=data.label_key,
+        caption_template=data.caption_template,
+    )
 
 
 def make_dataset(data: ml_collections.ConfigDict) -> ImageTextDataset:

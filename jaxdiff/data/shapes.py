@@ -8,7 +8,7 @@ indices were batched.
 
 Attributes are integer ids `[shape, colour, position]` into `SHAPES`, `COLOURS` and `POSITIONS`.
 Combinations can be held out of training (`holdout`) to measure compositional generalisation;
-`jaxdiff.evaluation.adherence` reads the attributes back from generated images.
+`jaxdiff.evaluation.shape_attributes` reads the attributes back from generated images.
 
 Randomness is counter-based (the SplitMix64 finaliser, Steele et al. 2014, applied to
 (seed, index, stream, draw)), vectorised in numpy.
@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxdiff.data.captions import words
 from jaxdiff.data.indices import check_indices
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -282,10 +282,7 @@ class ShapesDataset:
             raise UserError(f"image_size {self.image_size!r} must be an integer of at least 16")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise UserError(f"seed {self.seed!r} must be an integer in [0, 2**63)")
-        if self.background not in BACKGROUNDS:
-            raise UserError(
-                f"background {self.background!r} is not one of {', '.join(BACKGROUNDS)}"
-            )
+        check_choice("background", self.background, BACKGROUNDS)
         for combination in self.holdout:
             _check_combination(combination)
         object.__setattr__(self, "holdout", tuple(tuple(c) for c in self.holdout))

@@ -17,11 +17,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.diffusion.losses import check_weighting, denoising_loss, target_weight
-from jaxdiff.diffusion.parameterization import check_parameterization, network_target, scalings
+from jaxdiff.diffusion.losses import WEIGHTINGS, denoising_loss, target_weight
+from jaxdiff.diffusion.parameterization import PARAMETERIZATIONS, network_target, scalings
 from jaxdiff.diffusion.processes import Process
 from jaxdiff.diffusion.schedules import make_sigmas
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice
 
 # net(x_in [B, ...], t [B], *cond) -> F [B, ...]
 Network = Callable[..., jax.Array]
@@ -55,8 +55,8 @@ class Diffusion:
             raise UserError(
                 f"process {self.process!r} is not a Process; build one with make_process"
             )
-        check_parameterization(self.parameterization)
-        check_weighting(self.weighting)
+        check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
         if not self.min_snr_gamma > 0.0:
             raise UserError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
 

@@ -20,15 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.diffusion.parameterization import scalings
-from jaxdiff.errors import UserError
+from jaxdiff.errors import check_choice
 
 WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "edm")
-
-
-def check_weighting(name: str) -> None:
-    """Raise `UserError` unless `name` is a known loss weighting."""
-    if name not in WEIGHTINGS:
-        raise UserError(f"unknown loss weighting {name!r}; accepted: {', '.join(WEIGHTINGS)}")
 
 
 def x0_weight(
@@ -39,7 +33,7 @@ def x0_weight(
     min_snr_gamma: float = 5.0,
 ) -> jax.Array:
     """`lambda(sigma)`, the weight on the x0-space error. Same shape as `sigma` (sigma > 0)."""
-    check_weighting(weighting)
+    check_choice("weighting", weighting, WEIGHTINGS)
     sigma = jnp.asarray(sigma)
     sigma = sigma.astype(jnp.promote_types(sigma.dtype, jnp.float32))
     if weighting == "uniform":
@@ -58,7 +52,7 @@ def target_weight(
     min_snr_gamma: float = 5.0,
 ) -> jax.Array:
     """`lambda(sigma) * c_out(sigma)^2`, the weight on the network-target-space error."""
-    check_weighting(weighting)
+    check_choice("weighting", weighting, WEIGHTINGS)
     sigma = jnp.asarray(sigma)
     sigma = sigma.astype(jnp.promote_types(sigma.dtype, jnp.float32))
     if weighting == "uniform":

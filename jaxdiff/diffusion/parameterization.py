@@ -21,24 +21,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.errors import UserError
+from jaxdiff.errors import check_choice
 
 PARAMETERIZATIONS: tuple[str, ...] = ("eps", "v", "x0", "edm")
-
-
-def check_parameterization(name: str) -> None:
-    """Raise `UserError` unless `name` is a known parameterization."""
-    if name not in PARAMETERIZATIONS:
-        raise UserError(
-            f"unknown parameterization {name!r}; accepted: {', '.join(PARAMETERIZATIONS)}"
-        )
 
 
 def scalings(
     parameterization: str, sigma: jax.Array, sigma_data: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
     """`(c_skip, c_out)` at noise level `sigma` (any shape; both outputs take its shape)."""
-    check_parameterization(parameterization)
+    check_choice("parameterization", parameterization, PARAMETERIZATIONS)
     sigma = jnp.asarray(sigma)
     sigma = sigma.astype(jnp.promote_types(sigma.dtype, jnp.float32))
     if parameterization == "eps":
@@ -89,7 +81,7 @@ def network_target(
     x0 -> x0, v -> `(sigma_data^2 * noise - sigma * x0) / (sigma_data * sqrt(sigma^2 +
     sigma_data^2))`, edm -> minus that. `sigma` broadcasts against `x0`. Same shape as `x0`.
     """
-    check_parameterization(parameterization)
+    check_choice("parameterization", parameterization, PARAMETERIZATIONS)
     if parameterization == "eps":
         return noise
     if parameterization == "x0":

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice
 
 
 def _as_float(a: jax.Array | float) -> jax.Array:
@@ -94,11 +94,7 @@ class VPDiscrete(Process):
     BETA_SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear")
 
     def __post_init__(self) -> None:
-        if self.beta_schedule not in self.BETA_SCHEDULES:
-            raise UserError(
-                f"unknown beta_schedule {self.beta_schedule!r}; accepted: "
-                + ", ".join(self.BETA_SCHEDULES)
-            )
+        check_choice("beta_schedule", self.beta_schedule, self.BETA_SCHEDULES)
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             raise UserError(
                 f"beta_start={self.beta_start}, beta_end={self.beta_end} must satisfy "
@@ -318,8 +314,7 @@ PROCESSES: dict[str, type[Process]] = {
 
 def make_process(name: str, **kwargs: Any) -> Process:
     """Build a process by name ("vp_discrete", "vp_cosine", "ve", "edm") from its fields."""
-    if name not in PROCESSES:
-        raise UserError(f"unknown process {name!r}; accepted: {', '.join(PROCESSES)}")
+    check_choice("process", name, PROCESSES)
     cls = PROCESSES[name]
     accepted = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(kwargs) - set(accepted))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion.processes import Process, VPDiscrete
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice
 
 
 def _check_n(n: int) -> None:
@@ -43,11 +43,6 @@ def _check_range(sigma_min: float, sigma_max: float) -> None:
 def _check_rho(rho: float) -> None:
     if not rho > 0.0:
         raise UserError(f"rho={rho} must be > 0")
-
-
-def _check_choice(what: str, value: object, accepted: Collection[str]) -> None:
-    if value not in accepted:
-        raise UserError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
 
 
 def _append_final(sigmas: np.ndarray, final: float = 0.0) -> jax.Array:
@@ -198,8 +193,8 @@ def _discrete_timesteps(
         raise UserError(
             f"discrete timestep schedules need a VPDiscrete process; got {type(process).__name__}"
         )
-    _check_choice("timestep spacing", spacing, SPACINGS)
-    _check_choice("timestep convention", convention, DISCRETE_CONVENTIONS)
+    check_choice("spacing", spacing, SPACINGS)
+    check_choice("convention", convention, DISCRETE_CONVENTIONS)
     if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
         raise UserError(f"steps_offset={steps_offset!r} must be a non-negative integer")
     num_train = process.num_train_timesteps
@@ -280,7 +275,7 @@ def discrete(
     which repeats the last sigma and makes the final step a no-op (as diffusers #6477 found in
     `DPMSolverMultistepScheduler`).
     """
-    _check_choice("final_sigma", final_sigma, FINAL_SIGMAS)
+    check_choice("final_sigma", final_sigma, FINAL_SIGMAS)
     ts = _discrete_timesteps(n, process, spacing, steps_offset, convention)
     if final_sigma == "sigma_min" and ts[-1] == 0:
         raise UserError(
@@ -310,7 +305,7 @@ def make_sigmas(name: str, n: int, process: Process, **options: Any) -> jax.Arra
     function: `rho` ("karras", "polyexponential"), `beta_d`, `beta_min`, `eps_s`
     ("vp_uniform_time"), `spacing`, `steps_offset`, `convention`, `final_sigma` ("discrete").
     """
-    _check_choice("sigma schedule", name, SCHEDULES)
+    check_choice("schedule", name, SCHEDULES)
     _check_n(n)
     fn = SCHEDULES[name]
     takes = inspect.signature(fn).parameters

@@ -8,7 +8,7 @@ returns one score per image, each clamped (their mean is >= torchmetrics' when s
 negative, equal otherwise).
 
     clip = load_clip("openai/clip-vit-base-patch32")        # a transformers CLIPModel folder
-    tokenizer = load_tokenizer("openai/clip-vit-base-patch32")
+    tokenizer = load_clip_tokenizer("openai/clip-vit-base-patch32")
     scores = clip_score(clip.text_encoder, clip.vision_encoder, tokenizer, images, captions)
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike, DTypeLike
 
-from jaxdiff.convert.components import build_model, read_config
+from jaxdiff.convert.components import build_model, read_component_config
 from jaxdiff.convert.name_tables import load_into
 from jaxdiff.convert.transformers_clip import (
     CLIP_TABLE,
@@ -66,7 +66,7 @@ def load_clip(
     same name tables as `CLIPTextModelWithProjection` / `CLIPVisionModelWithProjection`."""
     directory = Path(folder)
     source = str(directory)
-    config = read_config(directory)
+    config = read_component_config(directory)
     architectures = config.get("architectures")
     name = architectures[0] if isinstance(architectures, list) and architectures else None
     if name != "CLIPModel":
@@ -98,7 +98,7 @@ def load_clip(
     return CLIP(text, vision, float(np.asarray(tensors["logit_scale"], np.float32)))
 
 
-def load_tokenizer(folder: str | Path) -> Any:
+def load_clip_tokenizer(folder: str | Path) -> Any:
     """The transformers tokenizer saved in a CLIP model folder (a `CLIPTokenizer` for OpenAI
     CLIP: vocab.json, merges.txt, tokenizer_config.json)."""
     from transformers import AutoTokenizer
@@ -180,7 +180,7 @@ def clip_score(
 
     Args:
       text_encoder, vision_encoder: the two towers of one CLIP model (`load_clip`).
-      tokenizer: the model's transformers tokenizer (`load_tokenizer`); may be None when
+      tokenizer: the model's transformers tokenizer (`load_clip_tokenizer`); may be None when
         `captions` are token ids.
       images: [B, H, W, 3] RGB floats in [0, 1], any size: resized (shortest side), centre-cropped
         and normalized as CLIP's image processor does (`preprocess`).

@@ -38,73 +38,25 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff import parallel
-from jaxdiff.configuration import require
+from jaxdiff.atomic_write import atomic_path, write_atomically
+from jaxdiff.config_groups import IMAGE_METRICS, METRICS, metric_names, validate_evaluation
 from jaxdiff.data.pipeline import ImageTextDataset
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, require
 from jaxdiff.evaluation import fid as fid_lib
 from jaxdiff.evaluation import likelihood
 from jaxdiff.evaluation.prompt_adherence import generated_batches
 from jaxdiff.item_keys import item_keys
-
-METRICS = ("fid", "kid", "precision_recall", "clip_score", "adherence", "bits_per_dim")
-FEATURES = ("inception", "clip")
-_IMAGE_METRICS = ("fid", "kid", "precision_recall")
-
-
-def metric_names(settings: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """``eval.metrics``, a comma-separated string ("fid,kid"), as names."""
-    return tuple(name.strip() for name in settings.metrics.split(",") if name.strip())
-
-
-def validate_eval_config(
-    settings: ml_collections.ConfigDict, data: ml_collections.ConfigDict
-) -> None:
-    """Validates ``config.eval`` against the data set before anything runs: each message names
-    the value (a weights path that does not exist fails here, not after hours of training)."""
-    metrics = metric_names(settings)
-    unknown = [m for m in metrics if m not in METRICS]
-    require(
-        not unknown,
-        f"eval.metrics names {', '.join(map(repr, unknown))}; accepted: {', '.join(METRICS)}",
-    )
-    require(settings.every >= 0, f"eval.every must be >= 0, got {settings.every}")
-    require(
-        not settings.every or bool(metrics),
-        f"eval.every is {settings.every} but eval.metrics names none; "
-        f"accepted: {', '.join(METRICS)}",
-    )
-    require(settings.num_samples >= 2, f"eval.num_samples must be >= 2, got {settings.num_samples}")
-    require(settings.batch_size > 0, f"eval.batch_size must be > 0, got {settings.batch_size}")
-    for name in ("samples_per_prompt", "bpd_images", "bpd_steps"):
-        require(settings[name] > 0, f"eval.{name} must be > 0, got {settings[name]}")
-    require(
-        settings.features in FEATURES,
-        f"eval.features {settings.features!r} is not supported; accepted: {', '.join(FEATURES)}",
-    )
-    features = any(m in metrics for m in _IMAGE_METRICS)
-    if features and settings.features == "inception":
-        _require_path(
-            settings.inception_weights,
-            "eval.inception_weights",
-            "the InceptionV3 weights file of pytorch-fid (pt_inception-2015-12-05-6726825d.pth) "
-            "or torchvision",
-        )
-    if (features and settings.features == "clip") or "clip_score" in metrics:
-        _require_path(settings.clip_model, "eval.clip_model", "a transformers CLIPModel folder")
-    if settings.reference:
-        _require_path(settings.reference, "eval.reference", "an .npz of mu and sigma")
-    require(
-        "adherence" not in metrics or data.name == "shapes",
-        f"eval metric 'adherence' reads shapes images; data.name is {data.name!r}",
-    )
+from jaxdiff.train.tasks import (
+    ImageTask,
+    Task,
+    generator,
+    load_task,
+    load_weights,
+    require_image_task,
+)
 
 
-def _require_path(value: str, name: str, accepted: str) -> None:
-    require(bool(value), f"{name} is not set; give {accepted}")
-    require(Path(value).exists(), f"{name} {value!r} does not exist; give {accepted}")
-
-
-def reference_data(task, count: int) -> tuple[ImageTextDataset, int]:
+def reference_data(task: ImageTask, count: int) -> tuple[ImageTextDataset, int]:
     """The data examples generated images are compared with: the run's source, unshuffled,
     center-cropped and unflipped (no augmentation), and how many (``count``, at most the source's
     size: no example twice)."""
@@ -166,11 +118,9 @@ def _read_cached(path: Path | None, count: int) -> np.ndarray | None:
 def _write_cached(path: Path, features: np.ndarray) -> None:
     """Features `[N, D]` with their ``mu`` and ``sigma`` (usable as ``eval.reference`` and by
     pytorch-fid), written whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     stats = fid_lib.feature_statistics(features)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, features=features, mu=stats.mu, sigma=stats.sigma)
-    partial.replace(path)
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
+        np.savez(handle, features=features, mu=stats.mu, sigma=stats.sigma)
 
 
 def image_metrics(
@@ -198,19 +148,21 @@ class Evaluator:
     """``evaluator(model) -> {metric: value}``: the metrics ``config.eval.metrics`` of a task's
     models (see the module docstring). Built once; every process calls it together."""
 
-    def __init__(self, task, config: ml_collections.ConfigDict, workdir: str | Path | None = None):
+    def __init__(
+        self, task: Task, config: ml_collections.ConfigDict, workdir: str | Path | None = None
+    ):
         settings = config.eval
-        validate_eval_config(settings, config.data)
+        validate_evaluation(settings, config.data)
         self.task, self.settings = task, settings
         self.workdir = None if workdir is None else Path(workdir)
         self.metrics = metric_names(settings)
-        if self.metrics and not hasattr(task, "generator"):
-            raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
+        if self.metrics:
+            require_image_task(task, "eval.metrics")
         if "bits_per_dim" in self.metrics and not task.pixel_space:
             raise UserError(
                 "eval metric 'bits_per_dim' needs a pixel-space model; this one works on latents"
             )
-        self._features = any(m in self.metrics for m in _IMAGE_METRICS)
+        self._features = any(m in self.metrics for m in IMAGE_METRICS)
         clip = None  # loaded once for the CLIP features and the CLIP score
         if "clip_score" in self.metrics or (self._features and settings.features == "clip"):
             from jaxdiff.evaluation.clip_score import load_clip
@@ -219,9 +171,9 @@ class Evaluator:
         self._extractor = extractor_for(settings, clip) if self._features else None
         self._scorer = None
         if "clip_score" in self.metrics:
-            from jaxdiff.evaluation.clip_score import clip_scorer, load_tokenizer
+            from jaxdiff.evaluation.clip_score import clip_scorer, load_clip_tokenizer
 
-            tokenizer = load_tokenizer(settings.clip_model)
+            tokenizer = load_clip_tokenizer(settings.clip_model)
             shared = self._extractor if settings.features == "clip" else None
             self._scorer = clip_scorer(clip, tokenizer, settings.batch_size, shared)
         self._data, self._count = reference_data(task, settings.num_samples)
@@ -237,7 +189,7 @@ class Evaluator:
         if not self.metrics:
             return {}
         results: dict[str, float] = {}
-        generate = self.task.generator(model)
+        generate = generator(self.task, model)
         if self._features or self._scorer is not None:
             results.update(self._image_results(generate))
         if "adherence" in self.metrics:
@@ -312,8 +264,8 @@ class Evaluator:
 
     def _adherence(self, generate) -> dict[str, float]:
         from jaxdiff.data.shapes import combinations, parse_holdout
-        from jaxdiff.evaluation.adherence import read_attributes
         from jaxdiff.evaluation.prompt_adherence import prompts_and_targets, scores
+        from jaxdiff.evaluation.shape_attributes import read_attributes
 
         settings = self.settings
         held_out = parse_holdout(self.task.config.data.holdout) or tuple(combinations())
@@ -390,9 +342,6 @@ def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[in
     saved config changed by ``overrides`` ("eval.metrics=fid", ...). Reference features are
     cached in ``WORKDIR/eval/``; the results are written to ``WORKDIR/eval/step_N.json``. With
     several processes (``parallel.initialize_distributed``) each does its share."""
-    from jaxdiff.checkpoint import latest_step
-    from jaxdiff.train.trainer import CHECKPOINT_DIR, load_model, load_task
-
     workdir = Path(workdir)
     for override in overrides:
         if not override.startswith("eval."):
@@ -405,12 +354,9 @@ def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[in
             "no metrics to compute; give --config.eval.metrics=NAME[,NAME...] "
             f"({', '.join(METRICS)})"
         )
-    step = latest_step(workdir / CHECKPOINT_DIR)
-    results = Evaluator(task, config, workdir)(load_model(task, workdir))
+    step, model = load_weights(task, workdir)
+    results = Evaluator(task, config, workdir)(model)
     if jax.process_index() == 0:
         path = workdir / "eval" / f"step_{step:07d}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps({"step": step, **results}, indent=2) + "\n")
-        partial.replace(path)
+        write_atomically(path, json.dumps({"step": step, **results}, indent=2) + "\n")
     return step, results

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.atomic_write import atomic_path
 from jaxdiff.errors import UserError
 
 
@@ -39,11 +40,10 @@ class FeatureStatistics:
         return self.mu.shape[0]
 
     def save(self, path: str | Path) -> None:
-        """Writes ``mu`` and ``sigma`` to an ``.npz`` file (pytorch-fid's format)."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, mu=self.mu, sigma=self.sigma)
-        partial.replace(path)
+        """Writes ``mu`` and ``sigma`` to an ``.npz`` file (pytorch-fid's format), whole or not
+        at all."""
+        with atomic_path(path) as partial, open(partial, "wb") as handle:
+            np.savez(handle, mu=self.mu, sigma=self.sigma)  # a handle: no ".npz" appended
 
     @classmethod
     def load(cls, path: str | Path, dim: int | None = None) -> FeatureStatistics:
@@ -57,6 +57,8 @@ class FeatureStatistics:
                         f"they hold {', '.join(stored.files) or 'nothing'}"
                     )
                 mu, sigma = np.asarray(stored["mu"], np.float64), np.asarray(stored["sigma"])
+        except UserError:
+            raise
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise UserError(f"{str(path)!r} is not an .npz file of statistics ({error})") from None
         if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:

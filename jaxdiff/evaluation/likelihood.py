@@ -93,7 +93,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, check_choice
 from jaxdiff.item_keys import item_keys
 
 # denoise(x [B, ...], sigma []) -> x0_hat [B, ...]
@@ -127,11 +127,6 @@ class DiscreteLikelihood(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # Checks
-
-
-def _check_choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in accepted:
-        raise UserError(f"{name}={value!r} is not supported; accepted: {', '.join(accepted)}")
 
 
 def _check_sigmas(sigma_min: object, sigma_max: object) -> tuple[float, float]:
@@ -210,9 +205,9 @@ class ODESettings:
     max_steps: int = 1000
 
     def __post_init__(self) -> None:
-        _check_choice("divergence", self.divergence, DIVERGENCES)
-        _check_choice("probe", self.probe, PROBES)
-        _check_choice("solver", self.solver, SOLVERS)
+        check_choice("divergence", self.divergence, DIVERGENCES)
+        check_choice("probe", self.probe, PROBES)
+        check_choice("solver", self.solver, SOLVERS)
         lo, hi = _check_sigmas(self.sigma_min, self.sigma_max)
         object.__setattr__(self, "sigma_min", lo)
         object.__setattr__(self, "sigma_max", hi)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from jaxdiff.data.shapes import COLOURS, POSITIONS, SHAPES, prompt
-from jaxdiff.evaluation.adherence import read_attributes
+from jaxdiff.evaluation.shape_attributes import read_attributes
 
 ATTRIBUTES = ("shape", "colour", "position")
 

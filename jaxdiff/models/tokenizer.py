@@ -119,7 +119,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathL
     tokenizer.save_pretrained(os.fspath(directory))
 
 
-def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFast:
+def load_word_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerFast:
     """Reads a tokenizer written by `save_tokenizer`."""
     path = os.fspath(directory)
     if not os.path.isfile(os.path.join(path, _TOKENIZER_FILE)):

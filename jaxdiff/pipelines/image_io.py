@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxdiff.configuration import require
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, require
 
-OUTPUT_TYPES = ("np", "pil")
+OUTPUT_TYPES = ("np", "pil", "latent")
 
 
 def _as_batch(value: Any, what: str, channels: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxdiff.configuration import require
+from jaxdiff.errors import require
 
 
 def prompt_list(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:

@@ -29,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion.processes import VPDiscrete
 from jaxdiff.diffusion.schedules import discrete, karras
 from jaxdiff.errors import UserError
+from jaxdiff.pipelines.base import Grid
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 SIGMA_SCHEDULES = ("discrete", "karras")
@@ -91,22 +93,6 @@ _UNSUPPORTED = {
     "use_flow_sigmas": False,
     "timestep_type": "discrete",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-    """Sampling sigmas `[n + 1]` (float32, descending), whether the network is conditioned on
-    integer timesteps (the sigma's timestep rounded), and the standard deviation of the pure
-    noise a run starts from, all as the matching diffusers scheduler has them.
-
-    diffusers' VP schedulers start from unit noise in their state `x / sqrt(1 + sigma^2)`, which
-    is noise of std `sqrt(1 + sigma_0^2)` in `x`; its Euler family does the same for "leading"
-    spacing (`init_noise_sigma`) and starts from std `sigma_0` otherwise.
-    """
-
-    sigmas: np.ndarray
-    integer_timesteps: bool
-    start_std: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +157,16 @@ class SchedulerConfig:
         return None, None
 
     def grid(self, sampler: str, n: int, sigma_schedule: str | None = None) -> Grid:
-        """The sigmas `sampler` runs along for `n` steps; `sigma_schedule` is "discrete" (the
-        spaced training timesteps), "karras", or None for the config's `use_karras_sigmas`
-        (where the diffusers counterpart honours it)."""
+        """The sigmas `sampler` runs along for `n` steps and how, as the matching diffusers
+        scheduler has them; `sigma_schedule` is "discrete" (the spaced training timesteps),
+        "karras", or None for the config's `use_karras_sigmas` (where the diffusers counterpart
+        honours it).
+
+        diffusers' VP schedulers start from unit noise in their state `x / sqrt(1 + sigma^2)`,
+        which is noise of std `sqrt(1 + sigma_0^2)` in `x`; its Euler family does the same for
+        "leading" spacing (`init_noise_sigma`) and starts from std `sigma_0` otherwise. Where the
+        grid ends above 0, diffusers returns that VP state.
+        """
         counterpart = COUNTERPARTS.get(sampler, _K_DIFFUSION)
         schedule = sigma_schedule or (
             "karras" if self.use_karras_sigmas and counterpart.karras else "discrete"
@@ -201,7 +194,15 @@ class SchedulerConfig:
             sigmas = self._final(spaced, counterpart)
         top = float(sigmas[0])
         unit_state = convention != "euler" or spacing == "leading"
-        return Grid(sigmas, convention != "euler", (1.0 + top**2) ** 0.5 if unit_state else top)
+        clip_range, threshold = self.x0_limits(sampler)
+        return Grid(
+            sigmas=sigmas,
+            start_std=(1.0 + top**2) ** 0.5 if unit_state else top,
+            integer_timesteps=convention != "euler",
+            end_scale=float(self.process.c_in(jnp.float32(sigmas[-1]))),
+            clip_sample_range=clip_range,
+            threshold=threshold,
+        )
 
     def _final(self, spaced: np.ndarray, counterpart: Counterpart) -> np.ndarray:
         """The spaced sigmas `[n + 1]` with the last step landing where the counterpart's does.

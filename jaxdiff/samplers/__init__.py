@@ -1,14 +1,13 @@
 """Samplers over the denoiser `D(x, sigma) -> x0_hat`, and guidance transforms of it.
 
 `get(name)` returns a registered sampler `fn(denoise, x, sigmas, key=None, **options) -> x`;
-`names()` lists them. Each sampler module registers its samplers on import (see `base.py`).
+`names()` lists them. The sampler families are the modules listed in `registry.py`; each
+registers its samplers with `@register` (see `base.py`).
 """
 
-from jaxdiff.samplers import ancestral, dpm_solver, dpm_solver_sde, multistep, ode, unipc
 from jaxdiff.samplers.base import (
     Denoise,
     Sampler,
-    check_option,
     check_sigmas,
     evals_per_step,
     get,
@@ -19,25 +18,20 @@ from jaxdiff.samplers.base import (
 )
 from jaxdiff.samplers.guidance import cfg
 from jaxdiff.samplers.noise import NOISE_KINDS, make_noise
+from jaxdiff.samplers.registry import FAMILIES
 
 __all__ = [
+    "FAMILIES",
     "NOISE_KINDS",
     "Denoise",
     "Sampler",
-    "ancestral",
     "cfg",
-    "check_option",
     "check_sigmas",
-    "dpm_solver",
-    "dpm_solver_sde",
     "evals_per_step",
     "get",
     "is_stochastic",
     "make_noise",
-    "multistep",
     "names",
-    "ode",
     "option_defaults",
     "register",
-    "unipc",
 ]

@@ -4,10 +4,11 @@ A sampler is a pure function `sampler(denoise, x, sigmas, key=None, **options) -
 integrates from noise level `sigmas[0]` down to `sigmas[-1]` with `jax.lax.scan`, where
 `denoise(x, sigma) -> x0_hat` takes a scalar sigma. Samplers never see eps or v.
 
-Adding a sampler is one small module whose functions are decorated with `@register("name")` plus
-one import line in `jaxdiff/samplers/__init__.py`. `register` also records `evals_per_step`, the
-denoiser calls one step makes (2 for Heun), which a benchmark uses to turn a budget of function
-evaluations into a number of steps, and read back with `evals_per_step(name)`.
+Adding a sampler family is one small module whose functions are decorated with
+`@register("name")` plus one entry in `FAMILIES` (`registry.py`). `register` also records
+`evals_per_step`, the denoiser calls one step makes (2 for Heun), which a benchmark uses to turn
+a budget of function evaluations into a number of steps, and read back with
+`evals_per_step(name)`.
 
 The registered function takes `(denoise, x, sigmas, key)` positionally and its options
 keyword-only; `register` wraps it so that every sampler, before it runs:
@@ -78,16 +79,6 @@ def _check_options(name: str, options: dict[str, Any], accepted: tuple[str, ...]
     if unknown:
         takes = f"accepted: {', '.join(accepted)}" if accepted else "it takes no options"
         raise UserError(f"sampler {name!r} does not take option {unknown[0]!r}; {takes}")
-
-
-def check_option(sampler: str, option: str, value: Any, accepted: tuple) -> None:
-    """`UserError` unless `value` is one of `accepted`, of the same type (so neither `True` nor
-    `2.0` passes for `2`)."""
-    if type(value) is not type(accepted[0]) or value not in accepted:
-        raise UserError(
-            f"sampler {sampler!r}: {option}={value!r} must be one of "
-            f"{', '.join(map(str, accepted))}"
-        )
 
 
 def register(name: str, evals_per_step: int = 1) -> Callable[[Callable[..., jax.Array]], Sampler]:

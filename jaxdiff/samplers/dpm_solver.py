@@ -16,10 +16,14 @@ higher-order terms are undefined there (diffusers' `final_sigmas_type="zero"`, k
 
 Multistep (`dpmpp_2m`, `dpmpp_3m` and the SDE variants in `dpm_solver_sde`): one denoiser call
 per step, reusing the denoised values of the previous steps; the first steps warm up with lower
-orders. With `lower_order_final` (default, as diffusers) and fewer than 15 steps the last step is
-first order and the one before at most second order. `solver_type` "midpoint" or "heun" picks the
-second-order coefficient `c_1 = phi_1 / 2` or `phi_2` (`DPMSolverMultistepScheduler`'s
-`solver_type`; it also applies to the second-order warm-up step of 3M).
+orders. With `lower_order_final` and fewer than 15 steps the last step is first order and the one
+before at most second order (diffusers' `DPMSolverMultistepScheduler` default; k-diffusion never
+lowers them). `solver_type` "midpoint" or "heun" picks the second-order coefficient
+`c_1 = phi_1 / 2` or `phi_2` (`DPMSolverMultistepScheduler`'s `solver_type`; it also applies to
+the second-order warm-up step of 3M, where k-diffusion's `sample_dpmpp_3m_sde` takes `phi_2`).
+
+The samplers with k-diffusion's names (`dpmpp_2m`, `dpmpp_2m_sde`, `dpmpp_3m_sde`) default to
+k-diffusion's settings; `dpmpp_3m`, which k-diffusion lacks, to diffusers'.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.errors import UserError
-from jaxdiff.samplers.base import Denoise, check_option, register
+from jaxdiff.errors import UserError, check_choice
+from jaxdiff.samplers.base import Denoise, register
 from jaxdiff.samplers.noise import NoiseSource
 
 SOLVER_TYPES = ("midpoint", "heun")
@@ -94,7 +98,7 @@ def dpmpp_multistep(
     SDE variant (k-diffusion `sample_dpmpp_2m_sde` / `sample_dpmpp_3m_sde`): over a step the
     exponential integrator runs with `(1 + eta) h` and adds noise of standard deviation
     `s_noise * sigma_next * sqrt(1 - e^{-2 eta h})`. x: [B, ...]; sigmas: [n + 1]."""
-    check_option(name, "solver_type", solver_type, SOLVER_TYPES)
+    check_choice(f"sampler {name!r}: solver_type", solver_type, SOLVER_TYPES)
     orders = _multistep_orders(sigmas.shape[0] - 1, order, lower_order_final)
     midpoint = solver_type == "midpoint"
 
@@ -144,12 +148,14 @@ def dpmpp_2m(
     key: jax.Array | None = None,
     *,
     solver_type: str = "midpoint",
-    lower_order_final: bool = True,
+    lower_order_final: bool = False,
 ) -> jax.Array:
-    """DPM-Solver++(2M): Lu et al. 2022 (DPM-Solver++), Algorithm 2; diffusers
-    `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`; k-diffusion
-    `sample_dpmpp_2m` is `lower_order_final=False`. One denoiser call per step; see "Multistep"
-    in the module docstring. x: [B, ...]; sigmas: [n + 1]."""
+    """DPM-Solver++(2M): Lu et al. 2022 (DPM-Solver++), Algorithm 2. By default k-diffusion's
+    `sample_dpmpp_2m`; `lower_order_final=True` is diffusers'
+    `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`, whose last step
+    is first order below 15 steps. The two differ only on schedules that end above sigma = 0
+    (a step into 0 is first order in both). One denoiser call per step; see "Multistep" in the
+    module docstring. x: [B, ...]; sigmas: [n + 1]."""
     return dpmpp_multistep(
         "dpmpp_2m",
         denoise,
@@ -173,9 +179,10 @@ def dpmpp_3m(
     exact_d2: bool = False,
 ) -> jax.Array:
     """DPM-Solver++(3M): diffusers `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
-    solver_order=3)`; the `eta = 0` limit of k-diffusion `sample_dpmpp_3m_sde`, which is
-    `solver_type="heun", lower_order_final=False`. One denoiser call per step; see "Multistep"
-    in the module docstring. x: [B, ...]; sigmas: [n + 1].
+    solver_order=3)`, with its defaults. With `solver_type="heun", lower_order_final=False` it
+    is the `eta = 0` limit of k-diffusion `sample_dpmpp_3m_sde` (jaxdiff's `dpmpp_3m_sde`
+    defaults). One denoiser call per step; see "Multistep" in the module docstring.
+    x: [B, ...]; sigmas: [n + 1].
 
     As in those implementations (and Lu et al.'s reference code), the second difference
     `D_2 = (D1_0 - D1_1) / (r0 + r1)` estimates `h^2 D'' / 2` but takes the weight `phi_3` whose
@@ -237,8 +244,8 @@ def dpm_solver(
     difference (DPM-Solver-3) while "heun" uses both (a Taylor expansion to second order).
     x: [B, ...]; sigmas: [n + 1].
     """
-    check_option("dpm_solver", "order", order, (1, 2, 3))
-    check_option("dpm_solver", "solver_type", solver_type, SOLVER_TYPES)
+    check_choice("sampler 'dpm_solver': order", order, (1, 2, 3))
+    check_choice("sampler 'dpm_solver': solver_type", solver_type, SOLVER_TYPES)
     midpoint = solver_type == "midpoint"
     n = sigmas.shape[0] - 1
     orders = jnp.where(
@@ -354,7 +361,7 @@ def dpm_adaptive(
     `max_steps` attempted steps (or on a non-finite step size), wherever it has got to.
     x: [B, ...]; sigmas: [n + 1].
     """
-    check_option("dpm_adaptive", "order", order, (2, 3))
+    check_choice("sampler 'dpm_adaptive': order", order, (2, 3))
     if rtol < 0 or atol < 0 or rtol + atol == 0:
         raise UserError(
             f"sampler 'dpm_adaptive': rtol={rtol} and atol={atol} must be >= 0, not both 0"

@@ -6,7 +6,9 @@ steps with ancestral noise (k-diffusion `sample_dpmpp_2s_ancestral`, `sample_dpm
 Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 (arXiv 2211.01095); see `dpm_solver` for the notation. The noise comes from
 `jaxdiff.samplers.noise.make_noise`; with `eta = 0` every sampler here is deterministic and needs
-no key.
+no key. The default `noise="independent"` draws a fresh normal per interval; k-diffusion's
+`sample_dpmpp_sde`, `sample_dpmpp_2m_sde` and `sample_dpmpp_3m_sde` default to its Brownian-tree
+noise sampler, which is `noise="brownian"` here.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ def dpmpp_2m_sde(
     s_noise: float = 1.0,
     noise: str = "independent",
     solver_type: str = "midpoint",
-    lower_order_final: bool = True,
+    lower_order_final: bool = False,
 ) -> jax.Array:
-    """DPM-Solver++(2M) SDE: k-diffusion `sample_dpmpp_2m_sde` (which is
-    `lower_order_final=False`); with `eta = 1` diffusers `DPMSolverMultistepScheduler(
-    algorithm_type="sde-dpmsolver++", solver_order=2)`; `eta = 0` is `dpmpp_2m`. One denoiser
-    call per step; see "Multistep" in `dpm_solver`. x: [B, ...]; sigmas: [n + 1]."""
+    """DPM-Solver++(2M) SDE. By default k-diffusion `sample_dpmpp_2m_sde` (its `solver_type`
+    "midpoint" or "heun" too); `lower_order_final=True` with `eta = 1` is diffusers'
+    `DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2)`, whose last
+    step is first order below 15 steps (the two differ only on schedules that end above
+    sigma = 0). `eta = 0` is `dpmpp_2m` with the same options. One denoiser call per step; see
+    "Multistep" in `dpm_solver`. x: [B, ...]; sigmas: [n + 1]."""
     return dpmpp_multistep(
         "dpmpp_2m_sde",
         denoise,
@@ -62,14 +66,18 @@ def dpmpp_3m_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
     noise: str = "independent",
-    solver_type: str = "midpoint",
-    lower_order_final: bool = True,
+    solver_type: str = "heun",
+    lower_order_final: bool = False,
 ) -> jax.Array:
-    """DPM-Solver++(3M) SDE: k-diffusion `sample_dpmpp_3m_sde` is `solver_type="heun",
-    lower_order_final=False`; `eta = 0` is `dpmpp_3m`. diffusers' `sde-dpmsolver++` with
-    `solver_order=3` differs in its third-order term, which it weights by `-(phi_3(2h) + 1)`
-    instead of `-phi_3(2h)`. One denoiser call per step; see "Multistep" in `dpm_solver`.
-    docstring. x: [B, ...]; sigmas: [n + 1]."""
+    """DPM-Solver++(3M) SDE. By default k-diffusion `sample_dpmpp_3m_sde`: its second-order
+    warm-up step weights the first difference by `phi_2` ("heun") and every step but the one
+    into sigma = 0 takes the highest order available. `solver_type="midpoint",
+    lower_order_final=True` are diffusers' `DPMSolverMultistepScheduler(
+    algorithm_type="sde-dpmsolver++", solver_order=3)` defaults (`phi_1 / 2`, and first- and
+    second-order last steps below 15 steps); diffusers also weights the third-order term by
+    `-(phi_3(2h) + 1)` where the exponential integrator has `-phi_3(2h)`, which no option
+    reproduces. `eta = 0` is `dpmpp_3m` with the same options. One denoiser call per step; see
+    "Multistep" in `dpm_solver`. x: [B, ...]; sigmas: [n + 1]."""
     return dpmpp_multistep(
         "dpmpp_3m_sde",
         denoise,

@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.errors import UserError
-from jaxdiff.samplers.base import Denoise, check_option, register
+from jaxdiff.errors import UserError, check_choice
+from jaxdiff.samplers.base import Denoise, register
 
 # The variable in which past derivatives are interpolated (module docstring).
 Variable = Literal["sigma", "log_sigma", "uniform"]
@@ -59,7 +59,7 @@ _DEIS_LOWER_ORDER_FINAL_BELOW = 15
 
 def _check_order(name: str, order: int, max_order: int) -> int:
     """`order` as an int, or `UserError` unless it is one of 1..max_order."""
-    check_option(name, "order", order, tuple(range(1, max_order + 1)))
+    check_choice(f"sampler {name!r}: order", order, tuple(range(1, max_order + 1)))
     return int(order)
 
 

@@ -27,8 +27,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.errors import UserError
-from jaxdiff.samplers.base import check_option
+from jaxdiff.errors import UserError, check_choice
 
 # noise(sigma [], sigma_next []) -> eps [*shape], standard normal
 NoiseSource = Callable[[jax.Array, jax.Array], jax.Array]
@@ -108,7 +107,7 @@ def make_noise(
     """The noise source `kind` for a stochastic `sampler` run from `x` along `sigmas`.
 
     Raises `UserError` for an unknown kind or a missing key."""
-    check_option(sampler, "noise", kind, NOISE_KINDS)
+    check_choice(f"sampler {sampler!r}: noise", kind, NOISE_KINDS)
     if key is None:
         raise UserError(f"sampler {sampler!r} adds noise and needs a key")
     if kind == "independent":
@@ -130,6 +129,6 @@ def stochastic_noise(
     if not eta >= 0:
         raise UserError(f"sampler {sampler!r}: eta={eta} must be >= 0")
     if eta == 0:
-        check_option(sampler, "noise", kind, NOISE_KINDS)
+        check_choice(f"sampler {sampler!r}: noise", kind, NOISE_KINDS)
         return None
     return make_noise(sampler, kind, key, x, sigmas)

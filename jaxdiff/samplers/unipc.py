@@ -21,7 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers.base import Denoise, check_option, register
+from jaxdiff.errors import check_choice
+from jaxdiff.samplers.base import Denoise, register
 
 ORDERS = (1, 2, 3)
 VARIANTS = ("bh1", "bh2")
@@ -99,8 +100,8 @@ def unipc(
     `disable_corrector` listing every step. `variant` picks B(h): "bh1" (`-h`) or "bh2"
     (`expm1(-h)`).
     """
-    check_option("unipc", "order", order, ORDERS)
-    check_option("unipc", "variant", variant, VARIANTS)
+    check_choice("sampler 'unipc': order", order, ORDERS)
+    check_choice("sampler 'unipc': variant", variant, VARIANTS)
     bh2 = variant == "bh2"
     n = sigmas.shape[0] - 1
     lambdas = -jnp.log(sigmas)  # [n + 1]; inf at sigma = 0

@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxdiff.configuration import require
+from jaxdiff.atomic_write import atomic_path
 from jaxdiff.data.pipeline import ImageTextDataset
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, require
 from jaxdiff.models.text_to_image import TextToImageModel
 
 CACHE_DIR = "encodings"
@@ -109,31 +109,28 @@ def _encode(model: TextToImageModel, images: jax.Array, ids: jax.Array):
 
 def _build(model, data: ImageTextDataset, text_ids, directory: Path, batch_size: int) -> None:
     """Encodes every record of ``data``'s source in order into ``directory`` (written whole or
-    not at all: a partial folder, renamed when complete)."""
+    not at all: ``atomic_path``)."""
     _check_single_captions(data.source)
     count = len(data.source)
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    files = {}
-    for start, batch in data.unaugmented().batches(range(count), batch_size):
-        positions = np.arange(start, start + len(batch["caption"]))
-        moments, context = jax.device_get(
-            _encode(model, batch["image"], text_ids(batch["caption"]))
-        )
-        if not files:
-            files = {
-                name: np.lib.format.open_memmap(
-                    partial / f"{name}.npy", "w+", np.float32, (count, *value.shape[1:])
-                )
-                for name, value in (("moments", moments), ("context", context))
-            }
-        files["moments"][positions] = moments
-        files["context"][positions] = context
-    for array in files.values():
-        array.flush()
-    _, unconditional = jax.device_get(
-        _encode(model, batch["image"][:1], text_ids([""]))
-    )  # [1, T, D]
-    np.save(partial / "unconditional.npy", unconditional)
-    partial.replace(directory)
+    with atomic_path(directory, directory=True) as partial:
+        files = {}
+        for start, batch in data.unaugmented().batches(range(count), batch_size):
+            positions = np.arange(start, start + len(batch["caption"]))
+            moments, context = jax.device_get(
+                _encode(model, batch["image"], text_ids(batch["caption"]))
+            )
+            if not files:
+                files = {
+                    name: np.lib.format.open_memmap(
+                        partial / f"{name}.npy", "w+", np.float32, (count, *value.shape[1:])
+                    )
+                    for name, value in (("moments", moments), ("context", context))
+                }
+            files["moments"][positions] = moments
+            files["context"][positions] = context
+        for array in files.values():
+            array.flush()
+        _, unconditional = jax.device_get(
+            _encode(model, batch["image"][:1], text_ids([""]))
+        )  # [1, T, D]
+        np.save(partial / "unconditional.npy", unconditional)

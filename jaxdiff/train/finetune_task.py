@@ -19,19 +19,21 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxdiff.checkpoint import latest_step
-from jaxdiff.configuration import require
-from jaxdiff.convert.components import abstract_model, read_config
+from jaxdiff.atomic_write import atomic_path
+from jaxdiff.convert.components import abstract_model, read_component_config
 from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.pipeline_components import NETWORKS, resolve_model_dir
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion
+from jaxdiff.errors import require
 from jaxdiff.models.text_to_image import TextToImageModel
+from jaxdiff.pipelines import StableDiffusion
 from jaxdiff.pipelines.prompts import tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 from jaxdiff.train import encoding_cache
-from jaxdiff.train.tasks import DTYPES
-from jaxdiff.train.text_to_image_task import Generate, caption_dropout_loss, preview
+from jaxdiff.train.tasks import DTYPES, image_preview
+from jaxdiff.train.text_to_image_task import caption_dropout_loss
+from jaxdiff.workdir import checkpoint_step
 
 PRETRAINED_DIR = "pretrained"  # architecture files, tokenizer and scheduler, copied from the model
 FINETUNE_WEIGHTINGS = ("uniform", "min_snr")
@@ -48,10 +50,8 @@ class FinetuneTask:
 
         self.config = config
         # A run's own copy of the model's description, once it has a checkpoint (its weights).
-        from jaxdiff.train.trainer import CHECKPOINT_DIR
-
         saved = workdir / PRETRAINED_DIR if workdir is not None else None
-        trained = saved is not None and latest_step(workdir / CHECKPOINT_DIR) is not None
+        trained = saved is not None and checkpoint_step(workdir) is not None
         self.source = saved if trained and saved.is_dir() else None
         if self.source is None:
             require(
@@ -60,7 +60,7 @@ class FinetuneTask:
                 "--config.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5",
             )
             self.source = resolve_model_dir(config.pretrained, config.variant or None)
-        self.configs = {name: read_config(self.source / name) for name in NETWORKS}
+        self.configs = {name: read_component_config(self.source / name) for name in NETWORKS}
         scheduler = read_json_object(self.source / "scheduler" / "scheduler_config.json")
         self.scheduler_config = scheduler
         schedule = SchedulerConfig.from_dict(scheduler)
@@ -102,6 +102,7 @@ class FinetuneTask:
             name: _zeros(abstract_model(self.configs[name], str(self.source / name), dtype))
             for name in NETWORKS
         }
+        networks["unet"].remat = self.config.train.remat  # its blocks read it when called
         return TextToImageModel(
             networks["text_encoder"],
             networks["unet"],
@@ -122,15 +123,13 @@ class FinetuneTask:
             nnx.update(module, nnx.state(loaded))
         target = workdir / PRETRAINED_DIR
         if jax.process_index() == 0 and self.source != target:
-            partial = workdir / f"{PRETRAINED_DIR}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.rmtree(target, ignore_errors=True)  # left by a run that died before a save
-            for name in NETWORKS:
-                (partial / name).mkdir(parents=True)
-                shutil.copy2(self.source / name / "config.json", partial / name / "config.json")
-            shutil.copytree(self.source / "tokenizer", partial / "tokenizer")
-            shutil.copytree(self.source / "scheduler", partial / "scheduler")
-            partial.replace(target)
+            # A copy left by a run that died before its first save is replaced.
+            with atomic_path(target, directory=True) as partial:
+                for name in NETWORKS:
+                    (partial / name).mkdir()
+                    shutil.copy2(self.source / name / "config.json", partial / name / "config.json")
+                shutil.copytree(self.source / "tokenizer", partial / "tokenizer")
+                shutil.copytree(self.source / "scheduler", partial / "scheduler")
 
     def text_ids(self, captions: list[str]) -> np.ndarray:
         """Token ids `[N, T]` of captions, cut at the tokenizer's limit (silently: training
@@ -157,38 +156,14 @@ class FinetuneTask:
         unconditional = self.cache.unconditional if cached else self.unconditional_ids
         return caption_dropout_loss(self.diffusion, rate, unconditional, model, batch)
 
-    def pipeline(self, model: TextToImageModel):
-        from jaxdiff.pipelines import StableDiffusion
-
+    def pipeline(self, model: TextToImageModel) -> StableDiffusion:
         return StableDiffusion(
             model.unet, model.autoencoder, model.text_encoder, self.tokenizer, self.scheduler_config
         )
 
-    def generator(self, model: TextToImageModel) -> Generate:
-        """``generate(prompts, seed, first_index=0)``: uint8 images `[N, S, S, 3]` at the data's
-        size, image i the ``first_index + i``-th of ``seed``, the config's sampling."""
-        sample = self.config.sample
-        size = self.config.data.image_size
-        pipeline = self.pipeline(model)
-
-        def generate(prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray:
-            pictures = pipeline(
-                prompts,
-                height=size,
-                width=size,
-                num_inference_steps=sample.steps,
-                guidance_scale=sample.guidance,
-                sampler=sample.sampler,
-                seed=seed,
-                first_index=first_index,
-            )  # [N, S, S, 3] in [0, 1]
-            return np.rint(np.asarray(pictures) * 255.0).astype(np.uint8)
-
-        return generate
-
     def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, Any]]:
         """One sample for each preview prompt, with the config's sampler settings."""
-        return preview(self.config.sample, self.generator(model))
+        return image_preview(self, model)
 
 
 def _zeros(abstract: nnx.Module) -> nnx.Module:

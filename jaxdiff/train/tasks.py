@@ -1,9 +1,15 @@
-"""What a training job supplies to the trainer, and the registry of jobs by config name."""
+"""What a training job supplies to the trainer, the capabilities some jobs add, and the registry
+of jobs by config name.
+
+Every task is a `Task`; one whose model makes images from prompts is also an `ImageTask`, which
+sampling, previews and evaluation take (``isinstance(task, ImageTask)``). A trained workdir's task
+is `load_task`'s, its weights `load_model`'s.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -11,23 +17,31 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxdiff.configuration import require
-from jaxdiff.errors import UserError
+from jaxdiff import config_groups, images, samplers
+from jaxdiff import workdir as workdir_files
+from jaxdiff.diffusion import Diffusion
+from jaxdiff.errors import UserError, check_choice, require
+from jaxdiff.pipelines.base import Pipeline
 from jaxdiff.train.optim import LR_SCHEDULES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NONFINITE_POLICIES = ("stop", "skip")  # stop the run, or skip the update and count it
 
 
+@runtime_checkable
 class Task(Protocol):
     """A trainable job: its model, its data stream, its loss and a picture of its progress."""
 
+    config: ml_collections.ConfigDict
     trainable: nnx.filterlib.Filter  # the parameters the optimizer and the EMA update
 
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
 
     def initialize(self, model: nnx.Module, workdir: Path) -> None:
         """Set-up of a fresh run (pretrained parts, files saved beside the checkpoints)."""
+
+    def prepare(self, model: nnx.Module, workdir: Path) -> None:
+        """Work that needs the weights, fresh or restored, before the first step."""
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The examples at ``indices`` (positions in the data stream): a function of the indices
@@ -37,8 +51,72 @@ class Task(Protocol):
         """Per-example losses [B] and metrics {name: [B]}; ``batch["key"]`` holds one PRNG key
         per example, the only source of randomness."""
 
-    def preview(self, model: nnx.Module) -> tuple[np.ndarray, dict[str, str]]:
+    def preview(self, model: nnx.Module) -> tuple[np.ndarray, dict[str, Any]]:
         """A uint8 image grid showing the model's progress and the PNG text that describes it."""
+
+
+@runtime_checkable
+class ImageTask(Task, Protocol):
+    """A task whose model makes images from prompts: a diffusion model on a captioned data set,
+    sampled by a pipeline with the config's ``sample`` settings."""
+
+    diffusion: Diffusion
+    pixel_space: bool  # True: the denoiser works on pixels (no autoencoder)
+    data: Any  # jaxdiff.data.pipeline.ImageTextDataset
+
+    def text_ids(self, captions: list[str]) -> np.ndarray:
+        """Token ids `[N, T]` of captions."""
+
+    def pipeline(self, model: nnx.Module) -> Pipeline:
+        """The pipeline that samples ``model``."""
+
+
+def generator(task: ImageTask, model: nnx.Module, **sampling: Any):
+    """``generate(prompts, seed, first_index=0)``: uint8 images `[N, S, S, 3]` at the data's
+    size with the config's ``sample`` settings (``sampling``: pipeline arguments that replace
+    them), image i the ``first_index + i``-th of ``seed`` (the pipelines' per-image keys)."""
+    sample, size = task.config.sample, task.config.data.image_size
+    settings = {
+        "height": size,
+        "width": size,
+        "num_inference_steps": sample.steps,
+        "guidance_scale": sample.guidance,
+        "sampler": sample.sampler,
+        **sampling,
+    }
+    pipeline = task.pipeline(model)
+
+    def generate(prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray:
+        pictures = pipeline(prompts, seed=seed, first_index=first_index, **settings)
+        return images.to_uint8(pictures, (0.0, 1.0))  # [N, S, S, 3]
+
+    return generate
+
+
+def image_preview(task: ImageTask, model: nnx.Module) -> tuple[np.ndarray, dict[str, Any]]:
+    """A row of one image per preview prompt (seed 0) and the PNG text describing it."""
+    sample = task.config.sample
+    prompts = list(sample.preview_prompts)
+    text = {
+        "prompts": " | ".join(prompts),
+        "seed": 0,
+        "sampler": sample.sampler,
+        "steps": sample.steps,
+        "guidance": sample.guidance,
+    }
+    return images.grid(generator(task, model)(prompts, 0), columns=len(prompts)), text
+
+
+def validate_sample(config: ml_collections.ConfigDict) -> None:
+    """Checks an image task's ``sample`` group."""
+    sample = config.sample
+    require(sample.steps > 0, f"sample.steps must be > 0, got {sample.steps}")
+    require(sample.guidance >= 0, f"sample.guidance must be >= 0, got {sample.guidance}")
+    samplers.get(sample.sampler)
+    require(
+        len(sample.preview_prompts) > 0 or not config.train.preview_every,
+        "sample.preview_prompts is empty; give prompts or set train.preview_every=0",
+    )
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Task:
@@ -48,20 +126,59 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = No
     from jaxdiff.train.vae_task import VAETask
 
     tasks = {"vae": VAETask, "text_to_image": TextToImageTask, "finetune": FinetuneTask}
-    if config.task not in tasks:
-        raise UserError(f"unknown task {config.task!r}; accepted: {', '.join(sorted(tasks))}")
+    check_choice("task", config.task, tuple(sorted(tasks)))
     validate_common(config)
     task = tasks[config.task](config, None if workdir is None else Path(workdir))
-    if config.eval.metrics.strip() and not hasattr(task, "generator"):
-        raise UserError(f"eval.metrics: a {config.task!r} model does not generate images")
+    if config_groups.metric_names(config.eval):
+        require_image_task(task, "eval.metrics")
     return task
+
+
+def require_image_task(task: Task, what: str) -> ImageTask:
+    """``task``, refused with one line (``what`` names the setting that needs images) unless its
+    model makes images from prompts."""
+    if not isinstance(task, ImageTask):
+        raise UserError(f"{what}: a {task.config.task!r} model does not generate images")
+    return task
+
+
+def load_task(workdir: str | Path, overrides: list[str] = ()) -> Task:
+    """The task of a trained ``workdir`` (its config, tokenizer, ...) without its weights; its
+    config changed by ``overrides`` ("key=value")."""
+    return make_task(workdir_files.saved_config(workdir, overrides), workdir=workdir)
+
+
+def load_image_task(workdir: str | Path, overrides: list[str] = ()) -> ImageTask:
+    """`load_task`, refused with one line unless the run's model makes images from prompts."""
+    task = load_task(workdir, overrides)
+    if not isinstance(task, ImageTask):
+        raise UserError(
+            f"workdir {str(workdir)!r} holds a {task.config.task!r} model, not a text-to-image one"
+        )
+    return task
+
+
+def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Module:
+    """The model of ``task`` with the newest weights of ``workdir`` (EMA ones by default)."""
+    return load_weights(task, workdir, use_ema)[1]
+
+
+def load_weights(task: Task, workdir: str | Path, use_ema: bool = True) -> tuple[int, nnx.Module]:
+    """`load_model`, with the checkpoint step its weights were read from (the newest readable
+    one)."""
+    model = task.build_model(nnx.Rngs(0))  # every weight is replaced by the checkpoint's
+    return workdir_files.restore_weights(model, task.trainable, workdir, use_ema), model
+
+
+def load_trained(workdir: str | Path, use_ema: bool = True) -> tuple[Task, nnx.Module]:
+    """The task and the trained model of ``workdir`` (EMA weights unless ``use_ema`` is False)."""
+    task = load_task(workdir)
+    return task, load_model(task, workdir, use_ema)
 
 
 def validate_common(config: ml_collections.ConfigDict) -> None:
     """Checks the fields every task shares; each message names the value and what is accepted."""
-    from jaxdiff.evaluation.evaluate import validate_eval_config
-
-    validate_eval_config(config.eval, config.data)
+    config_groups.validate_evaluation(config.eval, config.data)
     train = config.train
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
         require(train[name] > 0, f"train.{name} must be > 0, got {train[name]}")
@@ -79,20 +196,9 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
     for name in ("ema_half_life_images", "ema_rampup"):
         require(train[name] >= 0, f"train.{name} must be >= 0, got {train[name]}")
     require(train.micro_batches > 0, f"train.micro_batches must be > 0, got {train.micro_batches}")
-    require(
-        train.on_nonfinite in NONFINITE_POLICIES,
-        f"train.on_nonfinite {train.on_nonfinite!r} is not supported; "
-        f"accepted: {', '.join(NONFINITE_POLICIES)}",
-    )
-    require(
-        train.lr_schedule in LR_SCHEDULES,
-        f"train.lr_schedule {train.lr_schedule!r} is not supported; "
-        f"accepted: {', '.join(LR_SCHEDULES)}",
-    )
-    require(
-        config.model.dtype in DTYPES,
-        f"model.dtype {config.model.dtype!r} is not supported; accepted: {', '.join(DTYPES)}",
-    )
+    check_choice("train.on_nonfinite", train.on_nonfinite, NONFINITE_POLICIES)
+    check_choice("train.lr_schedule", train.lr_schedule, tuple(LR_SCHEDULES))
+    check_choice("model.dtype", config.model.dtype, tuple(DTYPES))
 
 
 def split_keys(keys: jax.Array, n: int) -> tuple[jax.Array, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,30 +17,28 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxdiff import images, samplers
-from jaxdiff.checkpoint import latest_step
-from jaxdiff.configuration import from_json, require
+from jaxdiff.atomic_write import write_atomically
+from jaxdiff.configuration import from_dict, from_json
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion, make_process
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, require
 from jaxdiff.models.clip_text import CLIPTextTransformer
 from jaxdiff.models.text_to_image import TextToImageModel
-from jaxdiff.models.tokenizer import build_tokenizer, encode, load_tokenizer, save_tokenizer
+from jaxdiff.models.tokenizer import (
+    build_tokenizer,
+    encode,
+    load_word_tokenizer,
+    save_tokenizer,
+)
 from jaxdiff.models.unet import UNet
 from jaxdiff.models.vae import AutoencoderKL
 from jaxdiff.pipelines.text_to_image import TextToImagePipeline
-from jaxdiff.train.tasks import DTYPES, split_keys
+from jaxdiff.train.tasks import DTYPES, image_preview, split_keys, validate_sample
+from jaxdiff.workdir import checkpoint_step, restore_weights, saved_config_dict
 
 AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, beside its weights
 TOKENIZER_DIR = "tokenizer"
 LATENT_SCALE_IMAGES = 1024  # images encoded to measure the latent standard deviation
-
-
-class Generate(Protocol):
-    """A task's sampling: uint8 images `[N, H, W, 3]` for prompts, image i the
-    ``first_index + i``-th image of ``seed``."""
-
-    def __call__(self, prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray: ...
 
 
 class TextToImageTask:
@@ -53,7 +51,7 @@ class TextToImageTask:
         self.data = make_dataset(config.data)
         saved_tokenizer = workdir is not None and (workdir / TOKENIZER_DIR).is_dir()
         self.tokenizer = (
-            load_tokenizer(workdir / TOKENIZER_DIR)
+            load_word_tokenizer(workdir / TOKENIZER_DIR)
             if saved_tokenizer
             else build_tokenizer(self.data.vocabulary(), config.model.text.max_position_embeddings)
         )
@@ -80,14 +78,7 @@ class TextToImageTask:
             0.0 <= config.train.caption_dropout < 1.0,
             f"train.caption_dropout must be in [0, 1), got {config.train.caption_dropout}",
         )
-        sample = config.sample
-        require(sample.steps > 0, f"sample.steps must be > 0, got {sample.steps}")
-        require(sample.guidance >= 0, f"sample.guidance must be >= 0, got {sample.guidance}")
-        samplers.get(sample.sampler)
-        require(
-            len(sample.preview_prompts) > 0 or not config.train.preview_every,
-            "sample.preview_prompts is empty; give prompts or set train.preview_every=0",
-        )
+        validate_sample(config)
         self.diffusion = Diffusion(
             process=make_process(config.diffusion.process, **config.diffusion.process_options),
             parameterization=config.diffusion.parameterization,
@@ -95,7 +86,7 @@ class TextToImageTask:
             min_snr_gamma=config.diffusion.min_snr_gamma,
         )
         self.unconditional_ids = encode(self.tokenizer, [""])  # [1, T]
-        encode(self.tokenizer, list(sample.preview_prompts))  # unknown words fail now, not later
+        self.text_ids(list(config.sample.preview_prompts))  # unknown words fail now, not later
 
     def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:
         model = self.config.model
@@ -128,16 +119,14 @@ class TextToImageTask:
             save_tokenizer(self.tokenizer, workdir / TOKENIZER_DIR)
         if model.autoencoder is None:
             return
-        from jaxdiff.train.trainer import load_trained
-
-        _, autoencoder = load_trained(self.config.vae_workdir)
-        nnx.update(model.autoencoder, nnx.state(autoencoder))
+        restore_weights(model.autoencoder, nnx.Param, self.config.vae_workdir)
         sample = self.data.batch(np.arange(LATENT_SCALE_IMAGES))["image"]
-        latents, _ = autoencoder.encode(jnp.asarray(sample))  # the posterior means
+        latents, _ = model.autoencoder.encode(jnp.asarray(sample))  # the posterior means
         model.latent_scale.set_value(1.0 / jnp.std(latents))
         if jax.process_index() == 0:
-            (workdir / AUTOENCODER_FILE).write_text(
-                json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list)
+            write_atomically(
+                workdir / AUTOENCODER_FILE,
+                json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list),
             )
 
     def text_ids(self, captions: list[str]) -> np.ndarray:
@@ -152,30 +141,17 @@ class TextToImageTask:
         rate = self.config.train.caption_dropout
         return caption_dropout_loss(self.diffusion, rate, self.unconditional_ids, model, batch)
 
+    def prepare(self, model: TextToImageModel, workdir: Path) -> None:
+        del model, workdir  # nothing to compute from the weights
+
     def pipeline(self, model: TextToImageModel) -> TextToImagePipeline:
-        return TextToImagePipeline(model, self.tokenizer, self.diffusion, self.latent_shape)
+        return TextToImagePipeline(
+            model, self.tokenizer, self.diffusion, self.config.data.image_size
+        )
 
-    def generator(self, model: TextToImageModel) -> Generate:
-        """``generate(prompts, seed, first_index=0)``: uint8 images `[N, H, W, 3]`, image i
-        the ``first_index + i``-th of ``seed``, the config's sampling."""
-        sample = self.config.sample
-        pipeline = self.pipeline(model)
-
-        def generate(prompts: list[str], seed: int, first_index: int = 0) -> np.ndarray:
-            return pipeline(
-                prompts,
-                seed=seed,
-                first_index=first_index,
-                steps=sample.steps,
-                guidance=sample.guidance,
-                sampler=sample.sampler,
-            )
-
-        return generate
-
-    def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, str]]:
+    def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, Any]]:
         """One sample for each preview prompt, with the config's sampler settings."""
-        return preview(self.config.sample, self.generator(model))
+        return image_preview(self, model)
 
 
 def caption_dropout_loss(
@@ -206,21 +182,6 @@ def caption_dropout_loss(
     return diffusion.loss(model.unet, x0.astype(jnp.float32), noise_keys, context), {}  # [B]
 
 
-def preview(
-    sample: ml_collections.ConfigDict, generate: Generate
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A row of one image per preview prompt (seed 0) and the PNG text describing it."""
-    prompts = list(sample.preview_prompts)
-    text = {
-        "prompts": " | ".join(prompts),
-        "seed": 0,
-        "sampler": sample.sampler,
-        "steps": sample.steps,
-        "guidance": sample.guidance,
-    }
-    return images.grid(generate(prompts, 0), columns=len(prompts)), text
-
-
 def _autoencoder_config(
     config: ml_collections.ConfigDict, workdir: Path | None
 ) -> ml_collections.ConfigDict | None:
@@ -229,18 +190,13 @@ def _autoencoder_config(
         return from_json((workdir / AUTOENCODER_FILE).read_text())
     if not config.vae_workdir:
         return None
-    vae_workdir = Path(config.vae_workdir)
-    path = vae_workdir / "config.json"
-    if not path.is_file() or latest_step(vae_workdir / "checkpoints") is None:
+    if checkpoint_step(config.vae_workdir) is None:
         raise UserError(
             f"vae_workdir {config.vae_workdir!r} holds no trained autoencoder; "
             "train one with 'jaxdiff train --config configs/shapes_vae.py --workdir DIR'"
         )
-    try:
-        vae_config = from_json(path.read_text())
-        task = vae_config.task
-    except (ValueError, AttributeError):
-        raise UserError(f"{path} is not a jaxdiff config") from None
+    vae_config = from_dict(saved_config_dict(config.vae_workdir))
+    task = vae_config.task
     if task != "vae":
         raise UserError(
             f"vae_workdir {config.vae_workdir!r} holds a {task!r} run, not an autoencoder"

@@ -10,7 +10,6 @@ uninterrupted run would have taken. A SIGTERM saves a checkpoint and ends the ru
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -27,35 +26,47 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxdiff import config_groups, configuration, images, parallel
-from jaxdiff.checkpoint import PROGRESS, Checkpointer, latest_step
-from jaxdiff.errors import UserError
-from jaxdiff.evaluation.evaluate import Evaluator
+from jaxdiff import configuration, images, parallel
+from jaxdiff.atomic_write import write_atomically
+from jaxdiff.checkpoint import RUN_RECORD, Checkpointer
+from jaxdiff.errors import UserError, require
 from jaxdiff.train.ema import make_ema_decay
 from jaxdiff.train.optim import learning_rate_schedule, make_optimizer
 from jaxdiff.train.state import StateLayout, as_targets, build_layout, initial_state, place
 from jaxdiff.train.step import initial_health, make_train_step
 from jaxdiff.train.tasks import Task, make_task
+from jaxdiff.workdir import CHECKPOINT_DIR, CONFIG_FILE, ITEMS, saved_config_dict
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-ITEMS = ("model", "optimizer", "ema")
+Evaluate = Callable[[nnx.Module], dict[str, float]]  # model -> metrics
+MakeEvaluator = Callable[[Task, ml_collections.ConfigDict, Path], Evaluate]
 # Config groups and keys that may change between restarts.
 RESUMABLE_GROUPS = ("train", "sample", "eval", "mesh", "sharding_rules")
 RESUMABLE_KEYS = ("data.threads",)  # how the data is read, not what is read
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    progress: bool = True,
+    make_evaluator: MakeEvaluator | None = None,
+) -> dict:
     """Trains ``config`` in ``workdir``, resuming from its newest readable checkpoint if any.
 
-    Returns the last logged metrics (floats), with ``steps`` and ``seconds``; ``preempted`` is
-    True when a SIGTERM stopped the run after saving a checkpoint.
+    ``progress`` shows a progress bar; ``make_evaluator(task, config, workdir)`` builds the
+    periodic evaluation (``config.eval.every``), e.g. ``jaxdiff.evaluation.Evaluator``, once,
+    before training. Returns the last logged metrics (floats), with ``steps`` and ``seconds``;
+    ``preempted`` is True when a SIGTERM stopped the run after saving a checkpoint.
     """
     parallel.initialize_distributed()
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"workdir {str(workdir)!r} is a file; give a directory")
     task = make_task(config, workdir)  # validates the config before anything is written
+    require(
+        not config.eval.every or make_evaluator is not None,
+        f"eval.every is {config.eval.every} but no evaluator was given; train with 'jaxdiff "
+        "train' or pass make_evaluator=jaxdiff.evaluation.Evaluator",
+    )
     train_config = config.train
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.check_rules(config.sharding_rules)
@@ -83,17 +94,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         start, state, ema, saved = _restore(checkpointer, layout)
         root_key = jax.random.wrap_key_data(jnp.asarray(saved["root_key"], jnp.uint32))
         position, nonfinite = saved["data_position"], saved["nonfinite_steps"]
-    if hasattr(task, "prepare"):  # work that needs the weights, fresh or restored
-        model, _ = nnx.merge(layout.graphdef, state, copy=True)
-        task.prepare(model, workdir)
-        del model
+    model, _ = nnx.merge(layout.graphdef, state, copy=True)
+    task.prepare(model, workdir)  # work that needs the weights, fresh or restored
+    del model
     steps = train_config.steps
     if start > steps:
         raise UserError(
             f"workdir {str(workdir)!r} has a checkpoint at step {start}, past train.steps={steps}"
         )
+    evaluate = make_evaluator(task, config, workdir) if config.eval.every else None
     if is_main:
-        _write_atomically(workdir / CONFIG_FILE, configuration.to_json(config))
+        write_atomically(workdir / CONFIG_FILE, configuration.to_json(config))
 
     batch_sharding = parallel.batch_sharding(mesh)
     replicated = parallel.replicated(mesh)
@@ -103,7 +114,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     health = jax.device_put(initial_health(), replicated)
     health["nonfinite_steps"] = jax.device_put(jnp.int32(nonfinite), replicated)
     lr = learning_rate_schedule(train_config)
-    evaluator = Evaluator(task, config, workdir) if config.eval.every else None
     logger = _Logger(workdir, enabled=is_main, resumed_at=start)
     bar = tqdm(
         total=steps,
@@ -158,7 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                     if preview:
                         _preview(task, model, workdir, done)
                     if evaluation:
-                        logger.scalars(done, evaluator(model), kind="eval")
+                        logger.scalars(done, evaluate(model), kind="eval")
                     del model
                     logged_at = time.perf_counter()  # the step rate counts training alone
             checkpointer.wait()  # a second SIGTERM cannot cut the last save short
@@ -213,53 +223,13 @@ def compile_step(
     )
 
 
-def load_trained(workdir: str | Path, use_ema: bool = True) -> tuple[Task, nnx.Module]:
-    """The task and the trained model of ``workdir`` (EMA weights unless ``use_ema`` is False)."""
-    task = load_task(workdir)
-    return task, load_model(task, workdir, use_ema)
-
-
-def load_task(workdir: str | Path, overrides: list[str] = ()) -> Task:
-    """The task of a trained ``workdir`` (its config, tokenizer, ...) without its weights; its
-    config changed by ``overrides`` ("key=value")."""
-    workdir = Path(workdir)
-    config_path = workdir / CONFIG_FILE
-    if not config_path.is_file() or latest_step(workdir / CHECKPOINT_DIR) is None:
-        raise UserError(
-            f"workdir {str(workdir)!r} has no checkpoint; train one first with "
-            f"'jaxdiff train --config CONFIG --workdir {workdir}'"
-        )
-    config = configuration.from_dict(_saved_config(config_path))
-    configuration.apply_overrides(config, list(overrides))
-    return make_task(config, workdir=workdir)
-
-
-def load_model(task: Task, workdir: str | Path, use_ema: bool = True) -> nnx.Module:
-    """The model of ``task`` with the newest weights of ``workdir`` (EMA ones by default)."""
-    checkpointer = Checkpointer(Path(workdir) / CHECKPOINT_DIR, ITEMS, read_only=True)
-    model = task.build_model(nnx.Rngs(0))  # every weight is replaced by the checkpoint's
-    model_state = nnx.state(model)
-    ema = nnx.state(model, task.trainable)
-    _, restored = checkpointer.restore_latest(
-        {"model": nnx.to_pure_dict(model_state), "ema": nnx.to_pure_dict(ema)}
-    )
-    checkpointer.close()
-    nnx.replace_by_pure_dict(model_state, restored["model"])
-    nnx.update(model, model_state)
-    if use_ema:
-        nnx.replace_by_pure_dict(ema, restored["ema"])
-        nnx.update(model, ema)
-    return model
-
-
 def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     """A workdir holds one run: resuming is refused when anything but the ``RESUMABLE_GROUPS``
     (steps, intervals, previews, evaluation, the mesh) and ``RESUMABLE_KEYS`` differs from the
     saved config."""
-    path = workdir / CONFIG_FILE
-    if not path.is_file():
+    if not (workdir / CONFIG_FILE).is_file():
         return
-    saved = _saved_config(path)
+    saved = saved_config_dict(workdir)
     current = json.loads(configuration.to_json(config))
     for group in sorted((set(saved) | set(current)) - set(RESUMABLE_GROUPS)):
         if _fixed(saved.get(group), group) != _fixed(current.get(group), group):
@@ -269,36 +239,11 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> N
             )
 
 
-def _saved_config(path: Path) -> dict[str, Any]:
-    """The config a run saved at ``path`` (its JSON object), refused with one line when it lacks
-    a field that every config holds (``jaxdiff.config_groups``), as one written by an older
-    jaxdiff may."""
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        saved = None
-    if not isinstance(saved, dict):
-        raise UserError(f"{path} is not a jaxdiff config (not a JSON object); use a new workdir")
-    missing = config_groups.missing_fields(saved)
-    if missing:
-        raise UserError(
-            f"{path} lacks {', '.join(missing)} (written by an older jaxdiff); add them to the "
-            "file or start a new run"
-        )
-    return saved
-
-
 def _fixed(settings: Any, group: str) -> Any:
     """A config group without its ``RESUMABLE_KEYS``."""
     if not isinstance(settings, dict):
         return settings
     return {k: v for k, v in settings.items() if f"{group}.{k}" not in RESUMABLE_KEYS}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _trees(state: nnx.State, ema: nnx.State) -> dict[str, Any]:
@@ -313,13 +258,13 @@ def _restore(checkpointer: Checkpointer, layout: StateLayout):
     """The newest readable checkpoint, restored straight into the layout's shardings."""
     state = as_targets(layout.abstract, layout.shardings)
     ema = as_targets(layout.abstract_ema, layout.ema_shardings)
-    step, restored = checkpointer.restore_latest(_trees(state, ema), progress=True)
+    step, restored = checkpointer.restore_latest(_trees(state, ema), record=True)
     if step != checkpointer.latest_step():
         checkpointer.set_aside(after=step)  # the unreadable newer steps
     nnx.replace_by_pure_dict(state[0], restored["model"])
     nnx.replace_by_pure_dict(state[1], restored["optimizer"])
     nnx.replace_by_pure_dict(ema, restored["ema"])
-    return step, state, ema, restored[PROGRESS]
+    return step, state, ema, restored[RUN_RECORD]
 
 
 def _check_health(metrics, health, done: int, train: ml_collections.ConfigDict, checkpointer):
@@ -406,7 +351,7 @@ def _kept_lines(path: Path, resumed_at: int) -> list[str]:
         step = _logged_step(line)
         if step is not None and step <= resumed_at:
             kept.append(line)
-    _write_atomically(path, "".join(line + "\n" for line in kept))
+    write_atomically(path, "".join(line + "\n" for line in kept))
     return kept
 
 

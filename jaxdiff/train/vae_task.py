@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff import images
-from jaxdiff.configuration import require
 from jaxdiff.data.pipeline import make_dataset
+from jaxdiff.errors import check_choice, require
 from jaxdiff.models.vae import AutoencoderKL
 from jaxdiff.train.tasks import DTYPES
 
@@ -27,11 +27,7 @@ class VAETask:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path | None = None):
         loss = config.loss
-        require(
-            loss.reconstruction in RECONSTRUCTION_LOSSES,
-            f"loss.reconstruction {loss.reconstruction!r} is not supported; "
-            f"accepted: {', '.join(RECONSTRUCTION_LOSSES)}",
-        )
+        check_choice("loss.reconstruction", loss.reconstruction, RECONSTRUCTION_LOSSES)
         require(loss.kl_weight >= 0, f"loss.kl_weight must be >= 0, got {loss.kl_weight}")
         factor = 2 ** (len(config.model.vae.block_out_channels) - 1)
         require(
@@ -48,6 +44,9 @@ class VAETask:
 
     def initialize(self, model: AutoencoderKL, workdir: Path) -> None:
         del model, workdir  # trained from scratch; nothing to load
+
+    def prepare(self, model: AutoencoderKL, workdir: Path) -> None:
+        del model, workdir  # nothing to compute from the weights
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {"image": self.data.batch(indices)["image"]}
@@ -72,9 +71,8 @@ class VAETask:
         """Eight held-back images (top row) over their reconstructions from the posterior mean."""
         originals = self.data.batch(PREVIEW_INDEX + np.arange(8))["image"]
         recon = reconstruct(model, originals)
-        return images.grid(np.concatenate([originals, recon]), columns=8), {
-            "content": "top: data, bottom: reconstruction"
-        }
+        pictures = images.to_uint8(np.concatenate([originals, recon]), (-1.0, 1.0))
+        return images.grid(pictures, columns=8), {"content": "top: data, bottom: reconstruction"}
 
 
 @nnx.jit

@@ -141,7 +141,7 @@ def test_float16_weights(saved_vaes, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{source}", "{out}", "--to", "onnx"], "unknown format 'onnx'; accepted: jaxdiff"),
+        (["{source}", "{out}", "--to", "onnx"], "to='onnx' is not supported; accepted: jaxdiff"),
         (["{missing}", "{out}", "--to", "jaxdiff"], "is not a folder or a hub id"),
         (["{source}", "{out}", "--to", "jaxdiff", "--config.seed=1"], "takes no config overrides"),
     ],

@@ -531,7 +531,10 @@ def test_jaxdiff_folder_with_an_unknown_dtype(saved_vaes, tmp_path):
     config = json.loads((tmp_path / "native" / native.CONFIG).read_text())
     config["param_dtype"] = "foo"
     (tmp_path / "native" / native.CONFIG).write_text(json.dumps(config))
-    _error(lambda: native.load(tmp_path / "native"), "param_dtype 'foo'; accepted: float32")
+    _error(
+        lambda: native.load(tmp_path / "native"),
+        "param_dtype='foo' is not supported; accepted: float32",
+    )
 
 
 @pytest.mark.parametrize("where", ["inside", "under-a-file"])

@@ -101,7 +101,7 @@ def test_bad_input():
     square = numbered(3)
     with pytest.raises(UserError, match=r"position -1 is negative"):
         ImageTextDataset(square, ImageTransform(8)).batch(np.array([0, -1]))
-    with pytest.raises(UserError, match=r"data.crop 'middle' is not supported"):
+    with pytest.raises(UserError, match=r"data.crop='middle' is not supported; accepted: center"):
         ImageTransform(8, crop="middle")
     with pytest.raises(UserError, match=r"test records holds no examples"):
         ImageTextDataset(ListSource([], []), ImageTransform(8))
@@ -112,5 +112,5 @@ def test_bad_input():
 def test_config_errors_name_the_value():
     config = common.shapes_data(image_size=16)
     config.name = "imagenet"
-    with pytest.raises(UserError, match=r"data.name 'imagenet' is not supported; accepted"):
+    with pytest.raises(UserError, match=r"data.name='imagenet' is not supported; accepted"):
         make_dataset(config)

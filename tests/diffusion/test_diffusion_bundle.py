@@ -123,9 +123,11 @@ def test_sampling_sigmas():
 
 def test_errors():
     edm = make_process("edm")
-    with pytest.raises(UserError, match="unknown parameterization 'flow'; accepted: eps, v, x0"):
+    with pytest.raises(
+        UserError, match="parameterization='flow' is not supported; accepted: eps, v, x0"
+    ):
         Diffusion(edm, "flow")
-    with pytest.raises(UserError, match="unknown loss weighting 'snr'; accepted: uniform"):
+    with pytest.raises(UserError, match="weighting='snr' is not supported; accepted: uniform"):
         Diffusion(edm, "eps", "snr")
     with pytest.raises(UserError, match=re.escape("min_snr_gamma=0.0")):
         Diffusion(edm, "eps", "min_snr", 0.0)

@@ -85,5 +85,7 @@ def test_denoising_loss_is_per_example_float32():
 
 
 def test_unknown_weighting():
-    with pytest.raises(UserError, match="unknown loss weighting 'p2'; accepted: uniform, min_snr"):
+    with pytest.raises(
+        UserError, match="weighting='p2' is not supported; accepted: uniform, min_snr"
+    ):
         x0_weight("p2", SIGMA, "eps")

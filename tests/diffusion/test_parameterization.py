@@ -92,5 +92,7 @@ def test_target_has_no_cancellation_in_float32():
 
 
 def test_unknown_parameterization():
-    with pytest.raises(UserError, match="unknown parameterization 'flow'; accepted: eps, v, x0"):
+    with pytest.raises(
+        UserError, match="parameterization='flow' is not supported; accepted: eps, v, x0"
+    ):
         scalings("flow", 1.0)

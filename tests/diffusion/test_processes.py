@@ -119,11 +119,13 @@ def test_processes_are_hashable_and_static_under_jit():
 
 
 def test_make_process_errors():
-    with pytest.raises(UserError, match="unknown process 'ddpm'; accepted: vp_discrete, vp_cosine"):
+    with pytest.raises(
+        UserError, match="process='ddpm' is not supported; accepted: vp_discrete, vp_cosine"
+    ):
         make_process("ddpm")
     with pytest.raises(UserError, match="does not take option 'rho'; accepted: sigma_min"):
         make_process("edm", rho=7.0)
-    with pytest.raises(UserError, match="beta_schedule 'cosine'"):
+    with pytest.raises(UserError, match="beta_schedule='cosine' is not supported"):
         make_process("vp_discrete", beta_schedule="cosine")
     with pytest.raises(UserError, match=re.escape("sigma_min=1.0, sigma_max=0.5")):
         make_process("ve", sigma_min=1.0, sigma_max=0.5)

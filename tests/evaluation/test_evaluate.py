@@ -18,7 +18,8 @@ from jaxdiff.configuration import load_config
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation.evaluate import Evaluator
 from jaxdiff.evaluation.features import FeatureExtractor
-from jaxdiff.train.trainer import load_model, load_task, train
+from jaxdiff.train.tasks import load_model, load_task
+from jaxdiff.train.trainer import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -34,7 +35,8 @@ def run(tmp_path_factory) -> Path:
         "eval.metrics=adherence",
         "eval.samples_per_prompt=1",
     ]
-    train(load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", overrides), workdir, progress=False)
+    config = load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", overrides)
+    train(config, workdir, progress=False, make_evaluator=Evaluator)
     return workdir
 
 
@@ -129,7 +131,7 @@ def test_a_second_evaluation_compiles_nothing(run, tmp_path):
     "override, message",
     [
         ("--config.eval.metrics=fid,sharpness", r"eval.metrics names 'sharpness'; accepted: fid"),
-        ("--config.eval.features=vgg", r"eval.features 'vgg' is not supported; accepted"),
+        ("--config.eval.features=vgg", r"eval.features='vgg' is not supported; accepted"),
         ("--config.train.steps=3", r"eval takes only eval.\* overrides, got 'train.steps=3'"),
         ("--config.eval.num_samples=1", r"eval.num_samples must be >= 2, got 1"),
         ("--config.eval.bpd_steps=0", r"eval.bpd_steps must be > 0, got 0"),
@@ -144,6 +146,14 @@ def test_eval_errors(run, capsys, override, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+
+
+def test_periodic_evaluation_without_an_evaluator_is_refused_before_training(tmp_path):
+    overrides = ["eval.every=2", "eval.metrics=adherence"]
+    config = load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", overrides)
+    with pytest.raises(UserError, match=r"eval.every is 2 but no evaluator was given"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_model_that_does_not_generate_images_is_refused_before_training(tmp_path):

@@ -1,5 +1,7 @@
 """FID, KID and precision / recall against closed forms and pytorch-fid's own formula."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -54,6 +56,8 @@ def test_equals_pytorch_fid_on_non_commuting_covariances():
         a.mu, a.sigma, b.mu, b.sigma
     )
     np.testing.assert_allclose(frechet_distance(a, b), reference, rtol=1e-8)
+    wrong = frechet_distance(a, dataclasses.replace(b, sigma=1.05 * b.sigma))
+    assert abs(wrong - reference) > 10 * 1e-8 * reference
     # The scipy sqrtm form of the trace, on its own.
     trace = np.trace(a.sigma + b.sigma - 2 * scipy.linalg.sqrtm(a.sigma @ b.sigma).real)
     np.testing.assert_allclose(frechet_distance(a, b), np.sum((a.mu - b.mu) ** 2) + trace)
@@ -67,6 +71,9 @@ def test_statistics_files_round_trip_and_are_checked(tmp_path):
     np.testing.assert_array_equal(loaded.mu, stats.mu)
     np.testing.assert_array_equal(loaded.sigma, stats.sigma)
     assert sorted(np.load(tmp_path / "ref.npz").files) == ["mu", "sigma"]  # pytorch-fid's keys
+    stats.save(tmp_path / "ref")  # written at exactly the path given, with nothing left beside it
+    np.testing.assert_array_equal(FeatureStatistics.load(tmp_path / "ref").mu, stats.mu)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "ref.npz"]
     with pytest.raises(UserError, match=r"have dimension 8, but the feature extractor gives 2048"):
         FeatureStatistics.load(tmp_path / "ref.npz", dim=2048)
     np.savez(tmp_path / "bad.npz", mu=np.zeros(3))

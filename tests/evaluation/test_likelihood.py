@@ -4,6 +4,7 @@ exact variance, and the bits/dim of dequantized 8-bit data against a discretized
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +13,15 @@ import pytest
 from jax.scipy.special import logsumexp
 from scipy.stats import norm
 
+from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, make_mixture
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, make_mixture
-from jaxdiff.evaluation.likelihood import ODESettings, bits_per_dim, dequantize, nll
+from jaxdiff.evaluation.likelihood import Likelihood, ODESettings, bits_per_dim, dequantize, nll
 
 D = 8
 SIGMA_MIN, SIGMA_MAX = 1e-3, 1e3  # sigma_max >> data scale: the N(0, sigma_max^2) prior is ~exact
 LN2 = math.log(2.0)
+# Max bits/dim errors against a Gaussian's closed form: of the NLL, and of the integration alone.
+NLL_TOLERANCE, INTEGRATION_TOLERANCE = 0.01, 1e-3
 
 
 def log_density(mix: GaussianMixture, x: jax.Array, sigma: float) -> jax.Array:
@@ -72,20 +75,40 @@ def bpd_error(nats: jax.Array, logp: jax.Array) -> jax.Array:
     return (nats + logp) / (D * LN2)
 
 
+def rotated_gaussian_data() -> tuple[Callable, Callable, jax.Array]:
+    """The rotated Gaussian's exact denoiser, noised log density, and 256 points of its data."""
+    g, q = gaussian(), rotation()
+    denoise, logp = rotated(g, q)
+    return denoise, logp, g.sample_noised(jax.random.key(1), 256, SIGMA_MIN) @ q.T  # [256, D]
+
+
 @pytest.mark.parametrize("solver", ["rk4", "dopri5"])
 def test_gaussian_nll_with_exact_divergence_is_the_closed_form(solver):
     """A full-covariance Gaussian: ODE NLL = -log N(x; Q mu, Q diag(v + sigma_min^2) Q^T)."""
-    g, q = gaussian(), rotation()
-    denoise, logp = rotated(g, q)
-    x = g.sample_noised(jax.random.key(1), 256, SIGMA_MIN) @ q.T  # [256, D]
+    denoise, logp, x = rotated_gaussian_data()
     out = solve(denoise, x, divergence="exact", solver=solver)
     assert out.nats.shape == out.bits_per_dim.shape == (256,)
     np.testing.assert_allclose(out.bits_per_dim, out.nats / (D * LN2), rtol=1e-6)
+    nll_error, integration_error = closed_form_errors(out, logp, x)
+    assert nll_error < NLL_TOLERANCE  # measured 1.0e-3
+    assert integration_error < INTEGRATION_TOLERANCE  # measured 6e-5
+
+
+def closed_form_errors(out: Likelihood, logp: Callable, x: jax.Array) -> tuple[float, float]:
+    """Max bits/dim errors against the closed form `logp` at the data `x`: of the NLL `out`, and
+    of its integration alone (with the exact noised density at sigma_max as the prior)."""
     want = logp(x, SIGMA_MIN)
-    assert float(jnp.max(jnp.abs(bpd_error(out.nats, want)))) < 0.01  # measured 1.0e-3
-    # The integration alone, with the exact noised density at sigma_max as the prior.
     solved = -(logp(out.x_end, SIGMA_MAX) + out.delta_logp)
-    assert float(jnp.max(jnp.abs(bpd_error(solved, want)))) < 1e-3  # measured 6e-5
+    return tuple(float(jnp.max(jnp.abs(bpd_error(n, want)))) for n in (out.nats, solved))
+
+
+def test_a_denoiser_at_a_wrong_sigma_misses_the_closed_form():
+    """The check above can fail: the exact denoiser called at 1.05 sigma (a wrong time
+    conversion) misses both bounds by more than 10x (measured 0.112 and 0.112 bits/dim)."""
+    denoise, logp, x = rotated_gaussian_data()
+    out = solve(lambda x, sigma: denoise(x, 1.05 * sigma), x, divergence="exact", solver="rk4")
+    nll_error, integration_error = closed_form_errors(out, logp, x)
+    assert nll_error > 10 * NLL_TOLERANCE and integration_error > 10 * INTEGRATION_TOLERANCE
 
 
 @pytest.mark.parametrize("solver", ["rk4", "dopri5"])

@@ -4,6 +4,7 @@ import numpy as np
 
 from jaxdiff.data.shapes import COLOURS, POSITIONS, SHAPES, ShapesDataset, combinations
 from jaxdiff.evaluation import prompt_adherence
+from jaxdiff.evaluation.shape_attributes import read_attributes
 
 
 def drawing_generator(swap_squares_for_circles: bool = False):
@@ -41,3 +42,14 @@ def test_scores_count_each_attribute():
     result = prompt_adherence.evaluate(generate, combinations(), 1)
     assert result["colour"] == 1.0 and result["position"] == 1.0
     assert np.isclose(result["shape"], 2 / 3) and np.isclose(result["all"], 2 / 3)
+
+
+def test_scores_of_the_attributes_read_back():
+    batch = ShapesDataset(image_size=32, seed=13).batch(np.arange(100))
+    targets = batch["attributes"].copy()
+    perfect = {"shape": 1.0, "colour": 1.0, "position": 1.0, "all": 1.0, "count": 100}
+    assert prompt_adherence.scores(read_attributes(batch["image"]) == targets) == perfect
+    targets[:25, 1] = (targets[:25, 1] + 1) % len(COLOURS)
+    targets[20:30, 2] = (targets[20:30, 2] + 1) % len(POSITIONS)
+    result = prompt_adherence.scores(read_attributes(batch["image"]) == targets)
+    assert result == {"shape": 1.0, "colour": 0.75, "position": 0.9, "all": 0.7, "count": 100}

@@ -1,4 +1,5 @@
-"""The CLIP text encoder: causal mask, EOS pooling, clip skip, errors, size, parity."""
+"""The CLIP text encoder: causal mask, EOS pooling, clip skip, errors, size (its parity with
+transformers: tests/convert/test_convert_parity.py)."""
 
 import jax
 import jax.numpy as jnp

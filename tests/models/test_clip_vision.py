@@ -1,5 +1,7 @@
 """The CLIP image encoder and CLIP score: parity with transformers' CLIPVisionModelWithProjection
-and CLIPModel on tiny random weights, preprocessing against CLIPImageProcessor, configs, errors."""
+and CLIPModel on tiny random weights (far from their initial values, with outputs far from flat;
+one array of the weights nudged by 1% misses by more than 10x the tolerance), preprocessing
+against CLIPImageProcessor, configs, errors."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from reference_models import CLIP_VISION, perturb, save_clip_model
+from reference_models import (
+    CLIP_VISION,
+    assert_far_from_flat,
+    nudged,
+    perturb,
+    save_clip_model,
+)
 
 from jaxdiff.convert import from_diffusers, to_diffusers
 from jaxdiff.convert.transformers_clip import CLIP_VISION_CONFIG
@@ -17,12 +25,13 @@ from jaxdiff.evaluation.clip_score import (
     clip_scorer,
     cosine_similarity,
     load_clip,
-    load_tokenizer,
 )
+from jaxdiff.evaluation.clip_score import load_clip_tokenizer as load_tokenizer
 from jaxdiff.models import CLIP_VISION_PRESETS, CLIPVisionTransformer
 from jaxdiff.models.clip_vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess
 
 CAPTIONS = ["a red circle", "there", "a blue square on the left", "re re re"]
+VISION_TOLERANCE = 1e-5  # max abs error of the image encoder's outputs
 
 
 def _max_diff(out, expected) -> float:
@@ -79,12 +88,18 @@ def test_vision_matches_transformers(saved_vision):
     assert isinstance(encoder, CLIPVisionTransformer)
     pixels = np.random.RandomState(1).randn(3, 32, 32, 3).astype(np.float32)
     graphdef, state = nnx.split(encoder)
-    out = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, pixels)
+    run = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    out = run(state, pixels)
     with torch.no_grad():
         expected = ref(_nchw(pixels))
+    embeds, hidden = expected.image_embeds.numpy(), expected.last_hidden_state.numpy()
+    assert_far_from_flat(embeds)
+    assert_far_from_flat(hidden)
     assert out.last_hidden_state.shape == (3, 17, 32)
-    assert _max_diff(out.image_embeds, expected.image_embeds.numpy()) < 1e-5
-    assert _max_diff(out.last_hidden_state, expected.last_hidden_state.numpy()) < 1e-5
+    assert _max_diff(out.image_embeds, embeds) < VISION_TOLERANCE
+    assert _max_diff(out.last_hidden_state, hidden) < VISION_TOLERANCE
+    wrong = run(nudged(state), pixels)  # the same compiled call
+    assert _max_diff(wrong.image_embeds, embeds) > 10 * VISION_TOLERANCE
 
 
 def test_vision_writes_back_what_transformers_loads(saved_vision, tmp_path):

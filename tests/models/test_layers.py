@@ -36,6 +36,10 @@ def test_group_norm_matches_torch():
         ref.bias.copy_(torch.tensor(np.asarray(norm.bias[...])))
         expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(norm(jnp.asarray(x)), expected, atol=2e-5)
+    # The check can fail: statistics over 4 groups of 8 channels instead of 8 groups of 4.
+    wrong = GroupNorm(4, 32, 1e-6)
+    nnx.update(wrong, nnx.state(norm))
+    assert np.abs(np.asarray(wrong(jnp.asarray(x))) - expected).max() > 10 * 2e-5
 
 
 def test_layer_norm_matches_torch():

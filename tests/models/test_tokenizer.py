@@ -8,7 +8,8 @@ from transformers import PreTrainedTokenizerFast
 
 from jaxdiff.data import shapes
 from jaxdiff.errors import UserError
-from jaxdiff.models.tokenizer import build_tokenizer, encode, load_tokenizer, save_tokenizer
+from jaxdiff.models.tokenizer import build_tokenizer, encode, save_tokenizer
+from jaxdiff.models.tokenizer import load_word_tokenizer as load_tokenizer
 
 MAX_LENGTH = 16
 

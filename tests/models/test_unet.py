@@ -1,4 +1,5 @@
-"""The conditional UNet: shapes, jit + grad, bf16, axis names, errors, size, parity."""
+"""The conditional UNet: shapes, jit + grad, bf16, axis names, errors, size (its parity with
+diffusers: tests/convert/test_convert_parity.py)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
-"""The KL autoencoder: shapes, downsample factor, logvar clamp, sizes, diffusers parity."""
+"""The KL autoencoder: shapes, downsample factor, logvar clamp, sizes (its parity with diffusers:
+tests/convert/test_convert_parity.py)."""
 
 import jax
 import jax.numpy as jnp

@@ -110,9 +110,9 @@ def test_one_mask_per_prompt_goes_with_each_of_its_images(pipe):
 
 def test_a_nine_channel_unet_only_inpaints(inpainting_folders):
     pipe = _pipe(inpainting_folders["epsilon"])
-    with _raises(r"text-to-image needs a UNet with 4 input channels; this one has 9"):
+    with _raises(r"text-to-image needs a network with 4 input channels; this one has 9"):
         pipe("a")
-    with _raises(r"img2img needs a UNet with 4 input channels"):
+    with _raises(r"img2img needs a network with 4 input channels"):
         pipe.img2img("a", IMAGE)
 
 

@@ -1,6 +1,15 @@
 """StableDiffusion against diffusers' StableDiffusionPipeline, StableDiffusionImg2ImgPipeline and
-StableDiffusionInpaintPipeline on the same tiny random weights, prompts and noise: images within
-1e-3 (max abs, [0, 1] scale) for every sampler the issue names, eps and v prediction.
+StableDiffusionInpaintPipeline on the same tiny random weights, prompts and noise, for every
+sampler the issue names, eps and v prediction: the final latents (`output_type="latent"`) within
+3e-4 of their scale and the images within 1e-3 (max abs, [0, 1] scale); measured at most 3.1e-5
+and 7.1e-5. Every reference image varies (std > 0.1: the weights are far from their initial
+values, see `reference_models`), and in every case a deliberately wrong run (5% more initial
+noise, or guidance x 1.1) misses the reference by more than 10x both tolerances (measured at
+least 71x and 42x).
+
+Each side samples once per case, to latents that it decodes with its own VAE: diffusers with
+`vae.decode` and its image processor, as its pipelines do; jaxdiff with the pipeline's `decode`,
+which gives what its image output gives (checked once).
 
 diffusers draws the noise it adds to the image with `randn_tensor`; the tests hand it the noise
 that jaxdiff gets as `latents`. Two diffusers schedulers mishandle a run that starts part-way
@@ -20,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PREDICTIONS, scheduler_config
+from reference_models import assert_far_from_flat
 
 from jaxdiff.pipelines.stable_diffusion import StableDiffusion
 
@@ -55,7 +65,9 @@ PROMPTS = ["a red cat", "blue sky"]
 NEGATIVES = ["dog", ""]
 STEPS = 5
 GUIDANCE = 5.0
-TOLERANCE = 1e-3
+TOLERANCE = 1e-3  # images: max abs error, [0, 1] scale
+LATENT_TOLERANCE = 3e-4  # latents: max abs error over the reference's max |latent|
+MISS = 10  # a deliberately wrong run misses the reference by more than MISS x each tolerance
 
 
 @functools.cache
@@ -102,10 +114,60 @@ def _images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, masks
 
 
-def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.shape == want.shape and got.dtype == np.float32
-    assert want.std() > 0.1  # not a blank image
-    np.testing.assert_array_less(np.abs(got - want).max(), TOLERANCE)
+Run = tuple[np.ndarray, np.ndarray]  # (latents [B, h, w, c], images [B, H, W, 3] in [0, 1])
+
+
+def _diffusers_run(pipe, *args, **kwargs) -> Run:
+    """A diffusers pipeline call's latents, and its images decoded from them as the pipeline
+    decodes them."""
+    latents = pipe(*args, output_type="latent", **kwargs).images  # [B, c, h, w]
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    images = pipe.image_processor.postprocess(decoded, output_type="np")
+    return latents.permute(0, 2, 3, 1).numpy(), images
+
+
+def _jaxdiff_run(folder, method: str, *args, **kwargs) -> Run:
+    """The latents of a call of the jaxdiff pipeline's `method` ("__call__", "img2img",
+    "inpaint"), and its images decoded from them."""
+    pipe = _jaxdiff(folder)
+    latents = getattr(pipe, method)(*args, output_type="latent", **kwargs)
+    return latents, pipe.decode(latents)
+
+
+def _errors(got: Run, want: Run) -> tuple[float, float]:
+    """(max abs image error, max abs latent error over the reference's max |latent|)."""
+    (latents, images), (want_latents, want_images) = got, want
+    latent_error = np.abs(latents - want_latents).max() / np.abs(want_latents).max()
+    return float(np.abs(images - want_images).max()), float(latent_error)
+
+
+def _assert_close(got: Run, want: Run) -> None:
+    (latents, images), (want_latents, want_images) = got, want
+    assert images.shape == want_images.shape and images.dtype == np.float32
+    assert latents.shape == want_latents.shape and latents.dtype == np.float32
+    assert_far_from_flat(want_images)
+    image_error, latent_error = _errors(got, want)
+    assert image_error < TOLERANCE and latent_error < LATENT_TOLERANCE, (image_error, latent_error)
+
+
+def _assert_misses(wrong: Run, want: Run) -> None:
+    """A deliberately wrong run misses the reference by more than MISS x both tolerances."""
+    image_error, latent_error = _errors(wrong, want)
+    assert image_error > MISS * TOLERANCE, image_error
+    assert latent_error > MISS * LATENT_TOLERANCE, latent_error
+
+
+def _assert_parity(want: Run, folder, method: str, *args, wrong: dict, **options) -> None:
+    """The jaxdiff pipeline's `method` matches `want`; the same call with the `wrong` options
+    (traced: the compiled loop is reused) misses it."""
+    _assert_close(_jaxdiff_run(folder, method, *args, **options), want)
+    _assert_misses(_jaxdiff_run(folder, method, *args, **{**options, **wrong}), want)
+
+
+def _more_noise() -> dict:
+    """5% more initial noise than `_jaxdiff_options` gives."""
+    return dict(latents=1.05 * _noise().permute(0, 2, 3, 1))
 
 
 def _common() -> dict:
@@ -116,9 +178,16 @@ def _common() -> dict:
 def test_text_to_image_matches_diffusers(sd_folders, case, prediction):
     folder = sd_folders[prediction]
     pipe = _reference("StableDiffusionPipeline", folder, case, prediction)
-    want = pipe(PROMPTS, latents=_noise(), output_type="np", **_common()).images
-    got = _jaxdiff(folder)(PROMPTS, **_jaxdiff_options(case), **_common())
-    _assert_close(got, want)
+    want = _diffusers_run(pipe, PROMPTS, latents=_noise(), **_common())
+    options = dict(_jaxdiff_options(case), **_common())
+    _assert_parity(want, folder, "__call__", PROMPTS, wrong=_more_noise(), **options)
+
+
+def test_image_output_is_the_decoded_latent_output(sd_folders):
+    folder = sd_folders["epsilon"]
+    options = dict(_jaxdiff_options("ddim"), **_common())
+    _, images = _jaxdiff_run(folder, "__call__", PROMPTS, **options)
+    np.testing.assert_allclose(_jaxdiff(folder)(PROMPTS, **options), images, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -133,13 +202,15 @@ def test_guidance_rescale_and_no_guidance_match_diffusers(
     sd_folders, case, prediction, guidance, rescale
 ):
     """Guidance rescale acts on the network output as in diffusers; guidance <= 1 runs the
-    conditional model alone (the negative prompt is ignored), as diffusers does."""
+    conditional model alone (the negative prompt is ignored), as diffusers does. Guidance x 1.1
+    misses (without guidance, 5% more initial noise: guidance > 1 would be another program)."""
     folder = sd_folders[prediction]
     pipe = _reference("StableDiffusionPipeline", folder, case, prediction)
     settings = dict(_common(), guidance_scale=guidance, guidance_rescale=rescale)
-    want = pipe(PROMPTS, latents=_noise(), output_type="np", **settings).images
-    got = _jaxdiff(folder)(PROMPTS, **_jaxdiff_options(case), **settings)
-    _assert_close(got, want)
+    want = _diffusers_run(pipe, PROMPTS, latents=_noise(), **settings)
+    wrong = dict(guidance_scale=1.1 * guidance) if guidance > 1 else _more_noise()
+    options = dict(_jaxdiff_options(case), **settings)
+    _assert_parity(want, folder, "__call__", PROMPTS, wrong=wrong, **options)
 
 
 def _patched_noise(monkeypatch, module: str) -> None:
@@ -161,34 +232,29 @@ def test_img2img_matches_diffusers(sd_folders, monkeypatch, case, prediction):
     pipe = _reference("StableDiffusionImg2ImgPipeline", folder, case, prediction)
     _patched_noise(monkeypatch, "pipeline_stable_diffusion_img2img")
     images, _ = _images()
-    want = pipe(
-        PROMPTS, image=_torch_images(images), strength=strength, output_type="np", **_common()
-    ).images
-    got = _jaxdiff(folder).img2img(
-        PROMPTS, images, strength=strength, **_jaxdiff_options(case), **_common()
+    want = _diffusers_run(
+        pipe, PROMPTS, image=_torch_images(images), strength=strength, **_common()
     )
-    _assert_close(got, want)
+    options = dict(_jaxdiff_options(case), strength=strength, **_common())
+    _assert_parity(want, folder, "img2img", PROMPTS, images, wrong=_more_noise(), **options)
 
 
 def _inpaint_case(folder, monkeypatch, case, prediction, strength):
     pipe = _reference("StableDiffusionInpaintPipeline", folder, case, prediction)
     _patched_noise(monkeypatch, "pipeline_stable_diffusion_inpaint")
     images, masks = _images()
-    want = pipe(
+    want = _diffusers_run(
+        pipe,
         PROMPTS,
         image=_torch_images(images),
         mask_image=torch.from_numpy(masks)[:, None],
         strength=strength,
         height=16,
         width=16,
-        output_type="np",
         **_common(),
-    ).images
-    got = _jaxdiff(folder).inpaint(
-        PROMPTS, images, masks, strength=strength, **_jaxdiff_options(case), **_common()
     )
-    _assert_close(got, want)
-    return got, images, masks
+    options = dict(_jaxdiff_options(case), strength=strength, **_common())
+    _assert_parity(want, folder, "inpaint", PROMPTS, images, masks, wrong=_more_noise(), **options)
 
 
 @pytest.mark.parametrize(("case", "prediction"), FLIPPED)

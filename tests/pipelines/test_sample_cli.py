@@ -117,5 +117,6 @@ def test_bad_sample_arguments_are_one_line_errors(files, tmp_path, capsys, args,
 def test_workdir_and_pretrained_exclude_each_other(capsys):
     assert main(["sample", "--workdir", "w", "--pretrained", "p", "--prompt", "a"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+    # Arguments are checked before the run is looked at.
     assert main(["sample", "--workdir", "w", "--prompt", "a", "--image", "x.png"]) == 2
-    assert "--image goes with --pretrained, not --workdir" in capsys.readouterr().err
+    assert "--image 'x.png' is not a readable image" in capsys.readouterr().err

@@ -22,8 +22,8 @@ import pytest
 import torch
 from conftest import SD15_SCHEDULER
 
+from jaxdiff.benchmarks.diffusers_reference import sigma_at
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.diffusers_schedulers import sigma_at
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 
 # jaxdiff sampler -> the diffusers scheduler it matches.

@@ -28,28 +28,36 @@ def _task_and_model():
 def _pipeline(devices: int) -> TextToImagePipeline:
     task, model = _task_and_model()
     return TextToImagePipeline(
-        model, task.tokenizer, task.diffusion, task.latent_shape, jax.local_devices()[:devices]
+        model, task.tokenizer, task.diffusion, 16, jax.local_devices()[:devices]
     )
 
 
 def test_an_image_depends_on_its_seed_and_index_alone():
     prompts = ["a red circle in the center", "a blue square in the top left corner"] * 3
-    settings = dict(steps=3, sampler="euler_ancestral", guidance=2.0, seed=4)
+    settings = dict(
+        num_inference_steps=3,
+        sampler="euler_ancestral",
+        guidance_scale=2.0,
+        seed=4,
+        output_type="latent",
+    )
     one_device, eight_devices = _pipeline(1), _pipeline(8)
-    whole = eight_devices.latents(prompts, **settings)  # [6, h, w, c]
-    assert whole.shape == (6, *eight_devices.latent_shape)
+    task, _ = _task_and_model()
+    whole = eight_devices(prompts, **settings)  # [6, h, w, c]
+    assert whole.shape == (6, *task.latent_shape)
     parts = [
-        one_device.latents(prompts[:1], **settings),
-        eight_devices.latents(prompts[1:5], **settings, first_index=1),
-        one_device.latents(prompts[5:], **settings, first_index=5),
+        one_device(prompts[:1], **settings),
+        eight_devices(prompts[1:5], **settings, first_index=1),
+        one_device(prompts[5:], **settings, first_index=5),
     ]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=TOLERANCE)
     # The same prompt at two indices: two different images.
     assert np.abs(np.asarray(whole[0] - whole[2])).max() > 0.05
-    pictures = eight_devices(prompts[:3], **settings)
-    assert pictures.shape == (3, 16, 16, 3) and pictures.dtype == np.uint8
+    pictures = eight_devices(prompts[:3], **{**settings, "output_type": "np"})
+    assert pictures.shape == (3, 16, 16, 3) and pictures.dtype == np.float32
+    np.testing.assert_allclose(eight_devices.decode(whole[:3]), pictures, atol=TOLERANCE)
 
 
 def test_a_bad_first_index_is_a_one_line_error():
     with pytest.raises(UserError, match=r"first_index=-2 must be an integer in \[0, 2147483647\]"):
-        _pipeline(8).latents(["a red circle in the center"], first_index=-2)
+        _pipeline(8)(["a red circle in the center"], first_index=-2)

@@ -1,5 +1,5 @@
 """Run a diffusers scheduler on the exact denoiser of a Gaussian mixture, wrapped as an
-eps-predicting discrete VP model (see `jaxdiff.evaluation.diffusers_schedulers`), so that a
+eps-predicting discrete VP model (see `jaxdiff.benchmarks.diffusers_reference`), so that a
 jaxdiff sampler and a diffusers scheduler can be compared from the same initial noise along the
 same noise levels, in float64.
 """
@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.evaluation import diffusers_schedulers
-from jaxdiff.evaluation.diffusers_schedulers import scheduler_sigmas, sigma_at
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, exact_denoise, make_mixture
+from jaxdiff.benchmarks import diffusers_reference
+from jaxdiff.benchmarks.diffusers_reference import scheduler_sigmas, sigma_at
+from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, exact_denoise, make_mixture
 
 MIXTURE = make_mixture(dim=3, components=4, spread=1.0, component_std=0.3, seed=0)
 
@@ -60,7 +60,14 @@ def run_diffusers(
 ) -> tuple[np.ndarray, list[float]]:
     """Run the denoising loop of a scheduler whose `set_timesteps` has been called, from the VE
     sample `x [B, d]` at `sigma_start`. Returns the final VE sample at `sigma_end` and the sigmas
-    of the model calls (`diffusers_schedulers.run_scheduler`)."""
-    return diffusers_schedulers.run_scheduler(
+    of the model calls (`diffusers_reference.run_scheduler`)."""
+    return diffusers_reference.run_scheduler(
         scheduler, _numpy_denoiser(mixture), x, sigma_start, sigma_end, step_kwargs
     )
+
+
+def assert_misses(wrong, want: np.ndarray, atol: float) -> None:
+    """A deliberately wrong run (e.g. from 5% more initial noise) must miss the reference by at
+    least 10x the tolerance its parity check allows: that check can fail."""
+    miss = float(np.abs(np.asarray(wrong) - want).max())
+    assert miss > 10 * atol, f"a wrong run lands {miss:.2e} from the reference (tolerance {atol})"

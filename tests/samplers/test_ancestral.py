@@ -21,13 +21,13 @@ from diffusers import (
 )
 
 from jaxdiff import samplers
+from jaxdiff.benchmarks.diffusers_reference import SD_SCHEDULE
 from jaxdiff.diffusion import karras
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
 from jaxdiff.samplers.noise import independent_noise
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from diffusers_reference import initial_noise, jax_denoiser, run_diffusers, sigma_at
+from diffusers_reference import assert_misses, initial_noise, jax_denoiser, run_diffusers, sigma_at
 
 SD = SD_SCHEDULE
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpm_2_ancestral")
@@ -125,6 +125,11 @@ def test_matches_diffusers(name, scheduler_cls, config, steps, options, module, 
         jax.effects_barrier()
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
     np.testing.assert_allclose(calls, want_calls, rtol=1e-5)
+    with jax.enable_x64(True):
+        wrong = samplers.get(name)(
+            jax_denoiser(), jnp.asarray(1.05 * x), jnp.asarray(sigmas), key, **options
+        )
+    assert_misses(wrong, want, atol=1e-5)
     evals = samplers.evals_per_step(name)  # per step, but one for a step into sigma = 0
     assert len(calls) == evals * (steps - 1) + (1 if sigmas[-1] == 0 else evals)
 
@@ -158,7 +163,9 @@ def test_errors():
             samplers.get(name)(gaussian_denoiser, x, sigmas, **options)
     with pytest.raises(UserError, match=r"'ddim': eta=-0.5 must be >= 0"):
         samplers.get("ddim")(gaussian_denoiser, x, sigmas, jax.random.key(0), eta=-0.5)
-    with pytest.raises(UserError, match="noise='pink' must be one of independent, brownian"):
+    with pytest.raises(
+        UserError, match="noise='pink' is not supported; accepted: independent, brownian"
+    ):
         samplers.get("euler_ancestral")(
             gaussian_denoiser, x, sigmas, jax.random.key(0), noise="pink"
         )

@@ -16,17 +16,17 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
 
-import jaxdiff.samplers.dpm_solver_sde  # noqa: F401  (registers the stochastic samplers)
 from jaxdiff import samplers
+from jaxdiff.benchmarks.diffusers_reference import SD_SCHEDULE
+from jaxdiff.benchmarks.mixtures import reference_solution
 from jaxdiff.diffusion import karras
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
-from jaxdiff.evaluation.gmm import reference_solution
 from jaxdiff.samplers.noise import independent_noise
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from diffusers_reference import (
     MIXTURE,
+    assert_misses,
     initial_noise,
     jax_denoiser,
     run_diffusers,
@@ -88,6 +88,9 @@ def run_jax(name, x, sigmas, key=None, **options):
 
 LEADING = {"timestep_spacing": "leading", "steps_offset": 1}
 SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
+# diffusers' multistep defaults where those of the samplers with k-diffusion's names differ.
+DIFFUSERS_2M = {"lower_order_final": True}
+DIFFUSERS_3M = {"solver_type": "midpoint", "lower_order_final": True}
 
 
 @pytest.mark.parametrize(
@@ -111,7 +114,9 @@ def test_multistep_matches_diffusers(n, options, config):
     sigmas, x, want = diffusers_run(DPMSolverMultistepScheduler, n, **config)
     options = dict(options)
     name = "dpmpp_3m" if options.pop("order", 2) == 3 else "dpmpp_2m"
+    options = DIFFUSERS_2M | options
     np.testing.assert_allclose(run_jax(name, x, sigmas, **options), want, atol=1e-5)
+    assert_misses(run_jax(name, 1.05 * x, sigmas, **options), want, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -152,13 +157,18 @@ def _fix_diffusers_third_order_sde(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "options", "config"),
     [
-        ("dpmpp_2m_sde", {}, LEADING),
-        ("dpmpp_2m_sde", {"solver_type": "heun"}, {"solver_type": "heun", **SIGMA_MIN}),
-        ("dpmpp_3m_sde", {}, {"solver_order": 3, **LEADING}),
+        ("dpmpp_2m_sde", DIFFUSERS_2M, LEADING),
+        (
+            "dpmpp_2m_sde",
+            {"solver_type": "heun", **DIFFUSERS_2M},
+            {"solver_type": "heun", **SIGMA_MIN},
+        ),
+        ("dpmpp_3m_sde", DIFFUSERS_3M, {"solver_order": 3, **LEADING}),
     ],
 )
 def test_sde_multistep_matches_diffusers(name, options, config, monkeypatch):
-    """DPMSolverMultistepScheduler("sde-dpmsolver++") (eta = 1) fed jaxdiff's noise."""
+    """DPMSolverMultistepScheduler("sde-dpmsolver++") (eta = 1) fed jaxdiff's noise, with
+    diffusers' defaults passed as options (the samplers default to k-diffusion's)."""
     if name == "dpmpp_3m_sde":
         _fix_diffusers_third_order_sde(monkeypatch)
     config = {"algorithm_type": "sde-dpmsolver++", **config}
@@ -306,11 +316,15 @@ def test_evals_per_step():
         ("dpmpp_2s_ancestral", {}, "'dpmpp_2s_ancestral' adds noise and needs a key"),
         ("dpmpp_sde", {}, "'dpmpp_sde' adds noise and needs a key"),
         ("dpmpp_sde", {"eta": -1.0}, "eta=-1.0 must be >= 0"),
-        ("dpmpp_2m_sde", {"eta": 0.0, "noise": "pink"}, "noise='pink' must be one of"),
+        ("dpmpp_2m_sde", {"eta": 0.0, "noise": "pink"}, "noise='pink' is not supported; accepted"),
         ("dpmpp_sde", {"eta": 0.0, "r": 1.0}, r"r=1.0 must be in \(0, 1\)"),
-        ("dpmpp_2m", {"solver_type": "bh2"}, "solver_type='bh2' must be one of midpoint, heun"),
-        ("dpm_solver", {"order": 4}, "order=4 must be one of 1, 2, 3"),
-        ("dpm_adaptive", {"order": 1}, "order=1 must be one of 2, 3"),
+        (
+            "dpmpp_2m",
+            {"solver_type": "bh2"},
+            "solver_type='bh2' is not supported; accepted: midpoint, heun",
+        ),
+        ("dpm_solver", {"order": 4}, "order=4 is not supported; accepted: 1, 2, 3"),
+        ("dpm_adaptive", {"order": 1}, "order=1 is not supported; accepted: 2, 3"),
         ("dpm_adaptive", {"rtol": 0.0, "atol": 0.0}, "must be >= 0, not both 0"),
         ("dpm_adaptive", {"h_init": 0.0}, "h_init=0.0 must be > 0"),
     ],

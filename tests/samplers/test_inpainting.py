@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import samplers
-from jaxdiff.evaluation.gmm import as_dtype, make_mixture
+from jaxdiff.benchmarks.mixtures import as_dtype, make_mixture
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 from jaxdiff.samplers.inpainting import blend_known, reimpose_known
 

@@ -17,13 +17,14 @@ import torch
 from diffusers import DEISMultistepScheduler, LMSDiscreteScheduler, PNDMScheduler
 
 from jaxdiff import samplers
+from jaxdiff.benchmarks.diffusers_reference import SD_SCHEDULE
 from jaxdiff.diffusion import karras
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE
 from jaxdiff.samplers import multistep
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from diffusers_reference import (
+    assert_misses,
     initial_noise,
     jax_denoiser,
     run_diffusers,
@@ -84,6 +85,11 @@ def compare(name, scheduler, sigmas, options=None, step_kwargs=None):
         jax.effects_barrier()
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
     np.testing.assert_allclose(calls, want_calls, rtol=1e-5)
+    with jax.enable_x64(True):
+        wrong = samplers.get(name)(
+            jax_denoiser(), jnp.asarray(1.05 * x), jnp.asarray(sigmas), **(options or {})
+        )
+    assert_misses(wrong, want, atol=1e-5)
     return calls
 
 
@@ -331,7 +337,9 @@ def test_deis_weights_in_float32_with_small_steps():
     ],
 )
 def test_bad_order_is_a_user_error(name, order, accepted):
-    with pytest.raises(UserError, match=f"'{name}': order={order} must be one of {accepted}"):
+    with pytest.raises(
+        UserError, match=f"'{name}': order={order} is not supported; accepted: {accepted}"
+    ):
         samplers.get(name)(gauss_denoise, jnp.ones((1, 2)), jnp.array([1.0, 0.0]), order=order)
 
 

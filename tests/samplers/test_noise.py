@@ -58,7 +58,9 @@ def test_brownian_value_is_continuous_and_reproducible():
 
 def test_errors():
     x, sigmas = jnp.ones((2, 3)), jnp.array([2.0, 1.0, 0.0])
-    with pytest.raises(UserError, match="sampler 's': noise='pink' must be one of independent"):
+    with pytest.raises(
+        UserError, match="sampler 's': noise='pink' is not supported; accepted: independent"
+    ):
         make_noise("s", "pink", KEY, x, sigmas)
     with pytest.raises(UserError, match="sampler 's' adds noise and needs a key"):
         make_noise("s", "brownian", None, x, sigmas)

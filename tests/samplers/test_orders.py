@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import samplers
-from jaxdiff.evaluation.gmm import as_dtype, make_mixture, reference_solution
+from jaxdiff.benchmarks.mixtures import as_dtype, make_mixture, reference_solution
 
 SIGMA_MAX, SIGMA_END = 14.6, 0.05
 STEPS = (16, 32, 64)

@@ -6,14 +6,19 @@ import pytest
 
 from jaxdiff import samplers
 from jaxdiff.errors import UserError
-from jaxdiff.samplers import base, check_sigmas
+from jaxdiff.samplers import base, check_sigmas, ode
 
 
 def test_names_and_get():
     assert {"euler", "heun"} <= set(samplers.names())
     assert samplers.names() == sorted(samplers.names())
-    assert samplers.get("euler") is samplers.ode.euler
+    assert samplers.get("euler") is ode.euler
     assert samplers.get("euler").__name__ == "euler"
+
+
+def test_the_listed_families_register_every_sampler():
+    families = {module.__name__ for module in samplers.FAMILIES}
+    assert {samplers.get(name).__module__ for name in samplers.names()} == families
 
 
 def test_unknown_sampler_lists_names():

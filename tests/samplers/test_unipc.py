@@ -19,6 +19,7 @@ from jaxdiff.errors import UserError
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from diffusers_reference import (
+    assert_misses,
     initial_noise,
     jax_denoiser,
     run_diffusers,
@@ -125,6 +126,15 @@ def test_matches_diffusers(variant, order, corrector, n, spacing, final, lower_o
     assert np.all(np.isfinite(want))
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(got, want_exact, atol=1e-10)
+    wrong = _unipc64(
+        1.05 * x,
+        sigmas,
+        order=order,
+        variant=variant,
+        corrector=corrector,
+        lower_order_final=lower_order_final,
+    )
+    assert_misses(wrong, want, atol=1e-5)
     assert len(calls) == len(want_calls) == n * samplers.evals_per_step("unipc")
     np.testing.assert_allclose(calls, want_calls, rtol=1e-12)
 
@@ -154,9 +164,9 @@ def test_step_to_zero_is_first_order():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"order": 4}, "order=4 must be one of 1, 2, 3"),
-        ({"order": 0}, "order=0 must be one of 1, 2, 3"),
-        ({"variant": "bh3"}, "variant='bh3' must be one of bh1, bh2"),
+        ({"order": 4}, "order=4 is not supported; accepted: 1, 2, 3"),
+        ({"order": 0}, "order=0 is not supported; accepted: 1, 2, 3"),
+        ({"variant": "bh3"}, "variant='bh3' is not supported; accepted: bh1, bh2"),
     ],
 )
 def test_bad_options(options, message):

@@ -19,9 +19,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from jaxdiff import samplers
-from jaxdiff.evaluation import diffusers_schedulers
-from jaxdiff.evaluation.diffusers_schedulers import SD_SCHEDULE, final_sigma, scheduler_sigmas
-from jaxdiff.evaluation.gmm import as_dtype, exact_denoise, make_mixture
+from jaxdiff.benchmarks import diffusers_reference
+from jaxdiff.benchmarks.diffusers_reference import SD_SCHEDULE, final_sigma, scheduler_sigmas
+from jaxdiff.benchmarks.mixtures import as_dtype, exact_denoise, make_mixture
 from jaxdiff.samplers.x0_limits import clip_denoised, threshold_denoised
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -115,7 +115,7 @@ def run_both(limits: dict, use_clipped_model_output: bool, steps: int = 10):
     sigmas = scheduler_sigmas(scheduler, final_sigma(scheduler))  # [steps + 1]
     x = initial_noise(32, sigmas[0], seed=4, mixture=MIXTURE)  # [32, 8]
     thresholding = limits.get("thresholding", False)
-    want, _ = diffusers_schedulers.run_scheduler(
+    want, _ = diffusers_reference.run_scheduler(
         scheduler,
         numpy_denoiser(channel_axis=thresholding),
         x[..., None] if thresholding else x,

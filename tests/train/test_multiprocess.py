@@ -11,7 +11,8 @@ from flax import nnx
 from processes import launch, wait
 
 from jaxdiff.configuration import load_config
-from jaxdiff.train.trainer import load_trained, train
+from jaxdiff.train.tasks import load_trained
+from jaxdiff.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = f"{ROOT / 'configs' / 'shapes_vae.py'}:tiny"

@@ -15,7 +15,8 @@ from jaxdiff.configuration import load_config
 from jaxdiff.convert.pipeline_components import load_pipeline_components
 from jaxdiff.errors import UserError
 from jaxdiff.images import read_png_text
-from jaxdiff.train.trainer import load_trained, train
+from jaxdiff.train.tasks import load_trained
+from jaxdiff.train.trainer import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -13,7 +13,8 @@ from jaxdiff.configuration import load_config, to_json
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation.evaluate import Evaluator
 from jaxdiff.images import read_png_text
-from jaxdiff.train.trainer import load_task, load_trained, train
+from jaxdiff.train.tasks import load_task, load_trained
+from jaxdiff.train.trainer import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -105,14 +106,19 @@ def test_latent_text_to_image_on_a_trained_autoencoder(tmp_path, vae_workdir):
         "shapes_t2i.py", "train.steps=4", "train.preview_every=4", f"vae_workdir={vae_workdir}"
     )
     train(config, tmp_path, progress=False)
+    _, vae = load_trained(vae_workdir)  # its EMA weights, which the run froze
     # The workdir is self-contained: the autoencoder's weights travel with it.
     shutil.rmtree(vae_workdir / "checkpoints")
     task, model = load_trained(tmp_path)
+    frozen = jax.tree.leaves(nnx.state(model.autoencoder, nnx.Param))
+    for got, want in zip(frozen, jax.tree.leaves(nnx.state(vae, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(got, want)
     assert task.latent_shape == (8, 8, 4)
     scale = float(model.latent_scale[...])
     assert np.isfinite(scale) and scale > 0 and scale != 1.0
-    pictures = task.pipeline(model)(["a red circle in the center"] * 2, steps=3, guidance=2.0)
-    assert pictures.shape == (2, 16, 16, 3) and pictures.dtype == np.uint8
+    prompts = ["a red circle in the center"] * 2
+    pictures = task.pipeline(model)(prompts, num_inference_steps=3, guidance_scale=2.0)
+    assert pictures.shape == (2, 16, 16, 3) and pictures.dtype == np.float32
     task.config.eval.metrics = "bits_per_dim"
     with pytest.raises(UserError, match="'bits_per_dim' needs a pixel-space model; this one"):
         Evaluator(task, task.config)

@@ -1,5 +1,6 @@
 """diffusers schedulers run on an analytic denoiser, as the reference a jaxdiff sampler is
-compared with (needs the `test` extra: torch and diffusers).
+compared with (torch and diffusers, from the `test` extra, imported only when a scheduler is made
+or run).
 
 The denoiser `D(x, sigma)` is wrapped as an eps-predicting discrete VP model. A diffusers scheduler
 holds either the VP state `z = x / sqrt(1 + sigma^2)` (DDIM, DDPM, PNDM, DEIS, UniPC, DPM-Solver:
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from jaxdiff.errors import UserError
+from jaxdiff.extras import import_optional
 
 # D(x [B, d] float64, sigma) -> x0_hat [B, d] float64
 NumpyDenoise = Callable[[np.ndarray, float], np.ndarray]
@@ -35,23 +38,19 @@ _TWO_STAGE = (
 )
 
 
-def _diffusers():
-    try:
-        import diffusers
-        import torch
-    except ImportError as error:
-        raise UserError(
-            f"comparing with diffusers needs torch and diffusers ({error}); "
-            "install them with pip install -e '.[test]'"
-        ) from error
-    return diffusers, torch
+# What the reference libraries are needed for, in the error that says they are missing.
+PURPOSE = "comparing with diffusers schedulers"
+
+
+def reference_library(name: str) -> ModuleType:
+    """`torch` or `diffusers`, or a one-line UserError naming the extra that installs it."""
+    return import_optional(name, PURPOSE)
 
 
 def make_scheduler(name: str, **options: Any):
     """The diffusers scheduler class `name` (e.g. "DDIMScheduler") with SD's noise schedule and
     no clipping of x0, updated by `options` (its own config arguments)."""
-    diffusers, _ = _diffusers()
-    cls = getattr(diffusers, name, None)
+    cls = getattr(reference_library("diffusers"), name, None)
     if cls is None or not name.endswith("Scheduler"):
         raise UserError(f"unknown diffusers scheduler {name!r}; expected a diffusers *Scheduler")
     # SD's configs turn off the clipping of x0 to [-1, 1] that DDIM / DDPM default to.
@@ -103,7 +102,7 @@ class EpsModel:
         self.sigmas: list[float] = []
 
     def __call__(self, z, t):
-        _, torch = _diffusers()
+        torch = reference_library("torch")
         sigma = sigma_at(self.scheduler, float(t))
         self.sigmas.append(sigma)
         x = z.double().numpy() * np.sqrt(1.0 + sigma**2)
@@ -123,7 +122,7 @@ def run_scheduler(
     `sigma_end` and the sigma of every model call.
 
     `step_kwargs` go to `scheduler.step` (a torch `generator`, DDIM's `eta`, ...)."""
-    _, torch = _diffusers()
+    torch = reference_library("torch")
     ve_state = float(scheduler.init_noise_sigma) != 1.0
     state = x if ve_state else x / np.sqrt(1.0 + sigma_start**2)
     sample = torch.from_numpy(np.array(state, np.float64))

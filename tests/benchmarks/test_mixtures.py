@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, make_mixture, reference_solution
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, make_mixture, reference_solution
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Prompt adherence on `shapes`: read (shape, colour, position) back from images.
+"""The attributes of `shapes` images: read (shape, colour, position) back from an image.
 
-A fixed, training-free reader (no network to train or download) used as the prompt-adherence
-metric for text-to-image models trained on `jaxdiff.data.shapes`:
+A fixed, training-free reader (no network to train or download); `prompt_adherence` scores
+text-to-image models trained on `jaxdiff.data.shapes` with it:
 
 1. Foreground: the background is grey, so a pixel's saturation (max - min channel) marks the
    shape; blending a colour with grey scales its saturation, so saturation is proportional to
@@ -229,27 +229,3 @@ def read_attributes(images: np.ndarray) -> np.ndarray:
     result[rows, 1] = np.where(colour_ok, colour, -1)
     result[rows, 2] = np.where(position_ok, position, -1)
     return result
-
-
-def adherence(images: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Fractions of images whose read shape, colour, position, and all three match `targets`.
-
-    `targets` `[N, 3]` holds the prompted (shape, colour, position) ids; an unreadable attribute
-    (-1) counts as a miss.
-    """
-    targets = np.asarray(targets)
-    if targets.ndim != 2 or targets.shape[1] != 3 or len(targets) != len(images):
-        raise UserError(
-            f"targets must be [N, 3] (shape, colour, position) ids with N = {len(images)} "
-            f"images, got shape {targets.shape}"
-        )
-    if len(targets) == 0:
-        raise UserError("adherence needs at least one image, got none")
-    correct = read_attributes(images) == targets  # [N, 3]
-    scores = correct.mean(axis=0)
-    return {
-        "shape": float(scores[0]),
-        "colour": float(scores[1]),
-        "position": float(scores[2]),
-        "all": float(correct.all(axis=1).mean()),
-    }

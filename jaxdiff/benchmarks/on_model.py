@@ -4,7 +4,7 @@ Every sampler starts from the same noise per image (from the pipeline's key of i
 coupled error is measured against a high-NFE reference run from that noise: the RMSE between final
 latents. Each run's images are also scored for shapes prompt adherence (the attributes read back
 from the pixels). The steps of a run are the most whose denoiser calls fit in its NFE budget,
-counted as in `sampler_runs`.
+counted as in `runs`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from jaxdiff import samplers
-from jaxdiff.data.shapes import COLOURS, POSITIONS, SHAPES, combinations, prompt
-from jaxdiff.errors import UserError
-from jaxdiff.evaluation.adherence import read_attributes
-from jaxdiff.evaluation.prompt_adherence import scores
-from jaxdiff.evaluation.sampler_runs import (
+from jaxdiff import images, samplers
+from jaxdiff.benchmarks.runs import (
     ADAPTIVE,
     calls,
     parse_spec,
     schedule_sigmas,
     steps_within,
 )
+from jaxdiff.data.shapes import COLOURS, POSITIONS, SHAPES, combinations, prompt
+from jaxdiff.errors import UserError
+from jaxdiff.evaluation.prompt_adherence import scores
+from jaxdiff.evaluation.shape_attributes import read_attributes
+from jaxdiff.train.tasks import load_image_task, load_model
 
 ADHERENCE = {"adherence": "adherence (all)", "adherence_shape": "shape"}
 
@@ -44,18 +45,12 @@ def _targets(count: int) -> tuple[list[str], np.ndarray]:
 
 
 def compare_on_model(config: Any, workdir: Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Rows (as `compare_samplers.evaluate`) for each sampler spec x schedule spec x NFE on the
+    """Rows (as `on_mixtures.evaluate`) for each sampler spec x schedule spec x NFE on the
     model in `workdir`; `rmse` is the coupled latent error to `config.reference` run for
     `config.reference_steps` steps on the same schedule from the same noise."""
     from tqdm import tqdm
 
-    from jaxdiff.train.trainer import load_model, load_task
-
-    task = load_task(workdir)
-    if not hasattr(task, "pipeline"):
-        raise UserError(
-            f"workdir {str(workdir)!r} holds a {task.config.task!r} model, not text-to-image"
-        )
+    task = load_image_task(workdir)
     process = task.diffusion.process
     prompts, targets = _targets(config.prompts)
     plan = []  # (spec, schedule spec, NFE, steps), checked before any sampling
@@ -69,20 +64,22 @@ def compare_on_model(config: Any, workdir: Path, progress: bool = True) -> list[
                     (spec, schedule, nfe, steps_within(name, options, schedule, nfe, process))
                 )
     pipeline = task.pipeline(load_model(task, workdir))
-    sampling = {"seed": config.seed, "guidance": config.guidance}
 
     def latents(spec: str, schedule: str, steps: int) -> np.ndarray:
+        """Final latents `[P, h, w, c]` of the sampler spec on the schedule spec."""
         name, options = parse_spec(spec)
         schedule_name, schedule_options = parse_spec(schedule)
         return np.asarray(
-            pipeline.latents(
+            pipeline(
                 prompts,
-                steps=steps,
+                num_inference_steps=steps,
+                guidance_scale=config.guidance,
                 sampler=name,
                 sampler_options=options,
-                schedule=schedule_name,
-                schedule_options=schedule_options,
-                **sampling,
+                sigma_schedule=schedule_name,
+                sigma_schedule_options=schedule_options,
+                seed=config.seed,
+                output_type="latent",
             )
         )
 
@@ -91,7 +88,8 @@ def compare_on_model(config: Any, workdir: Path, progress: bool = True) -> list[
     for spec, schedule, nfe, steps in tqdm(plan, disable=not progress, unit="run"):
         name, options = parse_spec(spec)
         out = latents(spec, schedule, steps)
-        adherence = scores(read_attributes(pipeline.decode(out)) == targets)
+        pictures = images.to_uint8(pipeline.decode(out), (0.0, 1.0))  # [P, S, S, 3]
+        adherence = scores(read_attributes(pictures) == targets)
         rows.append(
             {
                 "problem": f"model {workdir.name}",

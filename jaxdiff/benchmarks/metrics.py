@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.evaluation.gmm import GaussianMixture
+from jaxdiff.benchmarks.mixtures import GaussianMixture
 
 
 def coupled_rmse(x: jax.Array, reference: jax.Array) -> jax.Array:

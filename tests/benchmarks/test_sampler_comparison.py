@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 
 from jaxdiff import samplers
+from jaxdiff.benchmarks import on_mixtures, report, runs
+from jaxdiff.benchmarks.mixtures import as_dtype
 from jaxdiff.diffusion.processes import VPDiscrete
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation import compare_samplers as cs
-from jaxdiff.evaluation import comparison_report as report
-from jaxdiff.evaluation import sampler_runs as sr
-from jaxdiff.evaluation.gmm import as_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from configs.compare_samplers_gmm import DIFFUSERS
@@ -46,13 +44,13 @@ def small_config(**changes) -> ml_collections.ConfigDict:
 
 
 def test_parse_spec():
-    assert sr.parse_spec("unipc:order=3, variant=bh1,corrector=False") == (
+    assert runs.parse_spec("unipc:order=3, variant=bh1,corrector=False") == (
         "unipc",
         {"order": 3, "variant": "bh1", "corrector": False},
     )
-    assert sr.parse_spec(" euler ") == ("euler", {})
+    assert runs.parse_spec(" euler ") == ("euler", {})
     with pytest.raises(UserError, match="option 'order' is not key=value"):
-        sr.parse_spec("lms:order")
+        runs.parse_spec("lms:order")
 
 
 @pytest.mark.parametrize(
@@ -61,29 +59,29 @@ def test_parse_spec():
 )
 def test_steps_fit_the_counted_budget(name, nfe, steps):
     """Heun makes 2n - 1 calls into sigma = 0, PLMS n + 1, PNDM n + 9 (its Runge-Kutta start)."""
-    assert sr.steps_within(name, {}, "karras", nfe, PROCESS) == steps
-    used = sr.calls(name, {}, sr.schedule_sigmas("karras", steps, PROCESS))
-    assert used <= nfe < sr.calls(name, {}, sr.schedule_sigmas("karras", steps + 1, PROCESS))
+    assert runs.steps_within(name, {}, "karras", nfe, PROCESS) == steps
+    used = runs.calls(name, {}, runs.schedule_sigmas("karras", steps, PROCESS))
+    assert used <= nfe < runs.calls(name, {}, runs.schedule_sigmas("karras", steps + 1, PROCESS))
 
 
 def test_counted_nfe_and_exact_coupling():
     """Runs start from the reference's own points, so more Heun steps land nearer its endpoint;
     counted calls match 2n - 1."""
-    problem = cs.make_problems(small_config(), PROCESS.sigma_max)[0]
-    runs = sr.jaxdiff_runs("heun", "karras", PROCESS, (9, 99), ())
-    problem.prepare({level for r in runs for level in (r.sigma_start, r.sigma_end)})
-    bandwidth = cs.median_bandwidth(problem.mixture, 200)
-    coarse, fine = (cs.evaluate(problem, r, 16, bandwidth) for r in runs)
+    problem = on_mixtures.make_problems(small_config(), PROCESS.sigma_max)[0]
+    planned = runs.jaxdiff_runs("heun", "karras", PROCESS, (9, 99), ())
+    problem.prepare({level for r in planned for level in (r.sigma_start, r.sigma_end)})
+    bandwidth = on_mixtures.median_bandwidth(problem.mixture, 200)
+    coarse, fine = (on_mixtures.evaluate(problem, r, 16, bandwidth) for r in planned)
     assert (coarse["nfe"], coarse["steps"], fine["nfe"], fine["steps"]) == (9, 5, 99, 50)
     assert fine["rmse"] < coarse["rmse"] / 10
     assert problem.reference_drift < 1e-6
 
 
 def test_adaptive_runs_count_their_calls_and_meet_tighter_tolerances():
-    problem = cs.make_problems(small_config(seeds=1), PROCESS.sigma_max)[0]
-    runs = sr.jaxdiff_runs("dpm_adaptive", "karras", PROCESS, (), (1e-2, 1e-4))
-    problem.prepare({level for r in runs for level in (r.sigma_start, r.sigma_end)})
-    loose, tight = (cs.evaluate(problem, r, 16, 1.0) for r in runs)
+    problem = on_mixtures.make_problems(small_config(seeds=1), PROCESS.sigma_max)[0]
+    planned = runs.jaxdiff_runs("dpm_adaptive", "karras", PROCESS, (), (1e-2, 1e-4))
+    problem.prepare({level for r in planned for level in (r.sigma_start, r.sigma_end)})
+    loose, tight = (on_mixtures.evaluate(problem, r, 16, 1.0) for r in planned)
     assert 3 < loose["nfe"] < tight["nfe"]
     # Both end with the same denoising step from sigma_min = 0.029 to 0, which bounds the gain.
     assert tight["rmse"] < loose["rmse"]
@@ -92,7 +90,7 @@ def test_adaptive_runs_count_their_calls_and_meet_tighter_tolerances():
 def test_runs_start_and_end_on_the_reference_flow():
     """Levels below the top lie on the reference flow: fine Heun steps from the flow at 3.0
     reach the flow at 0.5 and at 0."""
-    problem = cs.make_problems(small_config(seeds=1), PROCESS.sigma_max)[0]
+    problem = on_mixtures.make_problems(small_config(seeds=1), PROCESS.sigma_max)[0]
     problem.prepare({3.0, 0.5})
     heun = samplers.get("heun")
     with jax.enable_x64(True):
@@ -108,10 +106,10 @@ def test_runs_start_and_end_on_the_reference_flow():
 def test_every_diffusers_twin_reproduces_its_scheduler(scheduler, sampler, schedule):
     """The benchmark's twins: the jaxdiff sampler on the jaxdiff schedule gives diffusers'
     result from the same start, with the same number of model calls."""
-    (twin,) = sr.jaxdiff_runs(sampler, schedule, PROCESS, (6,), ())
-    (ref,) = sr.diffusers_runs(scheduler, (6,), twin.stochastic)
+    (twin,) = runs.jaxdiff_runs(sampler, schedule, PROCESS, (6,), ())
+    (ref,) = runs.diffusers_runs(scheduler, (6,), twin.stochastic)
     top = max(PROCESS.sigma_max, ref.sigma_start)
-    problem = cs.make_problems(small_config(seeds=1), top)[0]
+    problem = on_mixtures.make_problems(small_config(seeds=1), top)[0]
     problem.prepare({ref.sigma_start, ref.sigma_end})
     start = problem.at(0, ref.sigma_start)
     (a, calls_a), (b, calls_b) = (r.execute(problem.mixture, start, 0) for r in (ref, twin))
@@ -121,10 +119,10 @@ def test_every_diffusers_twin_reproduces_its_scheduler(scheduler, sampler, sched
 
 def test_comparison_report(tmp_path):
     config = small_config(seeds=1)
-    rows, floors = cs.compare_on_mixtures(config, PROCESS, progress=False)
+    rows, floors = on_mixtures.compare_on_mixtures(config, PROCESS, progress=False)
     methods = {(r["backend"], r["method"], r["twin_of"]) for r in rows}
     assert ("diffusers", EULER_SD, "") in methods and ("jaxdiff", "euler", EULER_SD) in methods
-    assert all(np.isfinite(r[m]) for r in rows for m in cs.METRICS)
+    assert all(np.isfinite(r[m]) for r in rows for m in on_mixtures.METRICS)
     assert {r["stochastic"] for r in rows if r["method"].startswith("euler_ancestral")} == {True}
     paths = report.write_report(
         rows, report.gmm_notes(floors), config.nfe, report.GMM_METRICS, tmp_path, "t"
@@ -143,24 +141,24 @@ def test_comparison_report(tmp_path):
 
 def test_fitted_order():
     nfes = [5, 10, 20, 40]
-    assert cs.fitted_order(nfes, [3.0 * n**-2.0 for n in nfes]) == pytest.approx(2.0)
-    assert np.isnan(cs.fitted_order([5], [0.1]))
+    assert on_mixtures.fitted_order(nfes, [3.0 * n**-2.0 for n in nfes]) == pytest.approx(2.0)
+    assert np.isnan(on_mixtures.fitted_order([5], [0.1]))
 
 
 def test_bad_input_is_caught_when_planning():
     with pytest.raises(UserError, match=r"unknown sampler 'nope'; accepted: .*euler"):
-        sr.jaxdiff_runs("nope", "karras", PROCESS, (5,), ())
-    with pytest.raises(UserError, match=r"unknown sigma schedule 'wavy'; accepted: karras"):
-        sr.jaxdiff_runs("euler", "wavy", PROCESS, (5,), ())
+        runs.jaxdiff_runs("nope", "karras", PROCESS, (5,), ())
+    with pytest.raises(UserError, match=r"schedule='wavy' is not supported; accepted: karras"):
+        runs.jaxdiff_runs("euler", "wavy", PROCESS, (5,), ())
     with pytest.raises(UserError, match="sampler 'euler' does not take option 'order'"):
-        sr.jaxdiff_runs("euler:order=2", "karras", PROCESS, (5,), ())
-    with pytest.raises(UserError, match=r"'unipc': order=2\.0 must be one of 1, 2, 3"):
-        sr.jaxdiff_runs("unipc:order=2.0", "karras", PROCESS, (5,), ())
+        runs.jaxdiff_runs("euler:order=2", "karras", PROCESS, (5,), ())
+    with pytest.raises(UserError, match=r"'unipc': order=2\.0 is not supported; accepted: 1, 2, 3"):
+        runs.jaxdiff_runs("unipc:order=2.0", "karras", PROCESS, (5,), ())
     ends_above_zero = "discrete:steps_offset=1,final_sigma=sigma_min"
     with pytest.raises(UserError, match="NFE=1 is too small for sampler 'heun': one step makes 2"):
-        sr.jaxdiff_runs("heun", ends_above_zero, PROCESS, (1,), ())
+        runs.jaxdiff_runs("heun", ends_above_zero, PROCESS, (1,), ())
     with pytest.raises(UserError, match="unknown diffusers scheduler 'Nope'"):
-        sr.diffusers_runs("Nope", (5,), False)
+        runs.diffusers_runs("Nope", (5,), False)
     mismatched = small_config(diffusers=((EULER_SD, "euler", "karras"),))
     with pytest.raises(UserError, match="jaxdiff twin 'euler' on 'karras' does not take the steps"):
-        sr.plan_runs(mismatched, PROCESS)
+        runs.plan_runs(mismatched, PROCESS)

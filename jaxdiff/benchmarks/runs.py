@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import samplers
+from jaxdiff.benchmarks import diffusers_reference
+from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, exact_denoise
 from jaxdiff.diffusion.processes import Process
 from jaxdiff.diffusion.schedules import make_sigmas
 from jaxdiff.errors import UserError
-from jaxdiff.evaluation import diffusers_schedulers
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, exact_denoise
 
 ADAPTIVE = "dpm_adaptive"
 # (x [B, d] float64 at the run's first sigma, seed) -> (x at its last sigma, counted NFE)
@@ -234,15 +234,14 @@ def _diffusers_executor(spec: str, steps: int) -> tuple[Execute, np.ndarray]:
     """The executor of a diffusers scheduler spec at `steps` steps, and its sigmas (the sigma of
     each model call's timestep, then the final sigma)."""
     name, options = parse_spec(spec)
-    scheduler = diffusers_schedulers.make_scheduler(name, **options)
+    scheduler = diffusers_reference.make_scheduler(name, **options)
     scheduler.set_timesteps(steps)
-    final = diffusers_schedulers.final_sigma(scheduler)
-    sigmas = diffusers_schedulers.scheduler_sigmas(scheduler, final_sigma=final)
+    final = diffusers_reference.final_sigma(scheduler)
+    sigmas = diffusers_reference.scheduler_sigmas(scheduler, final_sigma=final)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 
     def execute(mixture: GaussianMixture, x: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
-        import torch
-
+        torch = diffusers_reference.reference_library("torch")
         scheduler.set_timesteps(steps)  # resets the scheduler's step counter and history
         step_kwargs = {"generator": torch.Generator().manual_seed(seed)} if takes_generator else {}
         with jax.enable_x64(True):
@@ -251,7 +250,7 @@ def _diffusers_executor(spec: str, steps: int) -> tuple[Execute, np.ndarray]:
             def numpy_denoise(z: np.ndarray, sigma: float) -> np.ndarray:
                 return np.asarray(exact_denoise(mix64, jnp.asarray(z), jnp.asarray(sigma)))
 
-            out, model_sigmas = diffusers_schedulers.run_scheduler(
+            out, model_sigmas = diffusers_reference.run_scheduler(
                 scheduler, numpy_denoise, x, sigmas[0], sigmas[-1], step_kwargs
             )
         return out, len(model_sigmas)
@@ -267,7 +266,7 @@ def diffusers_runs(spec: str, nfes: Sequence[int], stochastic: bool) -> list[Run
         return len(_diffusers_executor(spec, n)[1]) - 1
 
     name, _ = parse_spec(spec)
-    evals = diffusers_schedulers.evals_per_step(name)
+    evals = diffusers_reference.evals_per_step(name)
     runs = []
     for nfe in nfes:
         n = _fit_budget(nfe, evals, count, f"diffusers {name}")

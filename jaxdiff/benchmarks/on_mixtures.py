@@ -2,13 +2,13 @@
 
 For each mixture and seed, `num_samples` initial points are drawn exactly from the noised mixture
 at the process's `sigma_max` and carried by the float64 reference solution of the PF-ODE
-(`gmm.reference_solution`, checked stable when its tolerance is halved) through every noise level
-a run starts or ends at, down to 0. So every run, whatever its schedule's first and last sigma,
-starts from exact samples coupled to the same noise, and its coupled RMSE to the reference where
-it ends is its discretization error alone. Distribution metrics compare against fresh exact
+(`mixtures.reference_solution`, checked stable when its tolerance is halved) through every noise
+level a run starts or ends at, down to 0. So every run, whatever its schedule's first and last
+sigma, starts from exact samples coupled to the same noise, and its coupled RMSE to the reference
+where it ends is its discretization error alone. Distribution metrics compare against fresh exact
 samples noised to the run's last sigma, with the noise floor of two exact sets printed beside them.
 
-The runs (`sampler_runs`) are jaxdiff samplers on each schedule and diffusers schedulers beside
+The runs (`runs`) are jaxdiff samplers on each schedule and diffusers schedulers beside
 their jaxdiff twins, at each budget of function evaluations (NFE); every NFE reported is counted
 from real denoiser calls. Everything runs in float64. Medians over seeds. A stochastic sampler's
 coupled RMSE measures its distance from the ODE solution, not a discretization error: only its
@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.benchmarks import metrics
+from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, make_mixture, reference_solution
+from jaxdiff.benchmarks.runs import Run, plan_runs
 from jaxdiff.diffusion.processes import Process
-from jaxdiff.evaluation import sample_metrics
-from jaxdiff.evaluation.gmm import GaussianMixture, as_dtype, make_mixture, reference_solution
-from jaxdiff.evaluation.sampler_runs import Run, plan_runs
 
 METRICS = ("rmse", "sw2", "mmd", "mode_tv")
 
@@ -99,10 +99,10 @@ def _metrics(
         x = jnp.asarray(out)
         key = jax.random.key(20_000 + seed)
         return {
-            "rmse": float(sample_metrics.coupled_rmse(x, problem.at(seed, sigma_end))),
-            "sw2": float(sample_metrics.sliced_wasserstein(key, x, exact, projections)),
-            "mmd": float(sample_metrics.mmd(x, exact, bandwidth)),
-            "mode_tv": float(sample_metrics.mode_weight_tv(mix64, x, sigma_end)),
+            "rmse": float(metrics.coupled_rmse(x, problem.at(seed, sigma_end))),
+            "sw2": float(metrics.sliced_wasserstein(key, x, exact, projections)),
+            "mmd": float(metrics.mmd(x, exact, bandwidth)),
+            "mode_tv": float(metrics.mode_weight_tv(mix64, x, sigma_end)),
         }
 
 

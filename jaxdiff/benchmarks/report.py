@@ -9,14 +9,15 @@ sampler: over its tolerances); its fitted order is the slope of -log(RMSE) again
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxdiff.evaluation.compare_samplers import fitted_order
+from jaxdiff.atomic_write import atomic_path, write_atomically
+from jaxdiff.benchmarks.on_mixtures import fitted_order
 
 Row = dict[str, Any]
 CurveKey = tuple[str, str, str, str]
@@ -35,19 +36,13 @@ def curve_order(points: Sequence[Row]) -> float:
     return fitted_order([r["nfe"] for r in points], [r["rmse"] for r in points])
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv(rows: Sequence[Row], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Every row, one column per key of the first, written whole or not at all."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def _fmt(v: float) -> str:
@@ -238,10 +233,9 @@ def plot(rows: Sequence[Row], problems: Sequence[str], path: Path) -> None:
         ax.set_ylabel("coupled RMSE to the reference ODE solution")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as partial:
+        fig.savefig(partial, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(
@@ -260,6 +254,6 @@ def write_report(
         "plot": out_dir / "error_vs_nfe.png",
     }
     write_csv(rows, paths["csv"])
-    _atomic_write(paths["markdown"], markdown(rows, notes, nfes, metrics, title))
+    write_atomically(paths["markdown"], markdown(rows, notes, nfes, metrics, title))
     plot(rows, list(notes), paths["plot"])
     return paths

@@ -1,0 +1,524 @@
+"""The one prompt-to-image loop every pipeline runs, and the `Pipeline` base class around it.
+
+A pipeline family (Stable Diffusion, jaxdiff's own text-to-image models, ...) is a small
+subclass of `Pipeline` that says how to tokenize prompts and which sigmas to sample along (host
+side), and, as static methods that run inside the compiled loop on its merged networks, how to
+encode prompts, how its denoiser network is called, and how images go in and out of its latent
+space. The loop itself, the argument names (diffusers'), the checks, the per-image keys, the
+split of the batch over the devices and the compile cache are shared.
+
+The whole loop (prompt encoding, sampler, decoding) is one `jax.jit` function per
+`LoopSettings` and input shapes; prompts, seeds, noise, guidance scales and sigmas are traced,
+so changing them does not recompile. Image i of a call uses the key `fold_in(key(seed),
+first_index + i)` for its noise, its image posterior samples and a stochastic sampler's noise:
+it is sampled under `jax.vmap` from that key alone, so it does not depend on the batch size, on
+how many calls a set is made in, or on the number of devices.
+
+Modes (how a run starts and what the network sees): "text" (pure noise), "img2img" (the noised
+image, SDEdit), "inpaint" (the known region re-imposed at every noise level, any network),
+"inpaint_channels" (a network with the mask and the masked image's latents as extra input
+channels, e.g. a 9-channel inpainting UNet).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdiff import parallel, samplers
+from jaxdiff.diffusion import Diffusion
+from jaxdiff.errors import UserError, require
+from jaxdiff.item_keys import check_first_index, item_keys
+from jaxdiff.pipelines import image_io
+from jaxdiff.pipelines.prompts import negative_prompt_list, prompt_list
+from jaxdiff.samplers.inpainting import blend_known, reimpose_known
+from jaxdiff.samplers.x0_limits import clip_denoised, threshold_denoised
+
+Network = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x_in, t, context) -> output
+
+
+@dataclasses.dataclass
+class Sampling:
+    """The settings of a pipeline call, as diffusers names them, checked on construction.
+
+    num_inference_steps: sampler steps; guidance_scale: the weight of classifier-free guidance
+    (Ho & Salimans 2022; when it runs: `Pipeline.guided`); guidance_rescale: phi of Lin et al.
+    2024 in [0, 1]; sampler: any of `samplers.names()` with its `sampler_options`;
+    sigma_schedule (None: the pipeline's own) with `sigma_schedule_options`; seed (or a PRNG
+    `key`) and first_index: image i uses `fold_in(key(seed), first_index + i)`; latents: the
+    unit noise `[B, h, w, c]` to start from; num_images_per_prompt; output_type: "np"
+    (float32 `[B, H, W, 3]` in [0, 1]), "pil", or "latent" (float32 `[B, h, w, c]`, undecoded).
+    """
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    guidance_rescale: float = 0.0
+    sampler: str = "ddim"
+    sampler_options: dict[str, Any] | None = None
+    sigma_schedule: str | None = None
+    sigma_schedule_options: dict[str, Any] | None = None
+    seed: int = 0
+    key: jax.Array | None = None
+    first_index: int = 0
+    latents: Any = None
+    num_images_per_prompt: int = 1
+    output_type: str = "np"
+
+    def __post_init__(self) -> None:
+        steps = self.num_inference_steps
+        require(
+            isinstance(steps, int | np.integer) and not isinstance(steps, bool) and steps > 0,
+            f"num_inference_steps={steps!r} must be a positive integer",
+        )
+        require(self.guidance_scale >= 0, f"guidance_scale={self.guidance_scale} must be >= 0")
+        require(
+            0.0 <= self.guidance_rescale <= 1.0,
+            f"guidance_rescale={self.guidance_rescale} must be in [0, 1]",
+        )
+        count = self.num_images_per_prompt
+        require(
+            isinstance(count, int) and not isinstance(count, bool) and count > 0,
+            f"num_images_per_prompt={count!r} must be a positive integer",
+        )
+        require(
+            self.key is not None
+            or (
+                (isinstance(self.seed, int) and not isinstance(self.seed, bool))
+                and 0 <= self.seed < 2**32
+            ),
+            f"seed={self.seed!r} must be an integer in [0, 2**32) (or pass key=)",
+        )
+        image_io.check_output_type(self.output_type)
+        options = dict(self.sampler_options or {})
+        accepted = samplers.option_defaults(self.sampler)  # also checks the name
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise UserError(
+                f"sampler {self.sampler!r} does not take option {unknown[0]!r}; accepted: "
+                f"{', '.join(accepted) or 'none'}"
+            )
+        for name, value in options.items():
+            require(
+                isinstance(value, bool | int | float | str),
+                f"sampler option {name}={value!r}: the pipelines take numbers and strings "
+                "(they are compiled into the loop)",
+            )
+
+    @property
+    def root_key(self) -> jax.Array:
+        return self.key if self.key is not None else jax.random.key(self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """What a run samples along: sigmas `[n + 1]` (descending), whether the network sees integer
+    timesteps (the sigma's timestep rounded), the std of the pure noise a run from noise starts
+    with, the scale of the state where the grid ends (diffusers decodes the VP state
+    `x / sqrt(1 + sigma^2)` of a grid ending above 0), and the x0 clipping range or dynamic
+    thresholding `(ratio, max value)` the sampler applies, if any."""
+
+    sigmas: np.ndarray
+    start_std: float
+    integer_timesteps: bool = False
+    end_scale: float = 1.0
+    clip_sample_range: float | None = None
+    threshold: tuple[float, float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """Everything the compiled loop is specialised on."""
+
+    family: type[Pipeline]  # whose static methods encode, predict, and map images and latents
+    graphdef: Any  # nnx.GraphDef of the family's networks
+    sampler: str
+    options: tuple[tuple[str, Any], ...]
+    diffusion: Diffusion
+    integer_timesteps: bool
+    guided: bool  # classifier-free guidance on (`Pipeline.guided`)
+    mode: str
+    from_noise: bool  # start from pure noise (text, or inpainting with strength 1)
+    clip_sample_range: float | None
+    threshold: tuple[float, float] | None
+    decode: bool  # False for output_type="latent"
+
+
+class Pipeline(abc.ABC):
+    """Text-to-image (`__call__`), `img2img` and `inpaint` for one family of networks.
+
+    A subclass sets `defaults` (its `Sampling` defaults), the sizes below, and implements
+    `tokenize` and `grid` on the host and the static methods `encode_prompts`, `predict`,
+    `encode_images` and `decode_latents`, which run inside the compiled loop on the networks
+    given to `__init__` (merged back from their graph and state).
+    """
+
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    vae_scale_factor: int  # image pixels per latent pixel
+    latent_channels: int
+    network_in_channels: int  # latent_channels, or more for an inpainting network
+    default_size: int  # image height and width when a call gives none
+
+    def __init__(
+        self, networks: Any, diffusion: Diffusion, devices: Sequence[jax.Device] | None = None
+    ):
+        self.diffusion = diffusion
+        self.mesh = parallel.local_mesh(devices)
+        self._graphdef, state = nnx.split(networks)
+        self._state = parallel.local_replica(state, self.mesh)
+
+    # -- what a family supplies --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def tokenize(self, prompts: list[str]) -> np.ndarray:
+        """Token ids `[N, T]` int32 of prompts."""
+
+    @abc.abstractmethod
+    def grid(self, sampling: Sampling) -> Grid:
+        """The sigmas and settings the call's sampler runs along."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def encode_prompts(networks: Any, ids: jax.Array) -> Any:
+        """Token ids `[B, T]` -> the network's context: `[B, T, D]`, or a pytree of arrays with
+        a leading batch axis (e.g. with pooled embeddings)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def predict(networks: Any, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:
+        """The denoiser network's output (eps, v, ... as the `Diffusion` says) for its scaled
+        input `[B, h, w, c_in]`, its time input `[]` or `[B]` and the context
+        (`encode_prompts`'s)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def encode_images(networks: Any, images: jax.Array, keys: jax.Array) -> jax.Array:
+        """Images `[B, H, W, 3]` in [-1, 1] -> latents `[B, h, w, c]` float32 sampled from the
+        posterior with one key per image, scaled as the denoiser sees them."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
+        """Latents `[B, h, w, c]` -> images `[B, H, W, 3]` float32 in [-1, 1]."""
+
+    def guided(self, guidance_scale: float) -> bool:
+        """Whether a call runs classifier-free guidance: when ``guidance_scale > 1``, as
+        diffusers' pipelines decide (at 1 and below they run the conditional model alone)."""
+        return guidance_scale > 1.0
+
+    # -- the calls ---------------------------------------------------------------------------
+
+    def sampling(self, **settings: Any) -> Sampling:
+        """The checked settings of a call: `settings` over this pipeline's defaults."""
+        return Sampling(**{**self.defaults, **settings})
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        **sampling: Any,
+    ) -> np.ndarray | list:
+        """Images for `prompt`: float32 `[B, H, W, 3]` in [0, 1] (`output_type="np"`), PIL
+        images ("pil") or latents ("latent"), B = prompts x `num_images_per_prompt`.
+        `sampling`: the fields of `Sampling` (defaults: `self.defaults`)."""
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        image_io.check_size(height, width, self.vae_scale_factor)
+        self._require_channels("text-to-image", self.latent_channels)
+        shape = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        return self._generate(prompt, negative_prompt, self.sampling(**sampling), "text", shape)
+
+    def img2img(
+        self,
+        prompt: str | Sequence[str],
+        image: Any,
+        strength: float = 0.8,
+        negative_prompt: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> np.ndarray | list:
+        """Images for `prompt` starting from `image` (one, or one per prompt) noised to the
+        level `strength` of the way up the schedule (SDEdit, Meng et al. 2022): the last
+        `int(num_inference_steps * strength)` steps are run. Other arguments as `__call__`."""
+        self._require_channels("img2img", self.latent_channels)
+        return self._generate(
+            prompt,
+            negative_prompt,
+            self.sampling(**sampling),
+            "img2img",
+            None,
+            image,
+            None,
+            strength,
+        )
+
+    def inpaint(
+        self,
+        prompt: str | Sequence[str],
+        image: Any,
+        mask: Any,
+        strength: float = 1.0,
+        negative_prompt: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> np.ndarray | list:
+        """`image` repainted where `mask` is white (>= 0.5). An inpainting network (latent
+        channels x 2 + 1 inputs) gets the mask and the masked image's latents as input
+        channels; any other keeps the known region, re-imposed at every noise level.
+        `strength` < 1 starts from the noised image instead of pure noise. Other arguments as
+        `__call__`."""
+        if self.network_in_channels == 2 * self.latent_channels + 1:
+            mode = "inpaint_channels"
+        else:
+            self._require_channels("inpaint", self.latent_channels)
+            mode = "inpaint"
+        return self._generate(
+            prompt, negative_prompt, self.sampling(**sampling), mode, None, image, mask, strength
+        )
+
+    def decode(self, latents: Any, output_type: str = "np") -> np.ndarray | list:
+        """Latents `[B, h, w, c]` (`output_type="latent"` of a call) -> images as `__call__`
+        gives them, decoded over the devices."""
+        require(output_type != "latent", "decode gives images; output_type 'latent' is not one")
+        image_io.check_output_type(output_type)
+        latents = np.asarray(latents, np.float32)
+        rows = parallel.split_rows({"latents": latents}, self.mesh)["latents"]
+        decoded = _decode(type(self), self._graphdef, self._state, rows)
+        return image_io.to_output(np.asarray(decoded)[: latents.shape[0]], output_type)
+
+    def _require_channels(self, what: str, expected: int) -> None:
+        if self.network_in_channels != expected:
+            raise UserError(
+                f"{what} needs a network with {expected} input channels; this one has "
+                f"{self.network_in_channels} (use inpaint with an inpainting network)"
+            )
+
+    def _generate(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None,
+        sampling: Sampling,
+        mode: str,
+        latent_size: tuple[int, int] | None,
+        image: Any = None,
+        mask: Any = None,
+        strength: float = 1.0,
+    ) -> np.ndarray | list:
+        prompts = prompt_list(prompt)
+        negatives = negative_prompt_list(negative_prompt, len(prompts))
+        repeat = sampling.num_images_per_prompt
+        count = len(prompts) * repeat
+        check_first_index(sampling.first_index, count)
+        images = masks = None
+        if mode != "text":
+            require(0.0 < strength <= 1.0, f"strength={strength} must be in (0, 1]")
+            images = image_io.image_batch(image, len(prompts), self.vae_scale_factor)
+            if mask is not None:
+                masks = np.repeat(image_io.mask_batch(mask, images), repeat, axis=0)  # [B, H, W, 1]
+            images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3]
+            latent_size = (
+                images.shape[1] // self.vae_scale_factor,
+                images.shape[2] // self.vae_scale_factor,
+            )
+        ids = self.tokenize(prompts + negatives)  # [2N, T]; unknown words fail before sampling
+        grid = self.grid(sampling)
+        sigmas = _run_sigmas(grid.sigmas, strength, mode)
+        keys = item_keys(sampling.root_key, count, sampling.first_index)  # [B]
+        noise = _noise(sampling.latents, keys, (*latent_size, self.latent_channels))
+        settings = LoopSettings(
+            family=type(self),
+            graphdef=self._graphdef,
+            sampler=sampling.sampler,
+            options=tuple(sorted((sampling.sampler_options or {}).items())),
+            diffusion=self.diffusion,
+            integer_timesteps=grid.integer_timesteps,
+            guided=self.guided(sampling.guidance_scale),
+            mode=mode,
+            from_noise=mode == "text" or (mode != "img2img" and strength == 1.0),
+            clip_sample_range=grid.clip_sample_range,
+            threshold=grid.threshold,
+            decode=sampling.output_type != "latent",
+        )
+        batch = parallel.split_rows(
+            dict(
+                ids=np.repeat(ids[: len(prompts)], repeat, axis=0),  # [B, T]
+                negative_ids=np.repeat(ids[len(prompts) :], repeat, axis=0),  # [B, T]
+                keys=keys,
+                noise=noise,
+                images=images,
+                masks=masks,
+            ),
+            self.mesh,
+        )
+        out = compiled_loop(settings)(
+            self._state,
+            guidance=jnp.float32(sampling.guidance_scale),
+            rescale=jnp.float32(sampling.guidance_rescale),
+            sigmas=jnp.asarray(sigmas, jnp.float32),
+            start_std=jnp.float32(grid.start_std),
+            end_scale=jnp.float32(grid.end_scale),
+            **batch,
+        )
+        out = np.asarray(out)[:count]
+        if sampling.output_type == "latent":
+            return out
+        return image_io.to_output(out, sampling.output_type)
+
+
+def _run_sigmas(sigmas: np.ndarray, strength: float, mode: str) -> np.ndarray:
+    """The run's sigmas: the whole grid `[n + 1]`, or its last `int(n * strength)` steps
+    (diffusers' `get_timesteps`) when starting from an image."""
+    sigmas = np.asarray(sigmas)
+    n = sigmas.shape[0] - 1
+    if mode == "text":
+        return sigmas
+    steps = min(int(n * strength), n)
+    if steps < 1:
+        raise UserError(
+            f"strength={strength} with num_inference_steps={n} leaves no step to run; "
+            "raise one of them so that num_inference_steps * strength >= 1"
+        )
+    return sigmas[n - steps :]
+
+
+def _noise(latents: Any, keys: jax.Array, shape: tuple[int, int, int]) -> np.ndarray:
+    """The given unit noise `[B, h, w, c]`, checked, or each image's own draw."""
+    if latents is None:
+        return np.asarray(draw_noise(keys, shape))
+    latents = np.asarray(latents, np.float32)
+    want = (keys.shape[0], *shape)
+    require(
+        latents.shape == want,
+        f"latents of shape {latents.shape}; accepted: {want} (images, h, w, channels)",
+    )
+    return latents
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def draw_noise(keys: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+    """The initial unit noise of each image from its key. keys [B] -> [B, h, w, c]"""
+    return jax.vmap(lambda k: jax.random.normal(_split(k)[0], shape))(keys)
+
+
+def _split(key: jax.Array) -> jax.Array:
+    """An image's key -> keys for its noise, image posterior, masked-image posterior, sampler."""
+    return jax.random.split(key, 4)
+
+
+def _limited(denoise: samplers.Denoise, settings: LoopSettings) -> samplers.Denoise:
+    if settings.threshold is not None:
+        return threshold_denoised(denoise, *settings.threshold)
+    if settings.clip_sample_range is not None:
+        return clip_denoised(denoise, settings.clip_sample_range)
+    return denoise
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode(family: type[Pipeline], graphdef: Any, state: Any, latents: jax.Array) -> jax.Array:
+    """Latents [B, h, w, c] -> images [B, H, W, 3] float32 in [0, 1]."""
+    return _unit_range(family.decode_latents(nnx.merge(graphdef, state), latents))
+
+
+def _unit_range(images: jax.Array) -> jax.Array:
+    """Images in [-1, 1] -> [0, 1], clipped."""
+    return jnp.clip(images / 2.0 + 0.5, 0.0, 1.0)
+
+
+@functools.cache
+def compiled_loop(settings: LoopSettings) -> Callable:
+    """`run(state, ids, negative_ids, keys, noise, guidance, rescale, sigmas, start_std,
+    end_scale, images, masks)` -> images `[B, H, W, 3]` float32 in [0, 1], or latents
+    `[B, h, w, c]` when `settings.decode` is False; jit-compiled.
+
+    ids, negative_ids: [B, T]; keys: [B]; noise: [B, h, w, c] unit noise; sigmas: [n + 1];
+    start_std: [] the std of the pure noise a run from noise starts with; end_scale: [] the
+    factor the final state is scaled by (`Grid`); images: [B, H, W, 3] in [-1, 1] and masks
+    [B, H, W, 1] (1: paint), or None for "text".
+    """
+    family = settings.family
+    sample = samplers.get(settings.sampler)
+    options = dict(settings.options)
+    inpainting = settings.mode in ("inpaint", "inpaint_channels")
+
+    def run(
+        state,
+        ids,
+        negative_ids,
+        keys,
+        noise,
+        guidance,
+        rescale,
+        sigmas,
+        start_std,
+        end_scale,
+        images,
+        masks,
+    ):
+        networks = nnx.merge(settings.graphdef, state)
+        count = ids.shape[0]
+        if settings.guided:  # one pass over both prompts; the context may be a pytree
+            both = family.encode_prompts(networks, jnp.concatenate([ids, negative_ids]))
+            context = jax.tree.map(lambda a: a[:count], both)  # [B, T, D] leaves
+            uncontext = jax.tree.map(lambda a: a[count:], both)
+        else:
+            context = uncontext = family.encode_prompts(networks, ids)
+        split = jax.vmap(_split)(keys)  # [B, 4]
+        per_image: dict[str, Any] = {
+            "noise": noise,
+            "context": context,
+            "uncontext": uncontext,
+            "key": split[:, 3],
+        }
+        if settings.mode in ("img2img", "inpaint") or not settings.from_noise:
+            per_image["known"] = family.encode_images(networks, images, split[:, 1])
+        if inpainting:
+            f = images.shape[1] // noise.shape[1]
+            per_image["mask"] = masks[:, ::f, ::f, :]  # [B, h, w, 1], nearest as diffusers
+        if settings.mode == "inpaint_channels":
+            masked = images * (masks < 0.5)
+            per_image["masked"] = family.encode_images(networks, masked, split[:, 2])
+
+        def one(inputs: dict[str, jax.Array]) -> jax.Array:
+            """One image: every array with a batch axis of 1."""
+            one_ = jax.tree.map(lambda v: v[None], {k: v for k, v in inputs.items() if k != "key"})
+
+            def net(x_in: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Array:
+                t = jnp.round(t) if settings.integer_timesteps else t
+                if settings.mode == "inpaint_channels":
+                    extra = jnp.concatenate([one_["mask"], one_["masked"]], axis=-1)
+                    x_in = jnp.concatenate(
+                        [x_in, jnp.broadcast_to(extra, x_in.shape[:1] + extra.shape[1:])], -1
+                    )
+                return family.predict(networks, x_in, t, ctx)
+
+            scale = guidance if settings.guided else 1
+            guided = samplers.cfg(net, one_["context"], one_["uncontext"], scale, rescale)
+            denoise = _limited(settings.diffusion.denoiser(guided), settings)
+            if settings.mode == "inpaint":
+                denoise = reimpose_known(
+                    denoise, one_["known"], one_["mask"], one_["noise"], sigmas[0]
+                )
+            if settings.from_noise:
+                start = one_["noise"] * start_std
+            else:
+                start = one_["known"] + one_["noise"] * sigmas[0]
+            x = sample(denoise, start, sigmas, key=inputs["key"], **options)
+            x = x * end_scale
+            if settings.mode == "inpaint":
+                x = blend_known(x, one_["known"], one_["mask"])
+            return x[0]
+
+        latents = jax.vmap(one)(per_image)  # [B, h, w, c]
+        if not settings.decode:
+            return latents
+        return _unit_range(family.decode_latents(networks, latents))
+
+    return jax.jit(run)
