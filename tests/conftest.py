@@ -26,3 +26,29 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 sys.modules.setdefault(
     "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
 )
+
+# `make test` runs each file whole on one of two workers (--dist loadfile), handing out files in
+# collection order: the files that take minutes go first, so that the short ones fill in behind
+# them and neither worker is left alone with a long file at the end.
+SLOW_FILES_FIRST = (
+    "tests/pipelines/test_pipeline_parity.py",
+    "tests/evaluation/test_evaluate.py",
+    "tests/train/test_fault_tolerance.py",
+    "tests/train/test_trainer.py",
+    "tests/train/test_real_configs.py",
+    "tests/colab/test_notebooks.py",
+    "tests/train/test_multiprocess.py",
+    "tests/train/test_sharded_step.py",
+    "tests/test_cli.py",
+    "tests/pipelines/test_pipeline_batches.py",
+    "tests/train/test_lr_ema_remat.py",
+    "tests/pipelines/test_sample_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return SLOW_FILES_FIRST.index(path) if path in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the rest is kept
