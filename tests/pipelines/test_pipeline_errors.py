@@ -53,6 +53,15 @@ def _raises(match: str):
         (lambda p: p("a", sampler_options={"order": 3}), r"does not take option 'order'"),
         (lambda p: p("a", sigma_schedule="cosine"), r"unknown sigma_schedule 'cosine'"),
         (
+            lambda p: p("a", sigma_schedule_options={"rho": 3.0}),
+            r"sigma_schedule_options: Stable Diffusion's sigma schedules take none",
+        ),
+        (lambda p: p("a", output_type="pt"), r"output_type='pt'; accepted: np, pil, latent"),
+        (
+            lambda p: p.decode(np.zeros((1, 8, 8, 4)), output_type="latent"),
+            r"decode gives images; output_type 'latent' is not one",
+        ),
+        (
             lambda p: p("a", sampler_options={"eta": [0.5]}),
             r"sampler option eta=\[0.5\]: the pipelines take numbers and strings",
         ),

@@ -61,3 +61,16 @@ def test_an_image_depends_on_its_seed_and_index_alone():
 def test_a_bad_first_index_is_a_one_line_error():
     with pytest.raises(UserError, match=r"first_index=-2 must be an integer in \[0, 2147483647\]"):
         _pipeline(8)(["a red circle in the center"], first_index=-2)
+
+
+def test_guidance_zero_samples_the_unconditional_branch():
+    """jaxdiff's own models guide at every scale but 1: at 0 a prompt's image is its negative
+    prompt's image at scale 1 (the conditional model alone)."""
+    pipe = _pipeline(8)
+    settings = dict(num_inference_steps=3, seed=7, output_type="latent")
+    red, blue = "a red circle in the center", "a blue square in the top left corner"
+    unconditional = pipe([red], negative_prompt=blue, guidance_scale=0.0, **settings)
+    conditional = pipe([blue], guidance_scale=1.0, **settings)
+    # One batched pass over both prompts against a pass over one: float differences (1e-4).
+    np.testing.assert_allclose(unconditional, conditional, rtol=0, atol=1e-3)
+    assert np.abs(pipe([red], guidance_scale=1.0, **settings) - conditional).max() > 0.05
