@@ -20,10 +20,20 @@ $(VENV)/.installed: $(BIN)/python setup.py
 # k-diffusion, the reference of the samplers with its names, requires its training stack and an
 # unpinned torch: it goes in with --no-deps (the test extra has what its sampling.py imports).
 FID_REFERENCE := $(VENV)/pytorch-fid-reference
+# tfds's builders prepare data through TensorFlow, which jaxdiff reads without: TensorFlow's CPU
+# build and what its import and tfds's builders need (the `data` extra, less tensorboard and
+# keras) go in a folder of their own that only the process preparing data in tests/data puts on
+# its path, so that every other test runs without TensorFlow, as jaxdiff does.
+TENSORFLOW_PREPARE := $(VENV)/tensorflow-prepare
+# tensorflow-cpu has wheels for Linux x86_64 only; elsewhere `tensorflow` is the CPU build.
+TENSORFLOW := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),tensorflow-cpu,tensorflow)
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps --target $(FID_REFERENCE) torchvision==0.28.0 pytorch-fid==0.3.0
+	$(BIN)/pip install --quiet --no-deps --target $(TENSORFLOW_PREPARE) $(TENSORFLOW)==2.20.0 \
+		gast==0.7.0 astunparse==1.6.3 google-pasta==0.2.0 flatbuffers==25.12.19 \
+		importlib_resources==7.1.0
 	$(BIN)/pip install --quiet --no-deps k-diffusion==0.1.1
 	touch $@
 
@@ -31,7 +41,8 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# One host device per core: the trainer splits each batch over them (data parallel).
+# Host devices the trainer splits each batch over (data parallel): 2, the cores of the machine the
+# demo's times in README.md were measured on; `make demo DEMO_DEVICES=N` changes it.
 DEMO_DEVICES ?= 2
 
 demo: install

@@ -47,6 +47,14 @@ EXTRAS = {
         "torchsde==0.2.6",
         "torchdiffeq==0.2.5",
     ],
+    # Preparing a tfds data set (`jaxdiff prepare-data NAME`): tfds's builders read and encode
+    # through TensorFlow, whose CPU build is enough (`tensorflow` is the CPU build where
+    # tensorflow-cpu has no wheel); tfds imports importlib_resources there without requiring it.
+    "data": [
+        "tensorflow-cpu>=2.20; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "tensorflow>=2.20; platform_system != 'Linux' or platform_machine != 'x86_64'",
+        "importlib_resources>=6.0",
+    ],
     "tpu": ["jax[tpu]>=0.10"],
     "cuda": ["jax[cuda12]>=0.10"],
 }
@@ -60,7 +68,11 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["jaxdiff", "jaxdiff.*"]),
+    url="https://github.com/jaxdiff/jaxdiff",
+    # The configs ship inside the package as jaxdiff.configs, so that an installed jaxdiff loads
+    # them by name (`jaxdiff train --config shapes_t2i:tiny`); a checkout keeps them in configs/.
+    packages=[*find_packages(include=["jaxdiff", "jaxdiff.*"]), "jaxdiff.configs"],
+    package_dir={"jaxdiff.configs": "configs"},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["jaxdiff = jaxdiff.cli:main"]},

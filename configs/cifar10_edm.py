@@ -1,12 +1,14 @@
 """Pixel-space EDM (Karras et al. 2022) on CIFAR-10 from tfds, conditioned on class-name captions.
 
 The training set is read through `tfds.data_source`, so prepare it once in ArrayRecord format
-(no TensorFlow needed to train); captions are "a photo of a {class}", dropped 10% of the time for
-classifier-free guidance. EDM's CIFAR-10 recipe: sigma_data 0.5, log-normal sigmas (P_mean -1.2,
-P_std 1.2), preconditioning and loss weighting, horizontal flips, Adam at 1e-3, EMA half-life 0.5
-M images with a 5% ramp-up, Heun sampling with 18 steps (35 network evaluations).
+(preparing needs TensorFlow, which the `data` extra installs; training does not); captions are
+"a photo of a {class}", dropped 10% of the time for classifier-free guidance. EDM's CIFAR-10
+recipe: sigma_data 0.5, log-normal sigmas (P_mean -1.2, P_std 1.2), preconditioning and loss
+weighting, horizontal flips, Adam at 1e-3, EMA half-life 0.5 M images with a 5% ramp-up, Heun
+sampling with 18 steps (35 network evaluations).
 
-    tfds build cifar10 --file_format=array_record
+    pip install 'jaxdiff[data]'
+    jaxdiff prepare-data cifar10   # into ~/tensorflow_datasets; elsewhere: --data-dir DIR
     jaxdiff train --config configs/cifar10_edm.py --workdir runs/cifar10_edm
     jaxdiff sample --workdir runs/cifar10_edm --prompt "a photo of a horse"
     jaxdiff train --config configs/cifar10_edm.py:tiny --workdir /tmp/cifar10_tiny   # 16 px, CPU
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from . import common
 
 PREVIEW_PROMPTS = (
     "a photo of a horse",

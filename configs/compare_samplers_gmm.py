@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from . import common
 
 # jaxdiff samplers run on each schedule: deterministic solvers by order, the adaptive one, then
 # the stochastic ones on one Brownian path per seed (so they converge as the steps grow).

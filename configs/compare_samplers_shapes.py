@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from . import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -10,8 +10,9 @@ rematerialized.
     # images beside captions.jsonl / metadata.csv ({"file_name": ..., "text": ...} per image)
     jaxdiff train --config configs/sd15_finetune.py --workdir runs/sd15_ft \\
         --config.data.path=/data/my_photos
-    # or a tfds data set with class-name captions (prepared as ArrayRecord)
-    tfds build oxford_flowers102 --file_format=array_record
+    # or a tfds data set with class-name captions, prepared once as ArrayRecord
+    pip install 'jaxdiff[data]'
+    jaxdiff prepare-data oxford_flowers102
     jaxdiff train --config configs/sd15_finetune.py:tfds --workdir runs/sd15_flowers
     jaxdiff sample --workdir runs/sd15_ft --prompt "a photo of a red bicycle"
     # CPU smoke run on a tiny model folder and a folder of images
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
 from jaxdiff.errors import UserError
+
+from . import common
 
 VARIANTS = (None, "tfds", "tiny")
 PREVIEW_PROMPTS = (

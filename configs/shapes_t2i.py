@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from . import common
 
 PREVIEW_PROMPTS = (
     "a red circle in the top left corner",

@@ -1,5 +1,7 @@
 """Files and folders written whole or not at all: written under a temporary name beside their
-destination and renamed onto it, the temporary removed if anything fails."""
+destination and renamed onto it, the temporary removed if anything fails. What is written gets
+the permissions of any file or folder a user makes (0666 or 0777 masked by the umask), whatever
+the writer created the temporary with (``tempfile.mkstemp`` makes files 0600)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         partial.mkdir()
     try:
         yield partial
+        os.chmod(partial, (0o777 if partial.is_dir() else 0o666) & ~_umask())
         if directory and path.is_dir():
             shutil.rmtree(path)
         os.replace(partial, path)
@@ -32,6 +35,21 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         else:
             partial.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read
+    it back would race with files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomically(path: str | Path, data: str | bytes) -> None:

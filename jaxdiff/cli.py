@@ -1,6 +1,9 @@
-"""The ``jaxdiff`` command: ``train``, ``sample``, ``compare-samplers``, ``convert`` and ``eval``.
+"""The ``jaxdiff`` command: ``train``, ``sample``, ``compare-samplers``, ``convert``, ``eval`` and
+``prepare-data``.
 
     jaxdiff train --config configs/shapes_t2i.py[:tiny] --workdir W [--config.train.steps=100 ...]
+    jaxdiff train --config shapes_t2i:tiny --workdir W   # a config jaxdiff ships, by name
+    jaxdiff train --config configs/shapes_t2i.py --config-help   # every config field, its default
     jaxdiff sample --workdir W --prompt "a red circle in the center" --seed 0 --steps 20
     jaxdiff sample --pretrained stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a fox" \
         [--negative-prompt ...] [--image in.png [--strength 0.6] [--mask mask.png]]
@@ -10,6 +13,7 @@
     jaxdiff convert sd15-jaxdiff sd15-diffusers --to diffusers [--dtype float16]
     jaxdiff eval --workdir W --config.eval.metrics=fid,kid \
         --config.eval.inception_weights=pt_inception-2015-12-05-6726825d.pth
+    jaxdiff prepare-data cifar10 [--data-dir DIR]   # needs pip install 'jaxdiff[data]'
 
 Bad input ends the command with one line on stderr and exit code 2.
 """
@@ -17,9 +21,12 @@ Bad input ends the command with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from jaxdiff.errors import UserError
@@ -31,30 +38,60 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
 
+    def format_help(self) -> str:
+        if callable(self.epilog):  # help that needs a slow import is made only when shown
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+OVERRIDES_HELP = """\
+config overrides:
+  --config.KEY=VALUE sets one field of the config, parsed to the type of its default
+  (strings as they are, tuples as (1, 2)); --config.KEY VALUE works too. For example
+    --config.train.steps=100 --config.sample.sampler=euler --config.data.image_size=64
+  --config-help prints every KEY with its value and exits."""
+
+
+CONFIG_HELP = "path/to/config.py[:arg], or the name of a config jaxdiff ships: shapes_t2i[:arg]"
 
 # Images per prompt by default: a grid of a small trained run's samples, one Stable Diffusion image.
 NUM_IMAGES = {"--workdir": 4, "--pretrained": 1}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config_help: bool = False) -> argparse.ArgumentParser:
+    """The command line; with ``config_help`` only the arguments that find a config are
+    required (``--config-help`` prints the config and does nothing else)."""
     parser = _Parser(prog="jaxdiff", description="Text-to-image diffusion research in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser(
-        "train", help="train the model of a config file (resumes from the workdir's checkpoint)"
+    train = _config_command(
+        commands,
+        "train",
+        "train the model of a config file (resumes from the workdir's checkpoint)",
     )
-    train.add_argument("--config", required=True, help="path/to/config.py or path/to/config.py:arg")
-    train.add_argument("--workdir", required=True, type=Path, help="checkpoints, logs and samples")
+    train.add_argument(
+        "--workdir", required=not config_help, type=Path, help="checkpoints, logs and samples"
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sample = commands.add_parser(
-        "sample", help="sample images for prompts from a trained run or Stable Diffusion weights"
+        "sample",
+        help="sample images for prompts from a trained run or Stable Diffusion weights",
+        epilog="sample takes no --config.KEY overrides: the flags above change the sampling. "
+        "A trained run's defaults are the `sample` group of its config; "
+        "`jaxdiff sample --workdir W --config-help` prints that config.",
     )
-    model = sample.add_mutually_exclusive_group(required=True)
+    model = sample.add_mutually_exclusive_group(required=not config_help)
     model.add_argument("--workdir", type=Path, help="a trained text-to-image run")
     model.add_argument("--pretrained", help="a diffusers Stable Diffusion folder or hub id")
-    sample.add_argument("--prompt", required=True, action="append", help="repeat for several")
-    sample.add_argument("--negative-prompt", default="", help="steers away from this prompt")
+    sample.add_argument(
+        "--prompt", required=not config_help, action="append", help="repeat for several"
+    )
+    sample.add_argument(
+        "--negative-prompt",
+        action="append",
+        help="steers away from this prompt: one for every --prompt, or one per --prompt in order",
+    )
     sample.add_argument("--seed", type=int, default=0)
     for flag, kind, text in (
         ("--steps", int, "sampler steps (> 0)"),
@@ -74,16 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--image", type=Path, help="start image (img2img, inpaint)")
     sample.add_argument("--mask", type=Path, help="inpaint where the mask is white")
     sample.add_argument("--strength", type=float, help="with --image: 0 < s <= 1 (0.8; inpaint 1)")
-    sample.add_argument("--out", type=Path, help="PNG path (default: WORKDIR/samples/...)")
+    sample.add_argument(
+        "--lora",
+        action="append",
+        type=_lora_spec,
+        metavar="FILE[:SCALE]",
+        help="with --pretrained: a LoRA file or folder (diffusers, peft or kohya format) and its "
+        "weight (default 1); repeat for several",
+    )
+    sample.add_argument(
+        "--out",
+        help="a .png file, or a folder (one that exists or a path ending in /) for the grid "
+        "(default: the folder WORKDIR/samples/, or samples/ with --pretrained)",
+    )
+    _add_config_help(sample, "the --workdir run's saved config")
 
-    compare = commands.add_parser(
+    compare = _config_command(
+        commands,
         "compare-samplers",
-        help="measure sampler error exactly (Gaussian mixtures) or on a trained model",
+        "measure sampler error exactly (Gaussian mixtures) or on a trained model",
     )
     compare.add_argument(
-        "--config", required=True, help="path/to/config.py or path/to/config.py:arg"
+        "--out", required=not config_help, type=Path, help="folder for the CSV, report, plot"
     )
-    compare.add_argument("--out", required=True, type=Path, help="folder for the CSV, report, plot")
     compare.add_argument("--workdir", type=Path, help="a trained text-to-image run (model configs)")
     compare.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -102,19 +152,93 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="FID, KID, precision/recall, CLIP score, adherence or bits/dim of a trained run "
         "(--config.eval.* settings)",
+        epilog=_eval_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("--workdir", required=True, type=Path, help="a trained run")
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        help="a .json file for the result, or a folder for a new file named by step and time "
+        "(default: the folder WORKDIR/eval/)",
+    )
+    _add_config_help(evaluate, "the run's saved config (with the overrides)")
+
+    prepare = commands.add_parser(
+        "prepare-data",
+        help="download a tfds data set and write it as ArrayRecord files, the format training "
+        "reads (needs pip install 'jaxdiff[data]')",
+    )
+    prepare.add_argument("name", help="a tfds data set, e.g. cifar10 or oxford_flowers102")
+    prepare.add_argument(
+        "--data-dir",
+        help="the tfds data folder (default $TFDS_DATA_DIR or ~/tensorflow_datasets); train with "
+        "the same --config.data.data_dir",
+    )
     return parser
+
+
+def _lora_spec(spec: str) -> tuple[str, float]:
+    """``FILE[:SCALE]`` -> (file, scale), scale 1 when none is given."""
+    path, sep, scale = spec.rpartition(":")
+    try:
+        return (path, float(scale)) if sep else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0  # a ':' in the path itself
+
+
+def _config_command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A command that runs a config file (``--config``, its overrides and ``--config-help``)."""
+    parser = commands.add_parser(
+        name,
+        help=help_text,
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help=CONFIG_HELP)
+    _add_config_help(parser, "the config (with its overrides)")
+    return parser
+
+
+def _add_config_help(parser: argparse.ArgumentParser, source: str) -> None:
+    parser.add_argument(
+        "--config-help",
+        action="store_true",
+        help=f"print every field of {source} with its value and exit",
+    )
+
+
+def _eval_help() -> str:
+    from jaxdiff.config_groups import METRICS
+    from jaxdiff.evaluation.evaluate import OVERRIDABLE
+
+    return f"""\
+The run's saved config says what to compute and how: its `eval` and `sample` groups, changed
+with --config.KEY=VALUE (keys under {", ".join(p + "*" for p in OVERRIDABLE)}), e.g.
+  jaxdiff eval --workdir W --config.eval.metrics=adherence,fid \\
+      --config.sample.sampler=euler --config.sample.steps=20 --config.sample.guidance=3
+--config-help prints every field of the run's config with its value.
+
+metrics (--config.eval.metrics=NAME[,NAME...]): {", ".join(METRICS)}
+  fid, kid, precision_recall, clip_score: eval.num_samples images generated for the captions
+    of as many data examples (and those data images)
+  adherence: eval.samples_per_prompt images for each held-out shapes prompt
+  bits_per_dim: eval.bpd_images data images, eval.bpd_steps ODE steps
+
+Each evaluation is written to a new file with its settings and image counts."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a.removeprefix("--config.") for a in argv if a.startswith("--config.")]
-    rest = [a for a in argv if not a.startswith("--config.")]
     try:
-        args = build_parser().parse_args(rest)
-        if overrides and args.command in ("sample", "convert"):
+        overrides, rest = _split_overrides(argv)
+        config_help = "--config-help" in rest
+        args = build_parser(config_help).parse_args(rest)
+        if overrides and args.command in ("sample", "convert", "prepare-data"):
             raise UserError(f"{args.command!r} takes no config overrides, got {overrides[0]!r}")
+        _quiet_read_only_checkpoints()
+        if config_help:
+            return _config_help(args, overrides)
         if args.command == "train":
             return _train(args, overrides)
         if args.command == "compare-samplers":
@@ -123,34 +247,108 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args)
         if args.command == "eval":
             return _eval(args, overrides)
+        if args.command == "prepare-data":
+            return _prepare_data(args)
         return _sample(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # the reader went away (`jaxdiff ... --config-help | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + signal.SIGPIPE
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The config overrides of ``argv`` as "KEY=VALUE" (given as ``--config.KEY=VALUE`` or
+    ``--config.KEY VALUE``) and the other arguments."""
+    overrides, rest, i = [], [], 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if not arg.startswith("--config."):
+            rest.append(arg)
+        elif "=" in arg:
+            overrides.append(arg.removeprefix("--config."))
+        elif i < len(argv) and not argv[i].startswith("--"):
+            overrides.append(f"{arg.removeprefix('--config.')}={argv[i]}")
+            i += 1
+        else:
+            raise UserError(f"{arg} has no value; give it as {arg}=VALUE")
+    return overrides, rest
+
+
+def _config_help(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Prints the config a command would run with, a ``KEY = VALUE`` line per field."""
+    if getattr(args, "config", None) is not None:
+        from jaxdiff.configuration import load_config
+
+        config, source = load_config(args.config, overrides), args.config
+    elif getattr(args, "workdir", None) is not None:
+        from jaxdiff.workdir import saved_config
+
+        config, source = saved_config(args.workdir, overrides), f"the run {args.workdir}"
+    else:
+        raise UserError("--config-help prints a trained run's config; give --workdir")
+    print(f"# the config of {source}; change a field with --config.KEY=VALUE")
+    for key, value in _fields(config.to_dict()):
+        print(f"{key} = {value!r}")
+    return 0
+
+
+def _fields(tree: Mapping[str, object], prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted key, value) of every leaf of a nested dict, in its order."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _fields(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+class _ReadOnlyCheckpointNotice(logging.Filter):
+    """Drops orbax's warnings that a checkpoint folder opened for reading is read only (and so
+    saves nothing), which sampling and evaluation do on purpose."""
+
+    NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+_READ_ONLY_NOTICE = _ReadOnlyCheckpointNotice()
+
+
+def _quiet_read_only_checkpoints() -> None:
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_logger().addFilter(_READ_ONLY_NOTICE)  # a second add does nothing
 
 
 def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxdiff.evaluation.evaluate import evaluate_workdir
 
-    step, results = evaluate_workdir(args.workdir, overrides)
-    print(f"step {step}: " + ", ".join(f"{name} {value:.6g}" for name, value in results.items()))
+    record, path = evaluate_workdir(args.workdir, overrides, args.out)
+    results = ", ".join(f"{name} {value:.6g}" for name, value in record["results"].items())
+    print(f"step {record['step']}: {results}\nwrote {path}")
     return 0
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxdiff.configuration import load_config
     from jaxdiff.evaluation.evaluate import Evaluator
+    from jaxdiff.train.stopping import exit_code, stop_report
     from jaxdiff.train.trainer import train
+    from jaxdiff.workdir import checkpoint_folder
 
     config = load_config(args.config, overrides)
-    metrics = train(config, args.workdir, progress=not args.no_progress, make_evaluator=Evaluator)
-    if metrics["preempted"]:
-        print(
-            f"stopped by SIGTERM after step {metrics['steps']}, checkpoint saved in "
-            f"{args.workdir}; run the same command to resume"
-        )
+    result = train(config, args.workdir, progress=not args.no_progress, make_evaluator=Evaluator)
+    reached = f"step {result['steps']} of {config.train.steps}"
+    if result["signal"]:
+        checkpoint = checkpoint_folder(args.workdir, result["steps"])
+        print(stop_report(result["signal"], result["steps"], config.train.steps, checkpoint))
+        return exit_code(result["signal"])
+    if not result["trained"]:
+        print(f"{args.workdir} is already trained to {reached}; nothing to do")
         return 0
-    print(f"trained {metrics['steps']} steps in {args.workdir}: loss {metrics.get('loss', 'n/a')}")
+    print(f"trained {args.workdir} to {reached}: loss {result['loss']:.4g}")
     return 0
 
 
@@ -159,6 +357,7 @@ def _sample(args: argparse.Namespace) -> int:
     trained run (--workdir) or Stable Diffusion weights (--pretrained); one grid PNG, a row per
     prompt. Every argument is checked before the weights are loaded."""
     from jaxdiff import images, samplers
+    from jaxdiff.pipelines.sample_png import display_scale, sample_text
 
     mode = "--pretrained" if args.pretrained is not None else "--workdir"
     args.num_images = NUM_IMAGES[mode] if args.num_images is None else args.num_images
@@ -172,21 +371,34 @@ def _sample(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be {_ACCEPTED[flag]}, got {value}")
     if args.sampler is not None:
         samplers.get(args.sampler)
-    if args.out is not None and args.out.is_dir():
-        raise UserError(f"--out {str(args.out)!r} is a directory; give a .png file path")
+    negatives = args.negative_prompt or [""]
+    if len(negatives) not in (1, len(args.prompt)):
+        raise UserError(
+            f"{len(negatives)} --negative-prompt for {len(args.prompt)} --prompt; give one "
+            "for all prompts or one per prompt"
+        )
+    folder = args.workdir / "samples" if args.workdir is not None else Path("samples")
+    out = _out_path(args.out, folder / f"{_slug(args.prompt[0])}_seed{args.seed}.png")
     if args.image is None and (args.mask is not None or args.strength is not None):
         raise UserError("--mask and --strength need --image (the image to start from)")
     if args.image is not None and (args.height is not None or args.width is not None):
         raise UserError("--height and --width go with text-to-image; --image sets the size")
     if args.strength is not None and not 0.0 < args.strength <= 1.0:
         raise UserError(f"--strength {args.strength} must be in (0, 1]")
+    if args.lora and args.pretrained is None:
+        raise UserError("--lora goes with --pretrained (Stable Diffusion weights)")
     image = None if args.image is None else _read_image(args.image, "RGB", "--image")
     mask = None if args.mask is None else _read_image(args.mask, "L", "--mask")
     pipe = _pipeline(args)
+    if args.lora:
+        names = [f"lora_{i}" for i in range(len(args.lora))]
+        for name, (path, _) in zip(names, args.lora, strict=True):
+            pipe.load_lora_weights(path, adapter_name=name)
+        pipe.set_adapters(names, [scale for _, scale in args.lora])
     given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     given["sampler"] = args.sampler
     settings = dict(
-        negative_prompt=args.negative_prompt or None,
+        negative_prompt=negatives if len(negatives) > 1 else negatives[0] or None,
         seed=args.seed,
         num_images_per_prompt=args.num_images,
         **{k: v for k, v in given.items() if v is not None},
@@ -194,13 +406,17 @@ def _sample(args: argparse.Namespace) -> int:
     used = pipe.sampling(**{k: v for k, v in settings.items() if k != "negative_prompt"})
     text = {
         "model": args.pretrained or str(args.workdir),
-        "prompt": " | ".join(args.prompt),
-        "negative_prompt": args.negative_prompt,
-        "seed": args.seed,
-        "sampler": used.sampler,
-        "steps": used.num_inference_steps,
-        "guidance": used.guidance_scale,
+        **sample_text(
+            args.prompt,
+            args.seed,
+            used.sampler,
+            used.num_inference_steps,
+            used.guidance_scale,
+            negatives,
+        ),
     }
+    if args.lora:
+        text["lora"] = ", ".join(f"{path}:{scale:g}" for path, scale in args.lora)
     if image is None:
         pictures = pipe(args.prompt, height=args.height, width=args.width, **settings)
     elif mask is None:
@@ -211,11 +427,8 @@ def _sample(args: argparse.Namespace) -> int:
         strength = 1.0 if args.strength is None else args.strength
         pictures = pipe.inpaint(args.prompt, image, mask, strength=strength, **settings)
         text |= {"image": args.image, "mask": args.mask, "strength": strength}
-    folder = args.workdir / "samples" if args.workdir is not None else Path("samples")
-    out = args.out or folder / f"{_slug(args.prompt[0])}_seed{args.seed}.png"
     grid = images.grid(images.to_uint8(pictures, (0.0, 1.0)), columns=args.num_images)
-    # A trained run's small images (32 px on shapes) are written 4x larger to be seen.
-    images.save_png(out, grid, text, scale=4 if args.workdir is not None else 1)
+    images.save_png(out, grid, text, scale=display_scale(pictures.shape[1]))
     print(f"wrote {out}")
     return 0
 
@@ -228,6 +441,23 @@ _ACCEPTED = {
 }
 
 
+def _out_path(out: str | None, default: Path) -> Path:
+    """Where ``--out`` puts a file whose default path is ``default``: the file ``out`` (with
+    ``default``'s suffix), or ``default``'s name in the folder ``out`` (an existing folder or a
+    path ending in "/")."""
+    if out is None:
+        return default
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        return path / default.name
+    if path.suffix.lower() != default.suffix:
+        raise UserError(
+            f"--out {out!r} is neither a {default.suffix} file nor a folder; give a "
+            f"{default.suffix} path, or a folder ending in '/'"
+        )
+    return path
+
+
 def _pipeline(args: argparse.Namespace):
     """The pipeline of --pretrained weights or of the --workdir run (its prompts' words checked
     against the run's vocabulary before its weights are loaded)."""
@@ -238,8 +468,17 @@ def _pipeline(args: argparse.Namespace):
     from jaxdiff.train.tasks import load_image_task, load_model
 
     task = load_image_task(args.workdir)
-    task.text_ids([*args.prompt, args.negative_prompt])
+    task.text_ids([*args.prompt, *(args.negative_prompt or [])])
     return task.pipeline(load_model(task, args.workdir))
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    from jaxdiff.data.prepare import prepare_data
+
+    prepared = prepare_data(args.name, data_dir=args.data_dir)
+    where = f" with --config.data.data_dir={args.data_dir}" if args.data_dir else ""
+    print(f"{args.name} is prepared in {prepared}; train on it{where}")
+    return 0
 
 
 def _compare_samplers(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -1,18 +1,24 @@
 """Config files and command-line overrides.
 
 A config file defines ``get_config(arg=None)`` returning an ``ml_collections.ConfigDict``; it is
-named on the command line as ``path/to/config.py`` or ``path/to/config.py:arg``. Overrides take the
-form ``--config.train.steps=100``; each is parsed to the type of the value it replaces.
+named on the command line as ``path/to/config.py[:arg]``, or by the name of a config that comes
+with jaxdiff, ``shapes_t2i[:arg]`` (the ``configs/`` folder of a checkout, installed as
+``jaxdiff.configs``). A config file runs as a module of a package over its own folder, so it
+imports its siblings relatively (``from . import common``) wherever that folder is. Overrides take
+the form ``--config.train.steps=100``; each is parsed to the type of the value it replaces.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
+import itertools
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -23,29 +29,76 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+_PACKAGES = itertools.count()  # a fresh package name for each config file run
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads ``path[:arg]``, applies ``key=value`` overrides and returns the locked config."""
-    path_text, _, arg = spec.partition(":")
-    path = Path(path_text)
-    if path.suffix != ".py" or not path.is_file():
-        raise UserError(
-            f"config file {path_text!r} not found; expected a path to a .py config file"
-        )
-    module_spec = importlib.util.spec_from_file_location(f"jaxdiff_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    # Config files import their siblings as a package (`from configs import common`).
-    root = str(path.absolute().parent.parent)
-    sys.path.insert(0, root)
-    try:
-        module_spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(root)
+    """Loads ``path[:arg]`` or ``name[:arg]``, applies ``key=value`` overrides and returns the
+    locked config."""
+    where, _, arg = spec.partition(":")
+    path = config_path(where)
+    module = _run_config_file(path)
     if not hasattr(module, "get_config"):
-        raise UserError(f"config file {path_text!r} defines no get_config(arg=None)")
+        raise UserError(f"config file {where!r} defines no get_config(arg=None)")
     config = module.get_config(arg or None)
     apply_overrides(config, overrides)
     config.lock()
     return config
+
+
+def shipped_configs() -> Path:
+    """The folder of the configs that come with jaxdiff: ``jaxdiff/configs`` when installed,
+    ``configs/`` beside the package in a checkout."""
+    package = Path(__file__).parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def config_names() -> list[str]:
+    """The names of the shipped configs (their files that define ``get_config``)."""
+    return sorted(
+        path.stem
+        for path in shipped_configs().glob("*.py")
+        if "def get_config(" in path.read_text(encoding="utf-8")
+    )
+
+
+def config_path(where: str) -> Path:
+    """The config file ``where`` names: a path to a ``.py`` file, or a shipped config's name."""
+    path = Path(where)
+    if path.suffix == ".py" or len(path.parts) != 1:
+        if path.suffix != ".py" or not path.is_file():
+            raise UserError(
+                f"config file {where!r} not found; expected a path to a .py config file or the "
+                f"name of one of jaxdiff's configs: {', '.join(config_names())}"
+            )
+        return path
+    names = config_names()
+    if where not in names:
+        raise UserError(
+            f"unknown config {where!r}; known names: {', '.join(names)} (or a path to a .py "
+            "config file)"
+        )
+    return shipped_configs() / f"{where}.py"
+
+
+def _run_config_file(path: Path) -> ModuleType:
+    """Runs a config file as a module of a fresh package whose folder is the file's, so that its
+    relative imports find its siblings; the package is forgotten afterwards, so each load reads
+    the files again."""
+    package = f"jaxdiff_config_folder_{next(_PACKAGES)}"
+    package_spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+    package_spec.submodule_search_locations = [str(path.absolute().parent)]
+    sys.modules[package] = importlib.util.module_from_spec(package_spec)
+    try:
+        module_spec = importlib.util.spec_from_file_location(f"{package}.{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        module_spec.loader.exec_module(module)
+    finally:
+        for name in [n for n in sys.modules if n == package or n.startswith(f"{package}.")]:
+            del sys.modules[name]
+    return module
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

@@ -26,6 +26,11 @@ CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("model", "optimizer", "ema")  # the array items of every checkpoint
 
 
+def checkpoint_folder(workdir: str | Path, step: int) -> Path:
+    """The folder of ``workdir``'s checkpoint of ``step``."""
+    return Path(workdir) / CHECKPOINT_DIR / str(step)
+
+
 def checkpoint_step(workdir: str | Path) -> int | None:
     """The newest checkpoint step of ``workdir``, or None (no checkpoint, or no config)."""
     workdir = Path(workdir)

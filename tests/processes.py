@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,19 +19,22 @@ def _free_port() -> int:
 
 
 def launch(arguments: list[str], processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
-    """``python -m jaxdiff.cli *arguments`` in ``processes`` processes of ``devices`` each."""
+    """``python -m jaxdiff.cli *arguments`` in ``processes`` processes of ``devices`` each. Each
+    one's output goes to a file, its ``log`` (a pipe that nobody reads while another process
+    waits for this one in a collective would stop both)."""
     port = _free_port()
     others = re.sub(
         r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
     )
     flags = f"{others} --xla_force_host_platform_device_count={devices}"
-    return [
-        subprocess.Popen(
+    started = []
+    for index in range(processes):
+        log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by wait)
+        process = subprocess.Popen(
             [sys.executable, "-m", "jaxdiff.cli", *arguments],
             cwd=ROOT,
-            stdout=subprocess.PIPE,
+            stdout=log,
             stderr=subprocess.STDOUT,
-            text=True,
             env={
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
@@ -40,12 +44,16 @@ def launch(arguments: list[str], processes: int = 2, devices: int = 4) -> list[s
                 "JAX_PROCESS_ID": str(index),
             },
         )
-        for index in range(processes)
-    ]
+        process.log = log
+        started.append(process)
+    return started
 
 
 def wait(processes: list[subprocess.Popen], timeout: float = 600) -> None:
     """Waits for every process; fails with a process's output if it did not exit with 0."""
     for process in processes:
-        output, _ = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
+        process.log.seek(0)
+        output = process.log.read()
+        process.log.close()
         assert process.returncode == 0, output

@@ -1,6 +1,10 @@
 """Files and folders written whole or not at all: the destination changes only on success, and
 no temporary is left behind either way."""
 
+import os
+import stat
+import tempfile
+
 import pytest
 
 from jaxdiff.atomic_write import atomic_path, write_atomically
@@ -70,3 +74,22 @@ def test_a_failed_folder_leaves_the_old_one_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     assert [p.name for p in folder.iterdir()] == ["a.txt"]
     assert (folder / "a.txt").read_text() == "kept"
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_files_and_folders_get_the_permissions_the_umask_gives(tmp_path, umask_027):
+    with atomic_path(tmp_path / "private.bin") as partial:
+        handle, name = tempfile.mkstemp(dir=tmp_path)  # created 0600, as mkstemp does
+        os.close(handle)
+        os.replace(name, partial)
+    write_atomically(tmp_path / "notes.txt", "x")
+    with atomic_path(tmp_path / "model", directory=True) as partial:
+        partial.chmod(0o700)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"private.bin": 0o640, "notes.txt": 0o640, "model": 0o750}

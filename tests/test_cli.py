@@ -54,12 +54,15 @@ def test_bad_training_input_is_one_line_and_writes_nothing(
     assert not workdir.exists()
 
 
-def test_sample_writes_a_png_with_its_settings(t2i_workdir, tmp_path):
-    out = tmp_path / "grid.png"
+def test_sample_writes_a_png_with_its_settings(t2i_workdir, tmp_path, caplog, capsys):
+    folder = tmp_path / "grids"  # a folder that does not exist yet
     argv = ["sample", "--workdir", str(t2i_workdir), "--prompt", "a red circle in the center"]
     argv += ["--negative-prompt", "a blue square in the center", "--seed", "3", "--steps", "3"]
-    argv += ["--guidance", "2.5", "--sampler", "euler", "--num-images", "2", "--out", str(out)]
-    assert main(argv) == 0
+    argv += ["--guidance", "2.5", "--sampler", "euler", "--num-images", "2"]
+    assert main([*argv, "--out", f"{folder}/"]) == 0
+    out = folder / "a_red_circle_in_the_center_seed3.png"
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert "read only" not in caplog.text  # orbax's notice on opening checkpoints to read
     text = read_png_text(out)
     assert text["prompt"] == "a red circle in the center"
     assert text["negative_prompt"] == "a blue square in the center"
@@ -104,7 +107,7 @@ def test_sample_from_an_image_with_a_trained_run(t2i_workdir, tmp_path, mode):
         (["--prompt", "a red circle", "--sampler", "nope"], "unknown sampler 'nope'"),
         (["--prompt", "a red circle", "--num-images", "0"], "--num-images must be > 0"),
         (["--prompt", "a red circle", "--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
-        (["--prompt", "a red circle", "--out", "/tmp"], "--out '/tmp' is a directory"),
+        (["--prompt", "a red circle", "--out", "a.jpg"], "--out 'a.jpg' is neither a .png file"),
     ],
 )
 def test_bad_sampling_input_is_one_line(capsys, t2i_workdir, extra, message):
@@ -112,6 +115,13 @@ def test_bad_sampling_input_is_one_line(capsys, t2i_workdir, extra, message):
     err = one_line_error(capsys, ["sample", "--workdir", str(t2i_workdir), *extra])
     assert message in err
     assert sorted(t2i_workdir.rglob("*")) == before
+
+
+def test_an_unknown_word_lists_the_vocabulary_by_kind(capsys, t2i_workdir):
+    argv = ["sample", "--workdir", str(t2i_workdir), "--prompt", "a pink dot"]
+    err = one_line_error(capsys, argv)
+    assert "shapes: circle, square, triangle; colours: red, green, blue, yellow, magenta, " in err
+    assert "did you mean" not in err  # no word is close to "pink"
 
 
 def test_workdir_that_is_a_file(capsys, tmp_path):
@@ -130,6 +140,52 @@ def test_vae_workdir_holding_another_task(capsys, tmp_path, t2i_workdir):
 def test_workdir_without_checkpoint(capsys, tmp_path):
     err = one_line_error(capsys, ["sample", "--workdir", str(tmp_path), "--prompt", "a red circle"])
     assert "has no checkpoint" in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "compare-samplers"])
+def test_help_explains_config_overrides(capsys, command):
+    with pytest.raises(SystemExit) as exit_code:
+        main([command, "--help"])
+    assert exit_code.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--config-help" in help_text
+    assert "--config.KEY=VALUE" in help_text or "takes no --config.KEY overrides" in help_text
+
+
+def test_eval_help_lists_the_metrics_and_what_sizes_them(capsys):
+    from jaxdiff.config_groups import METRICS
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"--config.eval.metrics=NAME[,NAME...]): {', '.join(METRICS)}" in help_text
+    for field in ("eval.num_samples", "eval.samples_per_prompt", "--config.sample.sampler="):
+        assert field in help_text
+
+
+def test_config_help_prints_the_fields_with_their_values(capsys, tmp_path, t2i_workdir):
+    workdir = tmp_path / "never_made"
+    argv = ["train", "--config", T2I_TINY, "--config.train.steps", "3", "--config-help"]
+    assert main([*argv, "--workdir", str(workdir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "train.steps = 3" in lines and "sample.sampler = 'heun'" in lines
+    assert not workdir.exists()
+    assert main(["train", "--config", T2I_TINY, "--config-help"]) == 0, "no --workdir needed"
+    capsys.readouterr()
+    # A trained run's saved config, with the overrides eval would apply.
+    argv = ["eval", "--workdir", str(t2i_workdir), "--config.sample.steps=7", "--config-help"]
+    assert main(argv) == 0
+    assert "sample.steps = 7" in capsys.readouterr().out.splitlines()
+    assert main(["sample", "--workdir", str(t2i_workdir), "--config-help"]) == 0
+    assert "train.steps = 2" in capsys.readouterr().out.splitlines()
+    err = one_line_error(capsys, ["sample", "--pretrained", "p", "--config-help"])
+    assert "--config-help prints a trained run's config; give --workdir" in err
+
+
+def test_an_override_without_a_value_is_one_line(capsys):
+    argv = ["train", "--config", T2I_TINY, "--workdir", "w", "--config.train.steps"]
+    err = one_line_error(capsys, argv)
+    assert err == "error: --config.train.steps has no value; give it as --config.train.steps=VALUE"
 
 
 def test_usage_errors_are_one_line(capsys):

@@ -2,12 +2,13 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from jaxdiff.config_groups import missing_fields
-from jaxdiff.configuration import from_json, load_config, to_json
+from jaxdiff.configuration import config_names, from_json, load_config, to_json
 from jaxdiff.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -83,3 +84,33 @@ def test_json_round_trip():
 def test_every_training_config_holds_the_shared_fields(spec):
     """The fields a saved workdir config is checked for are in every config of every task."""
     assert missing_fields(json.loads(to_json(load_config(str(CONFIGS / spec))))) == []
+
+
+def test_a_shipped_config_loads_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    by_name = load_config("shapes_t2i:tiny", ["train.steps=7"])
+    by_path = load_config(f"{CONFIGS / 'shapes_t2i.py'}:tiny", ["train.steps=7"])
+    assert by_name.to_dict() == by_path.to_dict()
+    assert "shapes_vae" in config_names() and "common" not in config_names()
+
+
+def test_a_relative_path_from_the_checkout_still_loads(monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    assert load_config("configs/shapes_vae.py:tiny").train.steps > 0
+
+
+def test_a_config_folder_elsewhere_imports_its_siblings(tmp_path):
+    (tmp_path / "shared.py").write_text("STEPS = 5\n")
+    (tmp_path / "mine.py").write_text(
+        "import ml_collections\n\nfrom . import shared\n\n\n"
+        "def get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'steps': shared.STEPS, 'arg': arg or ''})\n"
+    )
+    config = load_config(f"{tmp_path / 'mine.py'}:x")
+    assert (config.steps, config.arg) == (5, "x")
+    assert not [name for name in sys.modules if name.startswith("jaxdiff_config_folder_")]
+
+
+def test_unknown_config_name_lists_the_known_ones():
+    with pytest.raises(UserError, match=r"unknown config 'shapes'; known names: .*shapes_t2i"):
+        load_config("shapes:tiny")

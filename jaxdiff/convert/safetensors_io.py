@@ -65,7 +65,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
-        header_len, header = _read_header(path, f, size)
+        header_len, header, _ = _read_header(path, f, size)
         entries = _entries(path, header)
         _check_layout(path, entries, size - 8 - header_len)
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays open with the arrays
@@ -78,8 +78,18 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     }
 
 
-def _read_header(path: Path, f: BinaryIO, size: int) -> tuple[int, dict]:
-    """(header length, the header's JSON object) of the open file ``f`` of ``size`` bytes."""
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file's header, checked like the tensors'
+    header; ``{}`` when it has none."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        _, _, metadata = _read_header(path, f, path.stat().st_size)
+    return metadata
+
+
+def _read_header(path: Path, f: BinaryIO, size: int) -> tuple[int, dict, dict[str, str]]:
+    """(header length, the header's tensor entries, its ``__metadata__``) of the open file ``f``
+    of ``size`` bytes."""
     prefix = f.read(8)
     if len(prefix) < 8:
         raise UserError(f"{path} is not a safetensors file: {size} bytes, shorter than a header")
@@ -104,7 +114,7 @@ def _read_header(path: Path, f: BinaryIO, size: int) -> tuple[int, dict]:
         raise UserError(
             f"{path} has safetensors metadata {metadata!r:.200}; accepted: an object of strings"
         )
-    return header_len, header
+    return header_len, header, metadata or {}
 
 
 def _is_count(value: object) -> bool:

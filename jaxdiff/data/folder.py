@@ -100,6 +100,9 @@ class FolderSource:
     def vocabulary(self) -> list[str]:
         return vocabulary_of(text for caption in self.captions for text in _caption_list(caption))
 
+    def word_groups(self) -> dict[str, list[str]]:
+        return {}  # free captions: no kinds of words
+
 
 def _is_caption(caption: Any) -> bool:
     return isinstance(caption, str) or (

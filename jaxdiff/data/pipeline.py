@@ -49,6 +49,9 @@ class Source(Protocol):
     def vocabulary(self) -> list[str]:
         """Every word of every caption, for a word-level tokenizer (UserError if unknown)."""
 
+    def word_groups(self) -> dict[str, list[str]]:
+        """Words of the vocabulary by kind (e.g. shapes, colours), which errors list; may be {}."""
+
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """uint8 `[H, W]`, `[H, W, 1]`, `[H, W, 3]` or `[H, W, 4]` -> `[H, W, 3]` (alpha dropped)."""
@@ -177,6 +180,9 @@ class ImageTextDataset:
 
     def vocabulary(self) -> list[str]:
         return self.source.vocabulary()
+
+    def word_groups(self) -> dict[str, list[str]]:
+        return self.source.word_groups()
 
 
 def make_source(data: ml_collections.ConfigDict) -> Source:

@@ -137,6 +137,18 @@ def vocabulary() -> list[str]:
     return sorted(_grammar_tokens())
 
 
+def word_groups() -> dict[str, list[str]]:
+    """The vocabulary's words by kind: shapes, colours and the words of the positions."""
+    positions = {
+        word
+        for position in POSITIONS
+        for phrase in _position_phrases(position)
+        for word in words(phrase)
+        if word.isalnum()
+    }
+    return {"shapes": list(SHAPES), "colours": list(COLOURS), "positions": sorted(positions)}
+
+
 def caption_attributes(caption: str) -> tuple[int, int, int]:
     """Reads (shape, colour, position) ids from a caption or a short description.
 
@@ -413,6 +425,9 @@ class ShapesDataset:
 
     def vocabulary(self) -> list[str]:
         return vocabulary()
+
+    def word_groups(self) -> dict[str, list[str]]:
+        return word_groups()
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray | list[str]]:
         """A training batch.

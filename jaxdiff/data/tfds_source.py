@@ -1,9 +1,10 @@
 """Any tensorflow-datasets image data set, read without TensorFlow through `tfds.data_source`.
 
 `tfds.data_source` gives random access to a data set prepared in the ArrayRecord format (decoded
-numpy records). The caption is a text feature (``caption_key``, "/" for nested features, a list of
-captions gives one per use) or the class name of a label feature (``label_key``) put into
-``caption_template``, e.g. "a photo of a {}"; with neither the captions are empty (unconditional).
+numpy records) by `jaxdiff.data.prepare` (``jaxdiff prepare-data NAME``). The caption is a text
+feature (``caption_key``, "/" for nested features, a list of captions gives one per use) or the
+class name of a label feature (``label_key``) put into ``caption_template``, e.g.
+"a photo of a {}"; with neither the captions are empty (unconditional).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from jaxdiff.data.captions import vocabulary_of
+from jaxdiff.data.prepare import open_builder, prepare_command
 from jaxdiff.errors import UserError, first_line
 
 
@@ -33,14 +35,7 @@ class TfdsSource:
         import tensorflow_datasets as tfds
 
         self.name = f"tfds data set {tfds_name!r}"
-        try:
-            builder = tfds.builder(tfds_name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError:
-            raise UserError(
-                f"{self.name} does not exist; see `tfds.list_builders()` for the names"
-            ) from None
-        except Exception as error:  # builders fail in many ways: name the cause
-            raise UserError(f"{self.name} cannot be opened: {first_line(error)}") from None
+        builder = open_builder(tfds_name, data_dir)
         features = builder.info.features
         splits = sorted(builder.info.splits)
         if splits and split.split("[")[0] not in splits:
@@ -71,12 +66,10 @@ class TfdsSource:
                 tfds_name, split=split, data_dir=data_dir, download=False
             )
         except Exception as error:  # an unprepared data set fails in many ways
-            where = f" --data_dir={data_dir}" if data_dir else ""
             state = "is not prepared" if not builder.is_prepared() else first_line(error)
             raise UserError(
                 f"{self.name} split {split!r} cannot be read from {builder.data_dir}: {state}; "
-                f"prepare it in ArrayRecord format with `tfds build {tfds_name} "
-                f"--file_format=array_record{where}`"
+                f"prepare it in ArrayRecord format with `{prepare_command(tfds_name, data_dir)}`"
             ) from None
 
     def __len__(self) -> int:
@@ -106,6 +99,9 @@ class TfdsSource:
                 "vocabulary (use class-name captions, data.label_key)"
             )
         return vocabulary_of(self.class_names or [])
+
+    def word_groups(self) -> dict[str, list[str]]:
+        return {}  # the class names' words are the whole vocabulary
 
 
 def _feature(tree: Any, key: str) -> Any:

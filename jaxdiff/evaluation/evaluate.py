@@ -17,6 +17,10 @@ so the numbers do not depend on ``eval.batch_size``, the number of devices or of
   ODE, uniformly dequantized (pixel-space models only), example i with the key
   ``fold_in(key(eval.seed), i)``.
 
+``jaxdiff eval`` writes each evaluation to a new file (``WORKDIR/eval/step_N_TIME_XXXXXX.json``
+unless told where) with what it was computed with: the checkpoint step, the sampler settings
+(``config.sample``, which overrides may change), ``config.eval`` and the image counts.
+
 An `Evaluator` is built once per run: it loads the feature extractor's and CLIP's weights, reads
 the data captions and computes (or reads the cached) reference features at its first call, and
 its compiled programs serve every later evaluation. Each process generates, extracts and scores
@@ -26,11 +30,14 @@ per-image numbers are gathered on every process, which all compute the same metr
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
+import secrets
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -184,6 +191,7 @@ class Evaluator:
         self._statistics: fid_lib.FeatureStatistics | None = None  # eval.reference
         self._bpd_examples: dict[str, np.ndarray] | None = None  # this process's share
         self._bpd_count = 0
+        self.counts: dict[str, int] = {}  # images behind each metric, after a call
 
     def __call__(self, model: nnx.Module) -> dict[str, float]:
         if not self.metrics:
@@ -222,6 +230,7 @@ class Evaluator:
                 shared = features[-1] if settings.features == "clip" and features else None
                 scores.append(self._scorer(pictures, captions, shared))  # [n]
         results: dict[str, float] = {}
+        self.counts["generated_images"] = self.counts["data_images"] = self._count
         if features:
             generated = parallel.gather_shares(np.concatenate(features), self._count)  # [N, D]
             if settings.reference and "fid" in self.metrics and self._statistics is None:
@@ -271,6 +280,7 @@ class Evaluator:
         held_out = parse_holdout(self.task.config.data.holdout) or tuple(combinations())
         prompts, targets = prompts_and_targets(held_out, settings.samples_per_prompt)
         self._check_count(len(prompts), "the adherence image count")
+        self.counts["adherence_images"] = len(prompts)
         share = parallel.process_share(len(prompts))
         read = [
             read_attributes(pictures)  # [n, 3]
@@ -313,6 +323,7 @@ class Evaluator:
         )
         graphdef, state = nnx.split(model)
         state = parallel.local_replica(state, mesh)
+        self.counts["bpd_images"] = self._bpd_count
         share_size = len(self._bpd_examples["ids"])
         size = parallel.whole_batches(min(settings.batch_size, share_size), mesh)
         bits = parallel.map_batches(
@@ -337,15 +348,26 @@ def _bits_per_dim_batch(graphdef, diffusion, ode, state, images, ids, keys) -> j
     return result.bits_per_dim
 
 
-def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[int, dict]:
-    """(step, metrics) of the newest EMA weights of a trained run, with ``config.eval`` of its
-    saved config changed by ``overrides`` ("eval.metrics=fid", ...). Reference features are
-    cached in ``WORKDIR/eval/``; the results are written to ``WORKDIR/eval/step_N.json``. With
-    several processes (``parallel.initialize_distributed``) each does its share."""
+OVERRIDABLE = ("eval.", "sample.")  # what `jaxdiff eval` may change in a run's config
+
+
+def evaluate_workdir(
+    workdir: str | Path, overrides: list[str] = (), out: str | Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """The newest EMA weights of a trained run evaluated with ``config.eval`` and the sampler of
+    ``config.sample`` of its saved config, changed by ``overrides`` ("eval.metrics=fid",
+    "sample.steps=20", ...): the record of the evaluation (``step``, ``results`` and the
+    settings) and the file process 0 wrote it to: ``out`` when it is a ``.json`` path, else a new
+    file in the folder ``out`` (``WORKDIR/eval/`` by default) that no other evaluation writes.
+    Reference features are cached in ``WORKDIR/eval/``. With several processes
+    (``parallel.initialize_distributed``) each does its share."""
     workdir = Path(workdir)
     for override in overrides:
-        if not override.startswith("eval."):
-            raise UserError(f"eval takes only eval.* overrides, got {override!r}")
+        if not override.startswith(OVERRIDABLE):
+            raise UserError(
+                f"eval takes only {' and '.join(p + '*' for p in OVERRIDABLE)} overrides, "
+                f"got {override!r}"
+            )
     parallel.initialize_distributed()
     task = load_task(workdir, overrides)
     config = task.config
@@ -355,8 +377,21 @@ def evaluate_workdir(workdir: str | Path, overrides: list[str] = ()) -> tuple[in
             f"({', '.join(METRICS)})"
         )
     step, model = load_weights(task, workdir)
-    results = Evaluator(task, config, workdir)(model)
+    evaluator = Evaluator(task, config, workdir)
+    results = evaluator(model)
+    now = datetime.datetime.now(datetime.UTC)
+    record = {
+        "step": step,
+        "workdir": str(workdir),
+        "time": now.isoformat(timespec="seconds"),
+        "results": results,
+        "images": evaluator.counts,
+        "sample": {k: v for k, v in config.sample.to_dict().items() if k != "preview_prompts"},
+        "eval": config.eval.to_dict(),
+    }
+    path = Path(out) if out is not None else workdir / "eval"
+    if path.suffix != ".json" or path.is_dir():
+        path = path / f"step_{step:07d}_{now:%Y%m%dT%H%M%S}_{secrets.token_hex(3)}.json"
     if jax.process_index() == 0:
-        path = workdir / "eval" / f"step_{step:07d}.json"
-        write_atomically(path, json.dumps({"step": step, **results}, indent=2) + "\n")
-    return step, results
+        write_atomically(path, json.dumps(record, indent=2, default=list) + "\n")
+    return record, path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -26,15 +26,24 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 _SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN)
 _TOKENIZER_FILE = "tokenizer.json"
+_GROUPS_KEY = "word_groups"  # in tokenizer_config.json
+_LISTED_WORDS = 60  # an unknown-word error lists the whole vocabulary up to this size
+_CLOSE_MATCH = 0.75  # difflib similarity of a "did you mean" suggestion
 
 
-def build_tokenizer(vocabulary: Sequence[str], max_length: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocabulary: Sequence[str],
+    max_length: int,
+    word_groups: Mapping[str, Sequence[str]] | None = None,
+) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over `vocabulary` for prompts of at most `max_length` tokens.
 
     `vocabulary` holds lower-case words and single punctuation marks (e.g.
     `jaxdiff.data.shapes.vocabulary()`); `max_length` counts the start and end tokens. Ids are
     `<pad>` 0, `<unk>` 1, the words in the given order, then `<|startoftext|>` and
-    `<|endoftext|>`.
+    `<|endoftext|>`. `word_groups` names kinds of words (e.g. {"shapes": [...], "colours":
+    [...]}, from the data set that defines the vocabulary); the unknown-word error lists a small
+    vocabulary by them. They are saved with the tokenizer.
     """
     if max_length < 2:
         raise UserError(f"max_length {max_length} must be at least 2 (start and end tokens)")
@@ -49,6 +58,10 @@ def build_tokenizer(vocabulary: Sequence[str], max_length: int) -> PreTrainedTok
                 f"vocabulary entry {word!r} must be one lower-case word or one punctuation mark, "
                 f"other than {', '.join(_SPECIAL_TOKENS)}"
             )
+    groups = {name: list(members) for name, members in (word_groups or {}).items()}
+    strays = [word for members in groups.values() for word in members if word not in words]
+    if strays:
+        raise UserError(f"word_groups name {strays[0]!r}, which is not in the vocabulary")
     ids = {token: i for i, token in enumerate([PAD_TOKEN, UNK_TOKEN, *words, BOS_TOKEN, EOS_TOKEN])}
     backend = Tokenizer(models.WordLevel(ids, unk_token=UNK_TOKEN))
     backend.normalizer = normalizers.Lowercase()
@@ -65,6 +78,7 @@ def build_tokenizer(vocabulary: Sequence[str], max_length: int) -> PreTrainedTok
         unk_token=UNK_TOKEN,
         model_max_length=max_length,
         padding_side="right",
+        **{_GROUPS_KEY: list(groups.items())},  # pairs: JSON keeps their order
     )
 
 
@@ -104,14 +118,23 @@ def encode(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -> np.nda
 
 
 def _unknown_word_message(tokenizer: PreTrainedTokenizerFast, word: str, prompt: str) -> str:
-    """One line naming the unknown word, the prompt and a few known words (the closest first)."""
+    """One line naming the unknown word and the prompt, a close known word if there is one, and
+    the known words: all of them, by group, when there are few; else a count."""
     known = sorted(t for t in tokenizer.get_vocab() if t not in _SPECIAL_TOKENS and t.isalnum())
-    suggestions = difflib.get_close_matches(word.lower(), known, n=3)
-    suggestions += [w for w in known if w not in suggestions][: 8 - len(suggestions)]
-    return (
-        f"unknown word {word!r} in prompt {prompt!r}; known words include "
-        f"{', '.join(suggestions)} ({len(known)} words in all)"
-    )
+    close = difflib.get_close_matches(word.lower(), known, n=1, cutoff=_CLOSE_MATCH)
+    message = f"unknown word {word!r} in prompt {prompt!r}"
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    if len(known) > _LISTED_WORDS:
+        return f"{message}; the vocabulary has {len(known)} words"
+    saved = tokenizer.init_kwargs.get(_GROUPS_KEY, ())
+    groups = {name: [w for w in words if w in known] for name, words in saved}
+    grouped = {w for words in groups.values() for w in words}
+    rest = [w for w in known if w not in grouped]
+    if rest:
+        groups["other words" if groups else "known words"] = rest
+    listing = "; ".join(f"{name}: {', '.join(words)}" for name, words in groups.items())
+    return f"{message}; {listing}"
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathLike) -> None:

@@ -38,6 +38,7 @@ from jaxdiff import parallel, samplers
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import UserError, require
 from jaxdiff.item_keys import check_first_index, item_keys
+from jaxdiff.models import lora
 from jaxdiff.pipelines import image_io
 from jaxdiff.pipelines.prompts import negative_prompt_list, prompt_list
 from jaxdiff.samplers.inpainting import blend_known, reimpose_known
@@ -56,7 +57,9 @@ class Sampling:
     sigma_schedule (None: the pipeline's own) with `sigma_schedule_options`; seed (or a PRNG
     `key`) and first_index: image i uses `fold_in(key(seed), first_index + i)`; latents: the
     unit noise `[B, h, w, c]` to start from; num_images_per_prompt; output_type: "np"
-    (float32 `[B, H, W, 3]` in [0, 1]), "pil", or "latent" (float32 `[B, h, w, c]`, undecoded).
+    (float32 `[B, H, W, 3]` in [0, 1]), "pil", or "latent" (float32 `[B, h, w, c]`, undecoded);
+    lora_scale: the factor on every unfused LoRA adapter's output (diffusers'
+    `cross_attention_kwargs={"scale": ...}`).
     """
 
     num_inference_steps: int = 50
@@ -72,6 +75,7 @@ class Sampling:
     latents: Any = None
     num_images_per_prompt: int = 1
     output_type: str = "np"
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         steps = self.num_inference_steps
@@ -98,6 +102,12 @@ class Sampling:
             f"seed={self.seed!r} must be an integer in [0, 2**32) (or pass key=)",
         )
         image_io.check_output_type(self.output_type)
+        require(
+            isinstance(self.lora_scale, int | float | np.number)
+            and not isinstance(self.lora_scale, bool)
+            and np.isfinite(self.lora_scale),
+            f"lora_scale={self.lora_scale!r} must be a finite number",
+        )
         options = dict(self.sampler_options or {})
         accepted = samplers.option_defaults(self.sampler)  # also checks the name
         unknown = sorted(set(options) - set(accepted))
@@ -172,6 +182,15 @@ class Pipeline(abc.ABC):
     ):
         self.diffusion = diffusion
         self.mesh = parallel.local_mesh(devices)
+        self._set_networks(networks)
+
+    def _networks(self) -> Any:
+        """The networks merged from the pipeline's graph and state, as new module objects:
+        changing them leaves the pipeline as it is until `_set_networks`."""
+        return nnx.merge(self._graphdef, jax.tree.map(lambda leaf: leaf, self._state))
+
+    def _set_networks(self, networks: Any) -> None:
+        """Makes `networks` the pipeline's, their state whole on every local device."""
         self._graphdef, state = nnx.split(networks)
         self._state = parallel.local_replica(state, self.mesh)
 
@@ -365,6 +384,7 @@ class Pipeline(abc.ABC):
             sigmas=jnp.asarray(sigmas, jnp.float32),
             start_std=jnp.float32(grid.start_std),
             end_scale=jnp.float32(grid.end_scale),
+            lora_scale=jnp.float32(sampling.lora_scale),
             **batch,
         )
         out = np.asarray(out)[:count]
@@ -435,12 +455,13 @@ def _unit_range(images: jax.Array) -> jax.Array:
 @functools.cache
 def compiled_loop(settings: LoopSettings) -> Callable:
     """`run(state, ids, negative_ids, keys, noise, guidance, rescale, sigmas, start_std,
-    end_scale, images, masks)` -> images `[B, H, W, 3]` float32 in [0, 1], or latents
+    end_scale, lora_scale, images, masks)` -> images `[B, H, W, 3]` float32 in [0, 1], or latents
     `[B, h, w, c]` when `settings.decode` is False; jit-compiled.
 
     ids, negative_ids: [B, T]; keys: [B]; noise: [B, h, w, c] unit noise; sigmas: [n + 1];
     start_std: [] the std of the pure noise a run from noise starts with; end_scale: [] the
-    factor the final state is scaled by (`Grid`); images: [B, H, W, 3] in [-1, 1] and masks
+    factor the final state is scaled by (`Grid`); lora_scale: [] the factor on every LoRA
+    adapter's weight; images: [B, H, W, 3] in [-1, 1] and masks
     [B, H, W, 1] (1: paint), or None for "text".
     """
     family = settings.family
@@ -459,10 +480,12 @@ def compiled_loop(settings: LoopSettings) -> Callable:
         sigmas,
         start_std,
         end_scale,
+        lora_scale,
         images,
         masks,
     ):
         networks = nnx.merge(settings.graphdef, state)
+        lora.scale_weights(networks, lora_scale)
         count = ids.shape[0]
         if settings.guided:  # one pass over both prompts; the context may be a pytree
             both = family.encode_prompts(networks, jnp.concatenate([ids, negative_ids]))

@@ -29,14 +29,16 @@ from jax.typing import DTypeLike
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import require
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
+from jaxdiff.pipelines.lora import LoRAMixin
 from jaxdiff.pipelines.prompts import tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 
 
-class StableDiffusion(Pipeline):
+class StableDiffusion(LoRAMixin, Pipeline):
     """Text-to-image (`__call__`), `img2img` and `inpaint` with a UNet, a VAE and a CLIP text
     encoder in diffusers' layout; sampling defaults as diffusers' (50 DDIM steps, guidance 7.5),
-    the sigmas as the scheduler config's diffusers scheduler lays them out."""
+    the sigmas as the scheduler config's diffusers scheduler lays them out. LoRAs load into the
+    UNet and the text encoder (`LoRAMixin`)."""
 
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"num_inference_steps": 50, "guidance_scale": 7.5, "sampler": "ddim"}
@@ -91,6 +93,10 @@ class StableDiffusion(Pipeline):
             parts.scheduler_config,
             devices=devices,
         )
+
+    def lora_components(self, networks: Any) -> dict[str, nnx.Module]:
+        unet, _, text_encoder = networks
+        return {"unet": unet, "text_encoder": text_encoder}
 
     def tokenize(self, prompts: list[str]) -> np.ndarray:
         """Padded and cut at the tokenizer's 77 tokens, as diffusers (a warning names the words

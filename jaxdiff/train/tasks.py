@@ -22,6 +22,7 @@ from jaxdiff import workdir as workdir_files
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import UserError, check_choice, require
 from jaxdiff.pipelines.base import Pipeline
+from jaxdiff.pipelines.sample_png import sample_text
 from jaxdiff.train.optim import LR_SCHEDULES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -94,16 +95,11 @@ def generator(task: ImageTask, model: nnx.Module, **sampling: Any):
 
 
 def image_preview(task: ImageTask, model: nnx.Module) -> tuple[np.ndarray, dict[str, Any]]:
-    """A row of one image per preview prompt (seed 0) and the PNG text describing it."""
+    """A row of one image per preview prompt (seed 0) and the PNG text describing it, with the
+    keys of ``jaxdiff sample``'s."""
     sample = task.config.sample
     prompts = list(sample.preview_prompts)
-    text = {
-        "prompts": " | ".join(prompts),
-        "seed": 0,
-        "sampler": sample.sampler,
-        "steps": sample.steps,
-        "guidance": sample.guidance,
-    }
+    text = sample_text(prompts, 0, sample.sampler, sample.steps, sample.guidance)
     return images.grid(generator(task, model)(prompts, 0), columns=len(prompts)), text
 
 

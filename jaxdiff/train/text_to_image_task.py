@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxdiff.atomic_write import write_atomically
+from jaxdiff.atomic_write import atomic_path, write_atomically
 from jaxdiff.configuration import from_dict, from_json
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion, make_process
@@ -39,6 +39,10 @@ from jaxdiff.workdir import checkpoint_step, restore_weights, saved_config_dict
 AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, beside its weights
 TOKENIZER_DIR = "tokenizer"
 LATENT_SCALE_IMAGES = 1024  # images encoded to measure the latent standard deviation
+PIXEL_SPACE_NOTE = (
+    "training on pixels (vae_workdir is empty); to train in latent space, add "
+    "--config.vae_workdir=DIR, the workdir of a trained autoencoder (e.g. of --config shapes_vae)"
+)
 
 
 class TextToImageTask:
@@ -53,7 +57,11 @@ class TextToImageTask:
         self.tokenizer = (
             load_word_tokenizer(workdir / TOKENIZER_DIR)
             if saved_tokenizer
-            else build_tokenizer(self.data.vocabulary(), config.model.text.max_position_embeddings)
+            else build_tokenizer(
+                self.data.vocabulary(),
+                config.model.text.max_position_embeddings,
+                self.data.word_groups(),
+            )
         )
         self.autoencoder_config = _autoencoder_config(config, workdir)
         self.pixel_space = self.autoencoder_config is None  # no autoencoder: it works on pixels
@@ -116,8 +124,11 @@ class TextToImageTask:
     def initialize(self, model: TextToImageModel, workdir: Path) -> None:
         """Saves the tokenizer; loads the trained autoencoder and measures the latent scale."""
         if jax.process_index() == 0:
-            save_tokenizer(self.tokenizer, workdir / TOKENIZER_DIR)
+            with atomic_path(workdir / TOKENIZER_DIR, directory=True) as partial:
+                save_tokenizer(self.tokenizer, partial)
         if model.autoencoder is None:
+            if jax.process_index() == 0:
+                print(PIXEL_SPACE_NOTE, flush=True)
             return
         restore_weights(model.autoencoder, nnx.Param, self.config.vae_workdir)
         sample = self.data.batch(np.arange(LATENT_SCALE_IMAGES))["image"]
@@ -193,7 +204,7 @@ def _autoencoder_config(
     if checkpoint_step(config.vae_workdir) is None:
         raise UserError(
             f"vae_workdir {config.vae_workdir!r} holds no trained autoencoder; "
-            "train one with 'jaxdiff train --config configs/shapes_vae.py --workdir DIR'"
+            "train one with 'jaxdiff train --config shapes_vae --workdir DIR'"
         )
     vae_config = from_dict(saved_config_dict(config.vae_workdir))
     task = vae_config.task

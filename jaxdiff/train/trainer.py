@@ -4,25 +4,22 @@ The mesh and the sharding rules come from the config (``jaxdiff.parallel``); the
 ``jax.jit`` with in/out shardings and donated state. Randomness is a function of the step number
 and the row in the batch (``jaxdiff.train.step``), data a function of the data position saved in
 every checkpoint with the RNG key, so a run resumed from a checkpoint takes exactly the steps the
-uninterrupted run would have taken. A SIGTERM saves a checkpoint and ends the run cleanly.
+uninterrupted run would have taken. Ctrl-C or SIGTERM saves a checkpoint and ends the run cleanly.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -30,12 +27,20 @@ from jaxdiff import configuration, images, parallel
 from jaxdiff.atomic_write import write_atomically
 from jaxdiff.checkpoint import RUN_RECORD, Checkpointer
 from jaxdiff.errors import UserError, require
+from jaxdiff.pipelines.sample_png import display_scale
 from jaxdiff.train.ema import make_ema_decay
 from jaxdiff.train.optim import learning_rate_schedule, make_optimizer
 from jaxdiff.train.state import StateLayout, as_targets, build_layout, initial_state, place
 from jaxdiff.train.step import initial_health, make_train_step
+from jaxdiff.train.stopping import StopRequests
 from jaxdiff.train.tasks import Task, make_task
-from jaxdiff.workdir import CHECKPOINT_DIR, CONFIG_FILE, ITEMS, saved_config_dict
+from jaxdiff.workdir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    ITEMS,
+    checkpoint_folder,
+    saved_config_dict,
+)
 
 Evaluate = Callable[[nnx.Module], dict[str, float]]  # model -> metrics
 MakeEvaluator = Callable[[Task, ml_collections.ConfigDict, Path], Evaluate]
@@ -54,11 +59,26 @@ def train(
 
     ``progress`` shows a progress bar; ``make_evaluator(task, config, workdir)`` builds the
     periodic evaluation (``config.eval.every``), e.g. ``jaxdiff.evaluation.Evaluator``, once,
-    before training. Returns the last logged metrics (floats), with ``steps`` and ``seconds``;
-    ``preempted`` is True when a SIGTERM stopped the run after saving a checkpoint.
+    before training. Ctrl-C or SIGTERM, from the start (compilation included), ends the run after
+    the step in flight with a checkpoint (``jaxdiff.train.stopping``).
+
+    Returns the last logged metrics (floats), with ``steps`` (the step reached), ``trained`` (the
+    steps this call took: 0 when the workdir was already trained), ``seconds`` and ``signal``
+    (the number of the signal that stopped the run, 0 when it ran to the end).
     """
     parallel.initialize_distributed()
-    workdir = Path(workdir)
+    with StopRequests() as stop:
+        return _train(config, Path(workdir), progress, make_evaluator, stop)
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    progress: bool,
+    make_evaluator: MakeEvaluator | None,
+    stop: StopRequests,
+) -> dict:
+    """`train`, with ``stop`` saying when a signal asks the run to end."""
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"workdir {str(workdir)!r} is a file; give a directory")
     task = make_task(config, workdir)  # validates the config before anything is written
@@ -82,6 +102,7 @@ def train(
         keep=train_config.keep_checkpoints,
     )
     init_key, root_key = jax.random.split(jax.random.key(config.seed))
+    steps = train_config.steps
     if checkpointer.latest_step() is None:
         start, position, nonfinite = 0, 0, 0
         state, _ = initial_state(task, optimizer, layout, init_key)  # EMA: after initialize
@@ -92,16 +113,21 @@ def train(
         del model, opt  # the step donates these buffers: only `state` is live from here on
     else:
         start, state, ema, saved = _restore(checkpointer, layout)
+        if start > steps:
+            raise UserError(
+                f"workdir {str(workdir)!r} has a checkpoint at step {start}, past "
+                f"train.steps={steps}"
+            )
+        if start == steps:
+            checkpointer.close()
+            return _result(_last_logged(workdir), start, 0, 0.0, 0)
+        folder = checkpoint_folder(workdir, start)
+        _say(f"resuming from step {start} of {steps} (checkpoint {folder})")
         root_key = jax.random.wrap_key_data(jnp.asarray(saved["root_key"], jnp.uint32))
         position, nonfinite = saved["data_position"], saved["nonfinite_steps"]
     model, _ = nnx.merge(layout.graphdef, state, copy=True)
     task.prepare(model, workdir)  # work that needs the weights, fresh or restored
     del model
-    steps = train_config.steps
-    if start > steps:
-        raise UserError(
-            f"workdir {str(workdir)!r} has a checkpoint at step {start}, past train.steps={steps}"
-        )
     evaluate = make_evaluator(task, config, workdir) if config.eval.every else None
     if is_main:
         write_atomically(workdir / CONFIG_FILE, configuration.to_json(config))
@@ -122,66 +148,72 @@ def train(
         desc=config.task,
         unit="step",
     )
-    last: dict[str, Any] = logger.last()
+    last: dict[str, Any] = {}
+    done, stopped_by = start, 0
     started = time.perf_counter()
     logged_at, logged_step = started, start
-    preempted = False
     try:
-        with _Preemption() as preemption:
-            for step in range(start, steps):
-                local = task.batch(position + rows)
-                batch = parallel.shard_batch(local, batch_sharding, batch_size)
-                state, ema, health, metrics = step_fn(
-                    state, ema, health, batch, root_key, jnp.int32(step)
+        for step in range(start, steps):
+            local = task.batch(position + rows)
+            batch = parallel.shard_batch(local, batch_sharding, batch_size)
+            state, ema, health, metrics = step_fn(
+                state, ema, health, batch, root_key, jnp.int32(step)
+            )
+            position += batch_size
+            done = step + 1
+            bar.update(1)
+            stopped_by = stop.requested(done)
+            save = checkpointer.should_save(done) or done == steps or stopped_by > 0
+            if save or done % train_config.log_every == 0:
+                last, nonfinite = _check_health(metrics, health, done, train_config, checkpointer)
+                now = time.perf_counter()
+                last["learning_rate"] = float(lr(step))
+                last["steps_per_second"] = (done - logged_step) / (now - logged_at)
+                logged_at, logged_step = now, done
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                logger.scalars(done, last)
+            if save:
+                checkpointer.save(
+                    done,
+                    _trees(state, ema),
+                    {
+                        "data_position": position,
+                        "root_key": np.asarray(jax.random.key_data(root_key)).tolist(),
+                        "nonfinite_steps": nonfinite,
+                    },
                 )
-                position += batch_size
-                done = step + 1
-                bar.update(1)
-                preempted = preemption.reached(done)
-                save = checkpointer.should_save(done) or done == steps or preempted
-                if save or done % train_config.log_every == 0:
-                    last, nonfinite = _check_health(
-                        metrics, health, done, train_config, checkpointer
-                    )
-                    now = time.perf_counter()
-                    last["learning_rate"] = float(lr(step))
-                    last["steps_per_second"] = (done - logged_step) / (now - logged_at)
-                    logged_at, logged_step = now, done
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
-                    logger.scalars(done, last)
-                if save:
-                    checkpointer.save(
-                        done,
-                        _trees(state, ema),
-                        {
-                            "data_position": position,
-                            "root_key": np.asarray(jax.random.key_data(root_key)).tolist(),
-                            "nonfinite_steps": nonfinite,
-                        },
-                    )
-                if preempted:
-                    break
-                preview = _due(done, train_config.preview_every, steps)
-                evaluation = _due(done, config.eval.every, steps)
-                if preview or evaluation:  # one EMA copy of the model for both
-                    model = _ema_model(layout.graphdef, state, ema, mesh)
-                    if preview:
-                        _preview(task, model, workdir, done)
-                    if evaluation:
-                        logger.scalars(done, evaluate(model), kind="eval")
-                    del model
-                    logged_at = time.perf_counter()  # the step rate counts training alone
-            checkpointer.wait()  # a second SIGTERM cannot cut the last save short
+            if stopped_by:
+                break
+            preview = _due(done, train_config.preview_every, steps)
+            evaluation = _due(done, config.eval.every, steps)
+            if preview or evaluation:  # one EMA copy of the model for both
+                model = _ema_model(layout.graphdef, state, ema, mesh)
+                if preview:
+                    _preview(task, model, workdir, done)
+                if evaluation:
+                    logger.scalars(done, evaluate(model), kind="eval")
+                del model
+                logged_at = time.perf_counter()  # the step rate counts training alone
+        checkpointer.wait()  # a SIGTERM during the last save cannot cut it short
     finally:
         bar.close()
         checkpointer.close()
         logger.close()
-    return {
-        **last,
-        "steps": done if preempted else steps,
-        "seconds": time.perf_counter() - started,
-        "preempted": preempted,
-    }
+    seconds = time.perf_counter() - started
+    return _result(last, done, done - start, seconds, stopped_by)
+
+
+def _result(
+    last: dict[str, Any], step: int, trained: int, seconds: float, signal: int
+) -> dict[str, Any]:
+    """What `train` returns."""
+    return {**last, "steps": step, "trained": trained, "seconds": seconds, "signal": signal}
+
+
+def _say(message: str) -> None:
+    """One line for the user, from process 0."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def compile_step(
@@ -301,36 +333,13 @@ def _ema_model(graphdef, state: nnx.State, ema: nnx.State, mesh) -> nnx.Module:
 
 
 def _preview(task: Task, model: nnx.Module, workdir: Path, step: int) -> None:
-    """Every process samples; process 0 writes."""
+    """Every process samples; process 0 writes, small images enlarged as ``jaxdiff sample``
+    enlarges them."""
     picture, text = task.preview(model)
     if jax.process_index() == 0:
         path = workdir / "samples" / f"step_{step:07d}.png"
-        images.save_png(path, picture, {**text, "step": step})
-
-
-class _Preemption:
-    """Notices a SIGTERM (the warning before a preemption). With several processes all of them
-    stop at the same step, agreed through JAX's preemption sync point."""
-
-    def __enter__(self) -> _Preemption:
-        self.signalled = False
-        self._previous = None
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        del signum, frame
-        self.signalled = True
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.signalled
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        scale = display_scale(task.config.data.image_size)
+        images.save_png(path, picture, {**text, "model": str(workdir), "step": step}, scale)
 
 
 def _logged_step(line: str) -> int | None:
@@ -341,18 +350,28 @@ def _logged_step(line: str) -> int | None:
         return None
 
 
-def _kept_lines(path: Path, resumed_at: int) -> list[str]:
-    """The lines of a JSONL log up to step ``resumed_at`` (later work was lost, and a line cut
-    short by a crash is dropped); the file is rewritten to hold only those."""
+def _last_logged(workdir: Path) -> dict[str, Any]:
+    """The newest metrics in ``metrics.jsonl`` (those of a finished run started again)."""
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    logged = [line for line in lines if _logged_step(line) is not None]
+    return {k: v for k, v in json.loads(logged[-1]).items() if k != "step"} if logged else {}
+
+
+def _keep_lines(path: Path, resumed_at: int) -> None:
+    """Rewrites a JSONL log to hold only its lines up to step ``resumed_at`` (later work was lost,
+    and a line cut short by a crash is dropped)."""
     if not path.is_file():
-        return []
+        return
     kept = []
     for line in path.read_text().splitlines():
         step = _logged_step(line)
         if step is not None and step <= resumed_at:
             kept.append(line)
     write_atomically(path, "".join(line + "\n" for line in kept))
-    return kept
+
+
+_LOGS = {"train": "metrics.jsonl", "eval": "eval.jsonl"}  # kind of metrics -> its log file
 
 
 class _Logger:
@@ -360,7 +379,8 @@ class _Logger:
     files (process 0 only).
 
     On resume, lines logged after the restored step (work lost in the interruption) and a last
-    line cut short by a crash are dropped, so each file holds each step once.
+    line cut short by a crash are dropped, so each file holds each step once. A file is made at
+    its first line: a run that never evaluates has no ``eval.jsonl``.
     """
 
     def __init__(self, workdir: Path, enabled: bool, resumed_at: int):
@@ -369,27 +389,21 @@ class _Logger:
             return
         from tensorboardX import SummaryWriter
 
-        kept = _kept_lines(workdir / "metrics.jsonl", resumed_at)
-        _kept_lines(workdir / "eval.jsonl", resumed_at)
-        self._last = json.loads(kept[-1]) if kept else {}
-        self.files = {
-            "train": (workdir / "metrics.jsonl").open("a"),
-            "eval": (workdir / "eval.jsonl").open("a"),
-        }
+        self.paths = {kind: workdir / name for kind, name in _LOGS.items()}
+        for path in self.paths.values():
+            _keep_lines(path, resumed_at)
+        self.files: dict[str, TextIO] = {}
         self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resumed_at + 1)
-
-    def last(self) -> dict[str, Any]:
-        """The newest metrics already logged (those of a finished run that is started again)."""
-        if not self.enabled:
-            return {}
-        return {k: v for k, v in self._last.items() if k != "step"}
 
     def scalars(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         """One line of ``kind`` ("train" or "eval") metrics."""
         if not self.enabled:
             return
-        self.files[kind].write(json.dumps({"step": step, **metrics}) + "\n")
-        self.files[kind].flush()
+        if kind not in self.files:
+            self.files[kind] = self.paths[kind].open("a")
+        file = self.files[kind]
+        file.write(json.dumps({"step": step, **metrics}) + "\n")
+        file.flush()
         for name, value in metrics.items():
             self.writer.add_scalar(f"{kind}/{name}", value, step)
 

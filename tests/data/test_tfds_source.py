@@ -63,8 +63,12 @@ def test_bad_names(mock_tfds, kwargs, message):
 
 
 def test_unprepared_data_set_says_how_to_prepare_it(tmp_path):
-    with pytest.raises(UserError, match=r"is not prepared; prepare it in ArrayRecord format with"):
+    with pytest.raises(UserError) as error:
         TfdsSource("mnist", data_dir=str(tmp_path))
+    assert str(error.value).endswith(
+        "is not prepared; prepare it in ArrayRecord format with `pip install 'jaxdiff[data]'; "
+        f"jaxdiff prepare-data mnist --data-dir {tmp_path}`"
+    )
 
 
 def test_wrong_image_size_without_resize(mock_tfds):

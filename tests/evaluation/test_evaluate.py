@@ -68,10 +68,19 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
     shutil.copytree(run, split)
     two_processes = [a for a in args if not a.startswith("--config.eval.batch_size")]
     two_processes[2] = str(split)
-    processes = launch([*two_processes, "--config.eval.batch_size=3"])
+    processes = launch([*two_processes, "--config.eval.batch_size=3", "--out", f"{split}/r.json"])
     assert main(args) == 0
-    results = json.loads((workdir / "eval" / "step_0000002.json").read_text())
-    assert results["step"] == 2
+    (first,) = (workdir / "eval").glob("step_0000002_*.json")
+    record = json.loads(first.read_text())
+    assert record["step"] == 2 and record["eval"]["num_samples"] == 8
+    assert record["images"] == {
+        "generated_images": 8,
+        "data_images": 8,
+        "adherence_images": 6,  # the held-out prompts, eval.samples_per_prompt=1 each
+        "bpd_images": 4,
+    }
+    assert record["sample"] == {"sampler": "heun", "steps": 4, "guidance": 3.0}
+    results = record["results"]
     assert results["fid"] > 0 and 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
     assert np.isfinite(results["kid"]) and results["kid_std"] > 0
     assert 0 <= results["clip_score"] <= 100
@@ -86,12 +95,13 @@ def test_eval_command_computes_every_metric(run, tmp_path, capsys):
     again = [*args[:3], "--config.eval.metrics=fid,kid", f"--config.eval.reference={cached}"]
     assert main([*again, *args[4:]]) == 0
     assert cached.stat().st_mtime_ns == stamp, "reference features are reused"
-    against_file = json.loads((workdir / "eval" / "step_0000002.json").read_text())
+    (second,) = set((workdir / "eval").glob("step_0000002_*.json")) - {first}  # first is kept
+    against_file = json.loads(second.read_text())["results"]
     assert against_file["fid"] == pytest.approx(results["fid"], rel=1e-5)
     assert against_file["kid"] == pytest.approx(results["kid"], rel=1e-5)
 
     wait(processes)
-    shared = json.loads((split / "eval" / "step_0000002.json").read_text())
+    shared = json.loads((split / "r.json").read_text())["results"]
     assert shared.keys() == results.keys()
     for name, value in results.items():
         assert shared[name] == pytest.approx(value, rel=1e-3, abs=1e-6), name  # float32 sums
@@ -132,7 +142,8 @@ def test_a_second_evaluation_compiles_nothing(run, tmp_path):
     [
         ("--config.eval.metrics=fid,sharpness", r"eval.metrics names 'sharpness'; accepted: fid"),
         ("--config.eval.features=vgg", r"eval.features='vgg' is not supported; accepted"),
-        ("--config.train.steps=3", r"eval takes only eval.\* overrides, got 'train.steps=3'"),
+        ("--config.train.steps=3", r"only eval.\* and sample.\* overrides, got 'train.steps"),
+        ("--config.sample.sampler=rk45", r"unknown sampler 'rk45'"),
         ("--config.eval.num_samples=1", r"eval.num_samples must be >= 2, got 1"),
         ("--config.eval.bpd_steps=0", r"eval.bpd_steps must be > 0, got 0"),
         ("--config.eval.metrics=fid", r"eval.inception_weights is not set; give the Inception"),
@@ -146,6 +157,21 @@ def test_eval_errors(run, capsys, override, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+
+
+def test_eval_with_another_sampler_keeps_every_result(run, tmp_path, capsys):
+    folder = tmp_path / "results"
+    args = ["eval", "--workdir", str(run), "--out", f"{folder}/", "--config.eval.metrics=adherence"]
+    args += ["--config.sample.sampler=euler", "--config.sample.steps", "1"]
+    assert main([*args, "--config.eval.samples_per_prompt=1"]) == 0
+    (path,) = folder.iterdir()
+    assert capsys.readouterr().out.endswith(f"wrote {path}\n")
+    record = json.loads(path.read_text())
+    assert record["sample"] == {"sampler": "euler", "steps": 1, "guidance": 3.0}
+    assert record["images"] == {"adherence_images": 6}
+    assert set(record["results"]) == {
+        f"adherence_{n}" for n in ("shape", "colour", "position", "all")
+    }
 
 
 def test_periodic_evaluation_without_an_evaluator_is_refused_before_training(tmp_path):

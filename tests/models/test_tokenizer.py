@@ -52,12 +52,42 @@ def test_every_caption_encodes(tokenizer: PreTrainedTokenizerFast) -> None:
         assert [p for p, _ in pieces(caption.lower())] == re.findall(r"\w+|[^\w\s]", caption)
 
 
-def test_unknown_word(tokenizer: PreTrainedTokenizerFast) -> None:
+WORD_GROUPS = {"shapes": shapes.SHAPES, "colours": shapes.COLOURS}
+
+
+def unknown_word_message(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str:
     with pytest.raises(UserError) as error:
-        encode(tokenizer, ["a red circle", "a red Circel in the middle"])
+        encode(tokenizer, ["", prompt])
     message = str(error.value)
-    assert "'Circel'" in message and "'a red Circel in the middle'" in message
-    assert "circle" in message and "\n" not in message
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_word_suggests_only_a_close_match(tokenizer: PreTrainedTokenizerFast) -> None:
+    message = unknown_word_message(tokenizer, "a red Circel in the middle")
+    assert "unknown word 'Circel' in prompt 'a red Circel in the middle'" in message
+    assert "(did you mean 'circle'?)" in message
+    assert "did you mean" not in unknown_word_message(tokenizer, "a pink circle")
+
+
+def test_unknown_word_lists_a_small_vocabulary_by_group(tmp_path) -> None:
+    grouped = build_tokenizer(shapes.vocabulary(), MAX_LENGTH, WORD_GROUPS)
+    save_tokenizer(grouped, tmp_path)
+    message = unknown_word_message(load_tokenizer(tmp_path), "a pink circle")
+    words = [w for w in shapes.vocabulary() if w.isalnum()]
+    other = ", ".join(w for w in words if w not in shapes.SHAPES + shapes.COLOURS)
+    assert message.endswith(
+        "; shapes: circle, square, triangle; colours: red, green, blue, yellow, magenta, cyan; "
+        f"other words: {other}"
+    )
+    flat = unknown_word_message(build_tokenizer(shapes.vocabulary(), MAX_LENGTH), "pink")
+    assert flat.endswith(f"; known words: {', '.join(words)}")
+
+
+def test_unknown_word_counts_a_large_vocabulary() -> None:
+    words = [f"word{i}" for i in range(100)]
+    message = unknown_word_message(build_tokenizer(words, MAX_LENGTH), "wrod1")
+    assert message.endswith("(did you mean 'word1'?); the vocabulary has 100 words"), message
 
 
 def test_too_long(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -91,5 +121,7 @@ def test_build_validation() -> None:
         build_tokenizer(["Red"], 8)
     with pytest.raises(UserError, match="max_length 1"):
         build_tokenizer(["red"], 1)
+    with pytest.raises(UserError, match="word_groups name 'blue', which is not in the vocab"):
+        build_tokenizer(["red"], 8, {"colours": ["red", "blue"]})
     with pytest.raises(UserError, match="single string"):
         encode(build_tokenizer(["red"], 8), "red")

@@ -47,7 +47,8 @@ def test_sample_pretrained_writes_the_api_images(sd_folders, files, tmp_path, mo
     image, mask = files
     out = tmp_path / "grid.png"
     argv = ["sample", "--pretrained", str(folder), "--prompt", "a red cat", "--prompt", "sky"]
-    argv += ["--negative-prompt", "dog", "--seed", "3", "--steps", "3", "--guidance", "4.5"]
+    argv += ["--negative-prompt", "dog", "--negative-prompt", "rain"]  # one per prompt
+    argv += ["--seed", "3", "--steps", "3", "--guidance", "4.5"]
     argv += ["--sampler", "dpmpp_2m", "--num-images", "2", "--out", str(out)]
     extra = {"text": [], "img2img": ["--image", str(image), "--strength", "0.7"]}
     extra["inpaint"] = ["--image", str(image), "--mask", str(mask)]
@@ -55,7 +56,7 @@ def test_sample_pretrained_writes_the_api_images(sd_folders, files, tmp_path, mo
 
     pipe = StableDiffusion.from_pretrained(folder)
     settings = dict(
-        negative_prompt="dog",
+        negative_prompt=["dog", "rain"],
         seed=3,
         num_inference_steps=3,
         guidance_scale=4.5,
@@ -73,7 +74,7 @@ def test_sample_pretrained_writes_the_api_images(sd_folders, files, tmp_path, mo
     np.testing.assert_array_equal(_grid_cells(out, rows=2, columns=2), _uint8(want))
 
     text = read_png_text(out)
-    assert text["prompt"] == "a red cat | sky" and text["negative_prompt"] == "dog"
+    assert text["prompt"] == "a red cat | sky" and text["negative_prompt"] == "dog | rain"
     assert (text["seed"], text["sampler"], text["steps"], text["guidance"]) == (
         "3",
         "dpmpp_2m",
@@ -103,6 +104,8 @@ def test_pretrained_defaults_are_diffusers(sd_folders, tmp_path, monkeypatch):
         (["--image", "IMAGE", "--height", "32"], "--height and --width go with text-to-image"),
         (["--steps", "0"], "--steps must be > 0"),
         (["--sampler", "nope"], "unknown sampler 'nope'"),
+        (["--negative-prompt", "x"] * 2, "2 --negative-prompt for 1 --prompt; give one for all"),
+        (["--out", "grid"], "--out 'grid' is neither a .png file nor a folder"),
     ],
 )
 def test_bad_sample_arguments_are_one_line_errors(files, tmp_path, capsys, args, message):

@@ -1,6 +1,6 @@
-"""Never lose work: kill -9 at any step, kill during a save, SIGTERM, an unreadable latest
-checkpoint, non-finite steps, a checkpoint of another model. Resumed runs must end bitwise equal
-to the uninterrupted one."""
+"""Never lose work: kill -9 at any step, kill during a save, SIGTERM, Ctrl-C (once or twice), an
+unreadable latest checkpoint, non-finite steps, a checkpoint of another model. Resumed runs must
+end bitwise equal to the uninterrupted one."""
 
 import json
 import logging
@@ -116,20 +116,65 @@ def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, uni
     assert_bitwise_equal(weights(tmp_path), weights(uninterrupted), "killed while saving step 4")
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted):
+def saved_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted, capsys):
     process = launch(tmp_path, "-m", "jaxdiff.cli")
     wait_for_step(process, tmp_path, 2)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    stopped = int(output.split("stopped by SIGTERM after step ")[1].split(",")[0])
+    assert process.returncode == 128 + signal.SIGTERM, output
+    stopped = int(output.split("stopped by SIGTERM after step ")[1].split(" ")[0])
     assert 2 <= stopped < STEPS
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved[-1] == stopped
+    checkpoint = tmp_path / "checkpoints" / str(stopped)
+    assert f"after step {stopped} of {STEPS}; checkpoint saved in {checkpoint}; rerun" in output
+    assert saved_steps(tmp_path)[-1] == stopped
     train(config(), tmp_path, progress=False)
+    assert f"resuming from step {stopped} of {STEPS} (checkpoint {checkpoint})" in (
+        capsys.readouterr().out
+    )
     assert_bitwise_equal(
         weights(tmp_path), weights(uninterrupted), f"stopped by SIGTERM after step {stopped}"
     )
+
+
+def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, uninterrupted):
+    """Ctrl-C while the first step compiles: the step finishes, is saved, and the run exits with
+    130 and one line saying so. The rerun resumes there; Ctrl-C twice ends it at once, and the
+    next run resumes from the newest complete checkpoint to the uninterrupted run's weights."""
+    process = launch(tmp_path, "-m", "jaxdiff.cli")
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "config.json").is_file():  # written just before the step compiles
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, output
+    checkpoint = tmp_path / "checkpoints" / "1"
+    assert output.splitlines()[-1] == (
+        f"stopped by Ctrl-C after step 1 of {STEPS}; checkpoint saved in {checkpoint}; "
+        "rerun the same command to resume"
+    )
+    assert "Traceback" not in output and "Exception ignored" not in output, output
+    assert saved_steps(tmp_path) == [1]
+
+    process = launch(tmp_path, "-m", "jaxdiff.cli")
+    wait_for_step(process, tmp_path, 3)
+    process.send_signal(signal.SIGINT)
+    seen: list[str] = []
+    while not (seen and seen[-1].startswith("Ctrl-C: stopping after this step")):  # noticed
+        seen.append(process.stdout.readline())
+        assert seen[-1], "".join(seen)  # the process is still running
+    process.send_signal(signal.SIGINT)  # while that step finishes and saves
+    output = "".join(seen) + process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert f"resuming from step 1 of {STEPS} (checkpoint {checkpoint})" in output
+    assert output.splitlines()[-1].startswith("Ctrl-C again: stopped at once"), output
+    assert "Traceback" not in output, output
+    train(config(), tmp_path, progress=False)
+    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted), "stopped by Ctrl-C twice")
 
 
 def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, uninterrupted, caplog):

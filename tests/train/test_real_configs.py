@@ -73,7 +73,7 @@ def test_sd15_finetune_tiny(tmp_path):
     _, model = load_trained(workdir)
     assert isinstance(model.unet, type(pretrained.unet))
     preview = next((workdir / "samples").glob("*.png"))
-    assert read_png_text(preview)["prompts"] == "a red bicycle | a lighthouse"
+    assert read_png_text(preview)["prompt"] == "a red bicycle | a lighthouse"
     assert len(list((workdir / "encodings").iterdir())) == 1
 
 
