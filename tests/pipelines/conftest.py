@@ -8,7 +8,9 @@ own random numbers. The scheduler config is Stable Diffusion 1.5's own.
 import json
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 from reference_models import (
     SD15_SCHEDULER,
     UNET_CONFIGS,
@@ -18,7 +20,33 @@ from reference_models import (
     save_stable_diffusion,
 )
 
+from jaxdiff.pipelines.sample_png import display_scale
+
 PREDICTIONS = ("epsilon", "v_prediction")
+GRID_PAD = 2  # jaxdiff.images.grid's border
+
+
+def grid_cells(path, rows: int, columns: int, size: int = 16) -> np.ndarray:
+    """The images of a grid PNG that `jaxdiff sample` wrote, its display enlargement undone (and
+    checked). [rows * columns, size, size, 3] uint8"""
+    scale = display_scale(size)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    step = size + GRID_PAD
+    assert pixels.shape[:2] == (
+        scale * (rows * step + GRID_PAD),
+        scale * (columns * step + GRID_PAD),
+    )
+    pixels = pixels[::scale, ::scale]
+    return np.stack(
+        [
+            pixels[
+                GRID_PAD + r * step : GRID_PAD + r * step + size,
+                GRID_PAD + c * step : GRID_PAD + c * step + size,
+            ]
+            for r in range(rows)
+            for c in range(columns)
+        ]
+    )
 
 
 def scheduler_config(prediction: str) -> dict:

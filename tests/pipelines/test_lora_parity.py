@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import scheduler_config
+from conftest import grid_cells, scheduler_config
 from reference_models import assert_far_from_flat
 
 from jaxdiff.errors import UserError
@@ -315,8 +315,6 @@ def test_fused_adapters_match_diffusers_and_unfuse_restores_the_weights(referenc
 def test_sample_command_applies_each_lora_at_its_scale(sd_folders, lora_files, tmp_path):
     """`jaxdiff sample --lora FILE:SCALE` is the API's load_lora_weights + set_adapters; the
     image at the LoRA's full weight differs."""
-    from PIL import Image
-
     from jaxdiff.cli import main
     from jaxdiff.images import read_png_text
 
@@ -324,7 +322,7 @@ def test_sample_command_applies_each_lora_at_its_scale(sd_folders, lora_files, t
     out = tmp_path / "grid.png"
     argv = ["sample", "--pretrained", str(folder), "--prompt", "a red cat", "--steps", "3"]
     assert main([*argv, "--sampler", "ddim", "--lora", f"{peft}:0.7", "--out", str(out)]) == 0
-    got = np.asarray(Image.open(out).convert("RGB"))[2:-2, 2:-2]  # inside the grid's border
+    (got,) = grid_cells(out, rows=1, columns=1)
     assert read_png_text(out)["lora"] == f"{peft}:0.7"
 
     pipe = StableDiffusion.from_pretrained(folder)

@@ -3,26 +3,12 @@ pixels are the Python API's images and whose text chunks say how they were made.
 
 import numpy as np
 import pytest
+from conftest import grid_cells
 from PIL import Image
 
 from jaxdiff.cli import main
 from jaxdiff.images import read_png_text
 from jaxdiff.pipelines import StableDiffusion
-
-PAD = 2  # jaxdiff.images.grid's border
-
-
-def _grid_cells(path, rows: int, columns: int, size: int = 16) -> np.ndarray:
-    """The images of a grid PNG. [rows * columns, size, size, 3] uint8"""
-    pixels = np.asarray(Image.open(path).convert("RGB"))
-    step = size + PAD
-    return np.stack(
-        [
-            pixels[PAD + r * step : PAD + r * step + size, PAD + c * step : PAD + c * step + size]
-            for r in range(rows)
-            for c in range(columns)
-        ]
-    )
 
 
 def _uint8(images: np.ndarray) -> np.ndarray:
@@ -71,7 +57,7 @@ def test_sample_pretrained_writes_the_api_images(sd_folders, files, tmp_path, mo
         want = pipe.img2img(prompts, picture, strength=0.7, **settings)
     else:
         want = pipe.inpaint(prompts, picture, Image.open(mask), **settings)
-    np.testing.assert_array_equal(_grid_cells(out, rows=2, columns=2), _uint8(want))
+    np.testing.assert_array_equal(grid_cells(out, rows=2, columns=2), _uint8(want))
 
     text = read_png_text(out)
     assert text["prompt"] == "a red cat | sky" and text["negative_prompt"] == "dog | rain"
