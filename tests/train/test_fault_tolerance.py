@@ -142,8 +142,9 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted, capsys):
 
 def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, uninterrupted):
     """Ctrl-C while the first step compiles: the step finishes, is saved, and the run exits with
-    130 and one line saying so. The rerun resumes there; Ctrl-C twice ends it at once, and the
-    next run resumes from the newest complete checkpoint to the uninterrupted run's weights."""
+    130 and one line saying so. The rerun resumes there and is held inside its save of step 4;
+    Ctrl-C twice ends it at once, and the next run resumes from the newest complete checkpoint
+    to the uninterrupted run's weights."""
     process = launch(tmp_path, "-m", "jaxdiff.cli")
     deadline = time.monotonic() + 300
     while not (tmp_path / "config.json").is_file():  # written just before the step compiles
@@ -160,19 +161,22 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, uninterrupted)
     assert "Traceback" not in output and "Exception ignored" not in output, output
     assert saved_steps(tmp_path) == [1]
 
-    process = launch(tmp_path, "-m", "jaxdiff.cli")
-    wait_for_step(process, tmp_path, 3)
-    process.send_signal(signal.SIGINT)
-    seen: list[str] = []
-    while not (seen and seen[-1].startswith("Ctrl-C: stopping after this step")):  # noticed
+    process = launch(tmp_path, str(ROOT / "tests" / "train" / "interrupted_save.py"), "4")
+    seen = [process.stdout.readline()]
+    while seen[-1].strip() != "saving step 4":  # from here the run waits on that save forever
         seen.append(process.stdout.readline())
         assert seen[-1], "".join(seen)  # the process is still running
-    process.send_signal(signal.SIGINT)  # while that step finishes and saves
+    process.send_signal(signal.SIGINT)
+    while not seen[-1].startswith("Ctrl-C: stopping after this step"):  # noticed
+        seen.append(process.stdout.readline())
+        assert seen[-1], "".join(seen)
+    process.send_signal(signal.SIGINT)  # while the run still waits to save
     output = "".join(seen) + process.communicate(timeout=60)[0]
     assert process.returncode == 128 + signal.SIGINT, output
     assert f"resuming from step 1 of {STEPS} (checkpoint {checkpoint})" in output
     assert output.splitlines()[-1].startswith("Ctrl-C again: stopped at once"), output
     assert "Traceback" not in output, output
+    assert saved_steps(tmp_path) == [1, 2, 3]  # step 4's save never completed
     train(config(), tmp_path, progress=False)
     assert_bitwise_equal(weights(tmp_path), weights(uninterrupted), "stopped by Ctrl-C twice")
 
