@@ -93,6 +93,14 @@ def wait_for_step(process: subprocess.Popen, workdir: Path, step: int) -> None:
     raise TimeoutError(f"step {step} not reached")
 
 
+def read_until(process: subprocess.Popen, start: str, seen: list[str]) -> None:
+    """Appends the process's output lines to ``seen`` up to one that starts with ``start`` (other
+    lines, such as absl's warnings, may come first)."""
+    while not (seen and seen[-1].startswith(start)):
+        seen.append(process.stdout.readline())
+        assert seen[-1], "".join(seen)  # the process is still running
+
+
 def test_kill_9_at_a_random_step_then_restart(tmp_path, uninterrupted):
     step = random.Random(KILL_SEED).randint(2, STEPS - 2)
     process = launch(tmp_path, "-m", "jaxdiff.cli")
@@ -105,7 +113,7 @@ def test_kill_9_at_a_random_step_then_restart(tmp_path, uninterrupted):
 
 def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, uninterrupted):
     process = launch(tmp_path, str(ROOT / "tests" / "train" / "interrupted_save.py"), "4")
-    assert process.stdout.readline().strip() == "saving step 4"
+    read_until(process, "saving step 4", [])
     process.kill()
     process.wait()
     checkpoints = tmp_path / "checkpoints"
@@ -162,14 +170,10 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, uninterrupted)
     assert saved_steps(tmp_path) == [1]
 
     process = launch(tmp_path, str(ROOT / "tests" / "train" / "interrupted_save.py"), "4")
-    seen = [process.stdout.readline()]
-    while seen[-1].strip() != "saving step 4":  # from here the run waits on that save forever
-        seen.append(process.stdout.readline())
-        assert seen[-1], "".join(seen)  # the process is still running
+    seen: list[str] = []
+    read_until(process, "saving step 4", seen)  # from here the run waits on that save forever
     process.send_signal(signal.SIGINT)
-    while not seen[-1].startswith("Ctrl-C: stopping after this step"):  # noticed
-        seen.append(process.stdout.readline())
-        assert seen[-1], "".join(seen)
+    read_until(process, "Ctrl-C: stopping after this step", seen)  # noticed
     process.send_signal(signal.SIGINT)  # while the run still waits to save
     output = "".join(seen) + process.communicate(timeout=60)[0]
     assert process.returncode == 128 + signal.SIGINT, output
