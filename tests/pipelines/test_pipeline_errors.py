@@ -66,6 +66,8 @@ def _raises(match: str):
             r"sampler option eta=\[0.5\]: the pipelines take numbers and strings",
         ),
         (lambda p: p("a", seed=-1), r"seed=-1 must be an integer in \[0, 2\*\*32\)"),
+        (lambda p: p("a", lora_scale=float("nan")), r"lora_scale=nan must be a finite number"),
+        (lambda p: p("a", lora_scale=True), r"lora_scale=True must be a finite number"),
         (
             lambda p: p("a", first_index=-1),
             r"first_index=-1 must be an integer in \[0, 2147483647\]",
