@@ -283,7 +283,7 @@ def test_bad_loads_leave_the_pipeline_as_it_was(pipe, lora_files, tmp_path):
         pipe.set_adapters(["p", "q"])
     with pytest.raises(UserError, match="adapter_name='p' is already loaded"):
         pipe.load_lora_weights(lora_files["peft"], adapter_name="p")
-    with pytest.raises(UserError, match="missing.safetensors"):
+    with pytest.raises(UserError, match=r"missing\.safetensors"):
         pipe.load_lora_weights(tmp_path / "missing.safetensors", adapter_name="m")
     assert all(a is b for a, b in zip(jax.tree.leaves(pipe._state), before, strict=True))
     assert pipe.get_list_adapters() == ["p", "k"]
