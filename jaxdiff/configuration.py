@@ -149,7 +149,11 @@ def parse_value(key: str, text: str, old: Any) -> Any:
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise UserError(f"config key {key!r} takes a tuple like (1, 2), got {text!r}") from None
+            if not all(isinstance(item, str) for item in old):
+                raise UserError(
+                    f"config key {key!r} takes a tuple like (1, 2), got {text!r}"
+                ) from None
+            value = tuple(item.strip() for item in text.split(",") if item.strip())  # a,b,c
         if not isinstance(value, tuple | list):
             value = (value,)
         return type(old)(value)

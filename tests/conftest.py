@@ -36,6 +36,7 @@ SLOW_FILES_FIRST = (
     "tests/train/test_fault_tolerance.py",
     "tests/train/test_trainer.py",
     "tests/train/test_real_configs.py",
+    "tests/train/test_lora_training.py",
     "tests/colab/test_notebooks.py",
     "tests/train/test_multiprocess.py",
     "tests/train/test_sharded_step.py",

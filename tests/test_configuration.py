@@ -40,6 +40,17 @@ def test_overrides_are_parsed_to_the_existing_type():
     assert config.vae_workdir == "/some/where"
 
 
+def test_a_tuple_of_names_takes_a_comma_separated_list():
+    config = load_config("sd15_lora:tiny", ["lora.unet_targets=to_q, to_out.0,ff.net.2"])
+    assert config.lora.unet_targets == ("to_q", "to_out.0", "ff.net.2")
+    config = load_config("sd15_lora:tiny", ["lora.text_encoder_targets=q_proj"])
+    assert config.lora.text_encoder_targets == ("q_proj",)
+    config = load_config(
+        "sd15_lora:tiny", ["lora.unet_targets=('to_k',)", "lora.text_encoder_targets=()"]
+    )
+    assert config.lora.unet_targets == ("to_k",) and config.lora.text_encoder_targets == ()
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -15,6 +15,7 @@ padding and `B` a 1x1 convolution (a matmul over channels), as in peft and kohya
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import jax
@@ -97,14 +98,15 @@ def layer_paths(model: nnx.Module) -> dict[str, BaseLayer]:
     return layers
 
 
-def _adapted(model: nnx.Module) -> Iterator[LoRALayer]:
-    for _, node in nnx.iter_graph(model):
+def adapted_layers(model: nnx.Module) -> Iterator[tuple[str, LoRALayer]]:
+    """(dotted module path, layer) of every adapted layer of `model`."""
+    for path, node in nnx.iter_graph(model):
         if isinstance(node, LoRALayer):
-            yield node
+            yield ".".join(str(p) for p in path), node
 
 
 def _adapters(model: nnx.Module) -> Iterator[tuple[str, LoRA]]:
-    for layer in _adapted(model):
+    for _, layer in adapted_layers(model):
         yield from layer.adapters.items()
 
 
@@ -126,7 +128,12 @@ def _replace(model: nnx.Module, path: str, make: Callable[[nnx.Module], nnx.Modu
 
 
 def add_adapter(
-    model: nnx.Module, path: str, name: str, down: np.ndarray, up: np.ndarray, scale: float
+    model: nnx.Module,
+    path: str,
+    name: str,
+    down: np.ndarray | jax.Array,
+    up: np.ndarray | jax.Array,
+    scale: float,
 ) -> None:
     """Adds adapter `name` (`down`, `up` in `LoRA`'s layout, `scale`) to the Linear or Conv
     layer at dotted `path` of `model` (from `layer_paths`), wrapping it in a `LoRALayer` first
@@ -139,6 +146,33 @@ def add_adapter(
         return layer
 
     _replace(model, path, adapted)
+
+
+def new_adapter(
+    layer: BaseLayer, rank: int, scale: float, key: jax.Array
+) -> tuple[jax.Array, jax.Array, float]:
+    """A fresh adapter of `rank` for `layer`, as peft starts one: `down` uniform in
+    +-1/sqrt(fan_in) (Kaiming-uniform with a = sqrt(5)), `up` zero, so the layer's output is
+    unchanged until `up` is trained. Returns (down, up, scale) for `add_adapter`."""
+    kernel = layer.kernel.get_value()  # [in, out] or [kh, kw, in, out]
+    fan_in = math.prod(kernel.shape[:-1])
+    bound = 1 / math.sqrt(fan_in)
+    down = jax.random.uniform(key, (*kernel.shape[:-1], rank), jnp.float32, -bound, bound)
+    return down, jnp.zeros((rank, kernel.shape[-1]), jnp.float32), scale
+
+
+def copy_adapters(source: nnx.Module, target: nnx.Module) -> None:
+    """Wraps each layer of `target` (a model of `source`'s architecture without adapters) that
+    is adapted in `source` the same way, sharing `source`'s adapters: the two models' states then
+    have the same paths."""
+    for path, adapted in list(adapted_layers(source)):
+
+        def share(layer: nnx.Module, adapted: LoRALayer = adapted) -> LoRALayer:
+            wrapped = LoRALayer(layer)
+            wrapped.adapters = adapted.adapters
+            return wrapped
+
+        _replace(target, path, share)
 
 
 def set_weights(model: nnx.Module, weights: dict[str, float]) -> None:
@@ -168,7 +202,7 @@ def fused_state(model: nnx.Module) -> nnx.State:
 def fuse(model: nnx.Module, factor: float) -> None:
     """Adds `factor * sum_a w_a s_a B_a A_a` into each adapted layer's kernel (in float32, cast
     back to the kernel's dtype) and sets every adapter's weight to 0."""
-    for layer in _adapted(model):
+    for _, layer in adapted_layers(model):
         kernel = layer.base_layer.kernel
         total = jnp.asarray(kernel.get_value(), jnp.float32)
         for adapter in layer.adapters.values():

@@ -5,6 +5,7 @@
     pipe.set_adapters(["pixel", "toy"], adapter_weights=[1.0, 0.5])
     images = pipe("a cat", lora_scale=0.8)      # diffusers: cross_attention_kwargs={"scale": 0.8}
     pipe.fuse_lora(lora_scale=1.0)               # into the weights; unfuse_lora() undoes it
+    pipe.save_lora_weights("out_dir", adapter_name="pixel")  # diffusers' format (or kohya)
     pipe.unload_lora_weights()
 
 An unfused adapter a adds `lora_scale * w_a * s_a * B_a (A_a x)` to a layer's output: s_a is the
@@ -25,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff.convert.lora_files import read_lora
+from jaxdiff.convert.lora_files import WEIGHT_NAME, read_lora
+from jaxdiff.convert.lora_save import save_lora
 from jaxdiff.errors import UserError, require
 from jaxdiff.models import lora
 
@@ -89,6 +91,31 @@ class LoRAMixin:
             lora.set_weights(model, new_weights)
         self._set_networks(networks)
         self._adapter_weights = new_weights
+
+    def save_lora_weights(
+        self,
+        save_directory: str | Path,
+        adapter_name: str | None = None,
+        weight_name: str = WEIGHT_NAME,
+        save_format: str = "peft",
+    ) -> Path:
+        """Writes adapter `adapter_name` (default: the only one loaded) to
+        `save_directory/weight_name`: "peft" is the format diffusers' `load_lora_weights`
+        reads, "kohya" A1111's and ComfyUI's. Returns the file's path."""
+        loaded = self._adapter_weights
+        if adapter_name is None:
+            require(
+                len(loaded) == 1,
+                f"{len(loaded)} adapters are loaded ({', '.join(loaded) or 'none'}); accepted: "
+                "adapter_name= one of them",
+            )
+            adapter_name = next(iter(loaded))
+        self._check_names([adapter_name])
+        require(self._unfused is None, "save_lora_weights on fused adapters: unfuse_lora first")
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        components = self.lora_components(self._networks())
+        return save_lora(folder / weight_name, components, adapter_name, save_format)
 
     def set_adapters(
         self,

@@ -26,6 +26,7 @@ from jaxdiff.convert.pipeline_components import NETWORKS, resolve_model_dir
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import require
+from jaxdiff.models import lora
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.pipelines import StableDiffusion
 from jaxdiff.pipelines.prompts import tokenize
@@ -120,6 +121,7 @@ class FinetuneTask:
             ("text_encoder", model.text_encoder),
         ):
             loaded = load_network(self.source / name, variant=self.config.variant or None)
+            lora.copy_adapters(module, loaded)  # a LoRA task's fresh adapters stay as they are
             nnx.update(module, nnx.state(loaded))
         target = workdir / PRETRAINED_DIR
         if jax.process_index() == 0 and self.source != target:

@@ -72,6 +72,16 @@ class ImageTask(Task, Protocol):
         """The pipeline that samples ``model``."""
 
 
+@runtime_checkable
+class ExportingTask(Task, Protocol):
+    """A task whose run ends by writing files for other tools (a LoRA file) from its final
+    weights."""
+
+    def export(self, model: nnx.Module, workdir: Path) -> None:
+        """Writes the files from ``model`` (the EMA weights of the last step); called in every
+        process."""
+
+
 def generator(task: ImageTask, model: nnx.Module, **sampling: Any):
     """``generate(prompts, seed, first_index=0)``: uint8 images `[N, S, S, 3]` at the data's
     size with the config's ``sample`` settings (``sampling``: pipeline arguments that replace
@@ -118,10 +128,16 @@ def validate_sample(config: ml_collections.ConfigDict) -> None:
 def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Task:
     """The task named by ``config.task``, with the config validated."""
     from jaxdiff.train.finetune_task import FinetuneTask
+    from jaxdiff.train.lora_task import LoRATask
     from jaxdiff.train.text_to_image_task import TextToImageTask
     from jaxdiff.train.vae_task import VAETask
 
-    tasks = {"vae": VAETask, "text_to_image": TextToImageTask, "finetune": FinetuneTask}
+    tasks = {
+        "vae": VAETask,
+        "text_to_image": TextToImageTask,
+        "finetune": FinetuneTask,
+        "lora": LoRATask,
+    }
     check_choice("task", config.task, tuple(sorted(tasks)))
     validate_common(config)
     task = tasks[config.task](config, None if workdir is None else Path(workdir))

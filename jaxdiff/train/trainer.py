@@ -10,6 +10,7 @@ uninterrupted run would have taken. Ctrl-C or SIGTERM saves a checkpoint and end
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from jaxdiff.train.optim import learning_rate_schedule, make_optimizer
 from jaxdiff.train.state import StateLayout, as_targets, build_layout, initial_state, place
 from jaxdiff.train.step import initial_health, make_train_step
 from jaxdiff.train.stopping import StopRequests
-from jaxdiff.train.tasks import Task, make_task
+from jaxdiff.train.tasks import ExportingTask, Task, make_task
 from jaxdiff.workdir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -195,6 +196,8 @@ def _train(
                 del model
                 logged_at = time.perf_counter()  # the step rate counts training alone
         checkpointer.wait()  # a SIGTERM during the last save cannot cut it short
+        if done == steps and isinstance(task, ExportingTask):
+            task.export(_ema_model(layout.graphdef, state, ema, mesh), workdir)
     finally:
         bar.close()
         checkpointer.close()
@@ -358,6 +361,22 @@ def _last_logged(workdir: Path) -> dict[str, Any]:
     return {k: v for k, v in json.loads(logged[-1]).items() if k != "step"} if logged else {}
 
 
+def _summary_writer() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch, when
+    it is installed, only to accept its tensors (the logs get Python floats), and that import
+    costs a training process seconds of start-up."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 def _keep_lines(path: Path, resumed_at: int) -> None:
     """Rewrites a JSONL log to hold only its lines up to step ``resumed_at`` (later work was lost,
     and a line cut short by a crash is dropped)."""
@@ -387,13 +406,11 @@ class _Logger:
         self.enabled = enabled
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
-
         self.paths = {kind: workdir / name for kind, name in _LOGS.items()}
         for path in self.paths.values():
             _keep_lines(path, resumed_at)
         self.files: dict[str, TextIO] = {}
-        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resumed_at + 1)
+        self.writer = _summary_writer()(str(workdir / "tensorboard"), purge_step=resumed_at + 1)
 
     def scalars(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
         """One line of ``kind`` ("train" or "eval") metrics."""

@@ -16,16 +16,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import grid_cells, scheduler_config
+from lora_runs import LATENT_TOLERANCE, TOLERANCE, diffusers_run, errors, jaxdiff_run
 from reference_models import assert_far_from_flat
 
+from jaxdiff.convert.lora_files import read_lora
 from jaxdiff.errors import UserError
 from jaxdiff.pipelines.stable_diffusion import StableDiffusion
 
-PROMPTS = ["a red cat", "blue sky"]
-NEGATIVES = ["dog", ""]
-SETTINGS = dict(negative_prompt=NEGATIVES, num_inference_steps=3, guidance_scale=5.0)
-TOLERANCE = 1e-3  # images: max abs error, [0, 1] scale
-LATENT_TOLERANCE = 3e-4  # latents: max abs error over the reference's max |latent|
 MISS = 10  # jaxdiff at lora_scale 0.9 misses the reference by more than MISS x each tolerance
 MOVED = 100 * TOLERANCE  # how far loading a LoRA moves diffusers' images at least
 
@@ -155,10 +152,6 @@ def lora_files(sd_folders, tmp_path_factory):
     }
 
 
-def _noise() -> torch.Tensor:
-    return torch.randn(len(PROMPTS), 4, 8, 8, generator=torch.Generator().manual_seed(0))
-
-
 @pytest.fixture(scope="module")
 def reference(sd_folders, lora_files):
     """(diffusers pipeline with adapters "p" (peft), "ku" and "kt" (the kohya LoRA's UNet and
@@ -169,7 +162,7 @@ def reference(sd_folders, lora_files):
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     pipe.scheduler = diffusers.DDIMScheduler.from_config(scheduler_config("epsilon"))
     pipe.set_progress_bar_config(disable=True)
-    plain = _diffusers_run(pipe)
+    plain = diffusers_run(pipe)
     pipe.load_lora_weights(lora_files["peft"], adapter_name="p")
     pipe.load_lora_weights(lora_files["kohya_unet"], adapter_name="ku")
     pipe.load_lora_weights(lora_files["kohya_text_peft"], adapter_name="kt")
@@ -185,42 +178,15 @@ def pipe(sd_folders, lora_files):
     return pipe
 
 
-def _diffusers_run(pipe, **kwargs):
-    """(latents [B, h, w, c], images [B, H, W, 3] decoded from them as the pipeline does)."""
-    latents = pipe(PROMPTS, latents=_noise(), output_type="latent", **SETTINGS, **kwargs).images
-    with torch.no_grad():
-        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    images = pipe.image_processor.postprocess(decoded, output_type="np")
-    return latents.permute(0, 2, 3, 1).numpy(), images
-
-
-def _jaxdiff_run(pipe, **kwargs):
-    latents = pipe(
-        PROMPTS,
-        sampler="ddim",
-        latents=_noise().permute(0, 2, 3, 1),
-        output_type="latent",
-        **SETTINGS,
-        **kwargs,
-    )
-    return latents, pipe.decode(latents)
-
-
-def _errors(got, want) -> tuple[float, float]:
-    (latents, images), (want_latents, want_images) = got, want
-    latent_error = np.abs(latents - want_latents).max() / np.abs(want_latents).max()
-    return float(np.abs(images - want_images).max()), float(latent_error)
-
-
 def _assert_parity(pipe, want, plain, **options) -> None:
     """jaxdiff matches `want`, which the LoRA moved far from `plain`; at 0.9 x the call's
     lora_scale jaxdiff misses it."""
     assert_far_from_flat(want[1])
     assert np.abs(want[1] - plain[1]).max() > MOVED
-    image_error, latent_error = _errors(_jaxdiff_run(pipe, **options), want)
+    image_error, latent_error = errors(jaxdiff_run(pipe, **options), want)
     assert image_error < TOLERANCE and latent_error < LATENT_TOLERANCE, (image_error, latent_error)
     wrong = dict(options, lora_scale=0.9 * options.get("lora_scale", 1.0))
-    image_error, latent_error = _errors(_jaxdiff_run(pipe, **wrong), want)
+    image_error, latent_error = errors(jaxdiff_run(pipe, **wrong), want)
     assert image_error > MISS * TOLERANCE and latent_error > MISS * LATENT_TOLERANCE
 
 
@@ -228,14 +194,51 @@ def test_peft_file_matches_diffusers(reference, pipe):
     diffusers_pipe, plain = reference
     diffusers_pipe.set_adapters("p")
     pipe.set_adapters("p")
-    _assert_parity(pipe, _diffusers_run(diffusers_pipe), plain)
+    _assert_parity(pipe, diffusers_run(diffusers_pipe), plain)
 
 
 def test_kohya_file_matches_diffusers(reference, pipe):
     diffusers_pipe, plain = reference
     diffusers_pipe.set_adapters(["ku", "kt"])
     pipe.set_adapters("k")
-    _assert_parity(pipe, _diffusers_run(diffusers_pipe), plain)
+    _assert_parity(pipe, diffusers_run(diffusers_pipe), plain)
+
+
+def _adapters(path, pipe) -> dict:
+    """{(component, layer path): (down, up, scale)} of a LoRA file as jaxdiff reads it."""
+    _, adapters = read_lora(path, pipe.lora_components(pipe._networks()))
+    return {(a.component, a.path): (a.down, a.up, a.scale) for a in adapters}
+
+
+def test_a_kohya_lora_saved_by_jaxdiff_reads_back_and_loads_into_diffusers(
+    reference, pipe, lora_files, tmp_path
+):
+    """kohya file -> jaxdiff -> its peft and kohya writers: each file reads back as the same
+    adapters (alpha per module), and diffusers loading the peft one makes the kohya LoRA's
+    images."""
+    diffusers_pipe, plain = reference
+    original = _adapters(lora_files["kohya"], pipe)
+    for save_format in ("peft", "kohya"):
+        saved = pipe.save_lora_weights(
+            tmp_path / save_format, adapter_name="k", save_format=save_format
+        )
+        again = _adapters(saved, pipe)
+        assert again.keys() == original.keys()
+        for key, (down, up, scale) in original.items():
+            np.testing.assert_array_equal(again[key][0], down, err_msg=str(key))
+            np.testing.assert_array_equal(again[key][1], up, err_msg=str(key))
+            assert again[key][2] == pytest.approx(scale, rel=1e-6), key
+    diffusers_pipe.set_adapters(["ku", "kt"])
+    want = diffusers_run(diffusers_pipe)
+    diffusers_pipe.load_lora_weights(tmp_path / "peft", adapter_name="saved")
+    try:
+        diffusers_pipe.set_adapters("saved")
+        got = diffusers_run(diffusers_pipe)
+    finally:
+        diffusers_pipe.delete_adapters("saved")
+    assert np.abs(got[1] - plain[1]).max() > MOVED
+    image_error, latent_error = errors(got, want)
+    assert image_error < TOLERANCE and latent_error < LATENT_TOLERANCE, (image_error, latent_error)
 
 
 class _Compiles:
@@ -260,12 +263,12 @@ def test_two_adapters_with_weights_and_a_call_scale_match_diffusers(reference, p
     weights and scales reuse the compiled loop."""
     diffusers_pipe, plain = reference
     diffusers_pipe.set_adapters(["p", "ku", "kt"], adapter_weights=[0.7, 1.3, 1.3])
-    want = _diffusers_run(diffusers_pipe, cross_attention_kwargs={"scale": 0.6})
+    want = diffusers_run(diffusers_pipe, cross_attention_kwargs={"scale": 0.6})
     pipe.set_adapters(["p", "k"], adapter_weights=[0.7, 1.3])
     with _Compiles() as compiles:
         _assert_parity(pipe, want, plain, lora_scale=0.6)
         pipe.set_adapters(["k", "p"], adapter_weights=[0.2, 1.5])
-        _jaxdiff_run(pipe, lora_scale=1.7)
+        jaxdiff_run(pipe, lora_scale=1.7)
     assert compiles.count == 0
 
 
@@ -295,23 +298,23 @@ def test_fused_adapters_match_diffusers_and_unfuse_restores_the_weights(referenc
     diffusers_pipe, plain = reference
     diffusers_pipe.set_adapters(["p", "ku", "kt"], adapter_weights=[0.5, 1.0, 1.0])
     diffusers_pipe.fuse_lora(lora_scale=0.8)
-    want = _diffusers_run(diffusers_pipe)
+    want = diffusers_run(diffusers_pipe)
     pipe.set_adapters(["p", "k"], adapter_weights=[0.5, 1.0])
-    unfused = _jaxdiff_run(pipe)
+    unfused = jaxdiff_run(pipe)
     before = [np.asarray(a) for a in jax.tree.leaves(pipe._state)]
     pipe.fuse_lora(lora_scale=0.8)
     with _Compiles() as compiles:
-        got = _jaxdiff_run(pipe)
-        ignored = _jaxdiff_run(pipe, lora_scale=0.3)  # fused adapters do not scale
+        got = jaxdiff_run(pipe)
+        ignored = jaxdiff_run(pipe, lora_scale=0.3)  # fused adapters do not scale
     assert compiles.count == 0
     assert np.abs(want[1] - plain[1]).max() > MOVED
-    image_error, latent_error = _errors(got, want)
+    image_error, latent_error = errors(got, want)
     assert image_error < TOLERANCE and latent_error < LATENT_TOLERANCE, (image_error, latent_error)
     np.testing.assert_array_equal(ignored[0], got[0])
     pipe.unfuse_lora()
     after = [np.asarray(a) for a in jax.tree.leaves(pipe._state)]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
-    np.testing.assert_array_equal(_jaxdiff_run(pipe)[0], unfused[0])
+    np.testing.assert_array_equal(jaxdiff_run(pipe)[0], unfused[0])
 
 
 def test_sample_command_applies_each_lora_at_its_scale(sd_folders, lora_files, tmp_path):

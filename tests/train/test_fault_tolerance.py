@@ -65,6 +65,12 @@ def uninterrupted(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="module")
+def expected(uninterrupted) -> list[np.ndarray]:
+    """The uninterrupted run's weights, which every interrupted run must end with."""
+    return weights(uninterrupted)
+
+
 def launch(workdir: Path, *command: str) -> subprocess.Popen:
     """``jaxdiff train`` of the test config in another process (``command``: how to start it)."""
     arguments = ["train", "--config", CONFIG, "--workdir", str(workdir), "--no-progress"]
@@ -101,17 +107,17 @@ def read_until(process: subprocess.Popen, start: str, seen: list[str]) -> None:
         assert seen[-1], "".join(seen)  # the process is still running
 
 
-def test_kill_9_at_a_random_step_then_restart(tmp_path, uninterrupted):
+def test_kill_9_at_a_random_step_then_restart(tmp_path, expected):
     step = random.Random(KILL_SEED).randint(2, STEPS - 2)
     process = launch(tmp_path, "-m", "jaxdiff.cli")
     wait_for_step(process, tmp_path, step)
     process.kill()
     process.wait()
     train(config(), tmp_path, progress=False)
-    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted), f"killed at step {step}")
+    assert_bitwise_equal(weights(tmp_path), expected, f"killed at step {step}")
 
 
-def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, uninterrupted):
+def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, expected):
     process = launch(tmp_path, str(ROOT / "tests" / "train" / "interrupted_save.py"), "4")
     read_until(process, "saving step 4", [])
     process.kill()
@@ -121,14 +127,14 @@ def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, uni
     assert any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
     train(config(), tmp_path, progress=False)
     assert not any(".orbax-checkpoint-tmp" in p.name for p in checkpoints.iterdir())
-    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted), "killed while saving step 4")
+    assert_bitwise_equal(weights(tmp_path), expected, "killed while saving step 4")
 
 
 def saved_steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted, capsys):
+def test_sigterm_saves_and_exits_cleanly(tmp_path, expected, capsys):
     process = launch(tmp_path, "-m", "jaxdiff.cli")
     wait_for_step(process, tmp_path, 2)
     process.send_signal(signal.SIGTERM)
@@ -143,12 +149,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted, capsys):
     assert f"resuming from step {stopped} of {STEPS} (checkpoint {checkpoint})" in (
         capsys.readouterr().out
     )
-    assert_bitwise_equal(
-        weights(tmp_path), weights(uninterrupted), f"stopped by SIGTERM after step {stopped}"
-    )
+    assert_bitwise_equal(weights(tmp_path), expected, f"stopped by SIGTERM after step {stopped}")
 
 
-def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, uninterrupted):
+def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, expected):
     """Ctrl-C while the first step compiles: the step finishes, is saved, and the run exits with
     130 and one line saying so. The rerun resumes there and is held inside its save of step 4;
     Ctrl-C twice ends it at once, and the next run resumes from the newest complete checkpoint
@@ -182,10 +186,12 @@ def test_ctrl_c_saves_and_a_second_ctrl_c_stops_at_once(tmp_path, uninterrupted)
     assert "Traceback" not in output, output
     assert saved_steps(tmp_path) == [1, 2, 3]  # step 4's save never completed
     train(config(), tmp_path, progress=False)
-    assert_bitwise_equal(weights(tmp_path), weights(uninterrupted), "stopped by Ctrl-C twice")
+    assert_bitwise_equal(weights(tmp_path), expected, "stopped by Ctrl-C twice")
 
 
-def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, uninterrupted, caplog):
+def test_unreadable_latest_checkpoint_falls_back_with_a_warning(
+    tmp_path, uninterrupted, expected, caplog
+):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
     for path in (workdir / "checkpoints" / str(STEPS) / "model").rglob("*"):
@@ -195,7 +201,7 @@ def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path, uninte
         train(config(), workdir, progress=False)
     assert f"checkpoint step {STEPS} in" in caplog.text
     assert "cannot be read" in caplog.text and f"using step {STEPS - 1} instead" in caplog.text
-    assert_bitwise_equal(weights(workdir), weights(uninterrupted), f"resumed from step {STEPS - 1}")
+    assert_bitwise_equal(weights(workdir), expected, f"resumed from step {STEPS - 1}")
 
 
 def poison(position: int, monkeypatch) -> None:

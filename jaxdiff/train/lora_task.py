@@ -1,0 +1,109 @@
+"""Training LoRA adapters (Hu et al. 2021) on a pretrained Stable Diffusion model.
+
+Everything is `FinetuneTask`'s (the model folder, the data, the scheduler's objective, cached
+encodings) except what is trained: adapters of rank ``lora.rank`` and scale
+``lora.alpha / lora.rank`` on the layers whose reference module path (diffusers' UNet,
+transformers' CLIP) matches ``lora.unet_targets`` / ``lora.text_encoder_targets`` as peft's
+``target_modules`` match (the whole path, or its end after a "."). The base weights stay frozen:
+the optimizer state and the EMA hold the adapters alone, the checkpoints the base weights once.
+
+When the run reaches its last step, its adapters (EMA weights) are written to
+``WORKDIR/pytorch_lora_weights.safetensors`` in ``lora.save_format``: "peft" (diffusers'
+``load_lora_weights`` reads it) or "kohya" (A1111, ComfyUI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jaxdiff.convert.components import model_format
+from jaxdiff.convert.lora_files import WEIGHT_NAME
+from jaxdiff.convert.lora_save import SAVE_FORMATS, save_lora
+from jaxdiff.errors import check_choice, require
+from jaxdiff.models import lora
+from jaxdiff.models.text_to_image import TextToImageModel
+from jaxdiff.train.finetune_task import FinetuneTask
+
+ADAPTER = "default"  # the adapter's name in the model, as peft names a single adapter
+
+
+class LoRATask(FinetuneTask):
+    """`FinetuneTask` training LoRA adapters on a frozen model."""
+
+    trainable = nnx.LoRAParam
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path | None = None):
+        super().__init__(config, workdir)
+        settings = config.lora
+        rank, alpha = settings.rank, settings.alpha
+        require(
+            isinstance(rank, int) and rank >= 1, f"lora.rank={rank!r}; accepted: an integer >= 1"
+        )
+        require(alpha > 0, f"lora.alpha={alpha!r}; accepted: a number > 0")
+        check_choice("lora.save_format", settings.save_format, SAVE_FORMATS)
+        for group in ("unet_targets", "text_encoder_targets"):
+            patterns = settings[group]
+            require(
+                all(isinstance(p, str) and p for p in patterns),
+                f"lora.{group}={tuple(patterns)!r}; accepted: module names such as 'to_q'",
+            )
+        require(
+            len(settings.unet_targets) + len(settings.text_encoder_targets) > 0,
+            "lora.unet_targets and lora.text_encoder_targets are both empty; accepted: module "
+            "names to adapt, e.g. --config.lora.unet_targets=to_q,to_k,to_v,to_out.0",
+        )
+        require(
+            not (settings.text_encoder_targets and config.train.cache_encodings),
+            "train.cache_encodings keeps the text encoder's outputs, which its LoRA changes; "
+            "accepted: lora.text_encoder_targets=() or train.cache_encodings=False",
+        )
+
+    def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:
+        """The frozen networks with fresh adapters on the targeted layers."""
+        model = super().build_model(rngs)
+        settings = self.config.lora
+        for group, network in (
+            ("unet_targets", model.unet),
+            ("text_encoder_targets", model.text_encoder),
+        ):
+            _adapt(network, tuple(settings[group]), f"lora.{group}", settings, rngs)
+        return model
+
+    def export(self, model: TextToImageModel, workdir: Path) -> None:
+        """Writes the adapters to ``WORKDIR/pytorch_lora_weights.safetensors``."""
+        if jax.process_index() != 0:
+            return
+        networks = {"unet": model.unet, "text_encoder": model.text_encoder}
+        save_lora(workdir / WEIGHT_NAME, networks, ADAPTER, self.config.lora.save_format)
+
+
+def _adapt(
+    network: nnx.Module,
+    patterns: tuple[str, ...],
+    setting: str,
+    settings: ml_collections.ConfigDict,
+    rngs: nnx.Rngs,
+) -> None:
+    """Adds a fresh adapter to every Linear / Conv layer of `network` whose reference module
+    path matches one of `patterns` (named by `setting` in errors)."""
+    if not patterns:
+        return
+    table = model_format(network).table(dict(network.architecture))
+    matched = 0
+    for path, layer in lora.layer_paths(network).items():
+        module = table.to_reference_key(f"{path}.kernel")[0].removesuffix(".weight")
+        if any(module == p or module.endswith(f".{p}") for p in patterns):
+            down, up, scale = lora.new_adapter(
+                layer, settings.rank, settings.alpha / settings.rank, rngs.params()
+            )
+            lora.add_adapter(network, path, ADAPTER, down, up, scale)
+            matched += 1
+    require(
+        matched > 0,
+        f"{setting}={patterns!r} matches no Linear or Conv layer; accepted: module names such as "
+        "'to_q', 'to_out.0', 'ff.net.2', 'conv1' (the UNet) or 'q_proj' (the text encoder)",
+    )
