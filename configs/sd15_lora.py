@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         {
             "rank": 4 if tiny else 16,
             "alpha": 8.0 if tiny else 16.0,
+            "dropout": 0.0,  # peft's lora_dropout: the adapters' inputs dropped in training
             # peft's target_modules: a reference module path, or its end after a "."
             "unet_targets": ("to_q", "to_k", "to_v", "to_out.0"),
             "text_encoder_targets": (),

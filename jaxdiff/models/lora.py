@@ -15,6 +15,9 @@ padding and `B` a 1x1 convolution (a matmul over channels), as in peft and kohya
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
@@ -34,14 +37,16 @@ class LoRA(nnx.Module):
     """One adapter on one layer.
 
     down: `[in, r]` (Linear) or `[kh, kw, in, r]` (Conv); up: `[r, out]`; scale: the file's
-    alpha / rank. The adapter's weight starts at 1.
+    alpha / rank; dropout: the rate at which training drops the adapter's input (peft's
+    `lora_dropout`; see `dropout_keys`). The adapter's weight starts at 1.
     """
 
-    def __init__(self, down: jax.Array, up: jax.Array, scale: float):
+    def __init__(self, down: jax.Array, up: jax.Array, scale: float, dropout: float = 0.0):
         self.down = nnx.LoRAParam(down)
         self.up = nnx.LoRAParam(up)
         self.scale = LoRAScale(jnp.asarray(scale, jnp.float32))
         self.weight = LoRAScale(jnp.asarray(1.0, jnp.float32))
+        self.dropout = float(dropout)  # the rate its input is dropped at within `dropout_keys`
 
     def delta(self) -> jax.Array:
         """`B A` in the base kernel's layout, float32: `[in, out]` or `[kh, kw, in, out]`."""
@@ -64,19 +69,64 @@ class LoRALayer(nnx.Module):
         x = x.astype(dtype)
         for adapter in self.adapters.values():
             down = adapter.down.get_value().astype(dtype)
+            dropped = _dropped(x, adapter.dropout)
             if isinstance(self.base_layer, nnx.Conv):
                 h = jax.lax.conv_general_dilated(
-                    x,
+                    dropped,
                     down,
                     window_strides=_pair(self.base_layer.strides),
                     padding=self.base_layer.padding,
                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 )  # [B, H', W', r]
             else:
-                h = x @ down  # [B, ..., r]
+                h = dropped @ down  # [B, ..., r]
             multiplier = (adapter.scale.get_value() * adapter.weight.get_value()).astype(dtype)
             y = y + multiplier * (h @ adapter.up.get_value().astype(dtype))
         return y
+
+
+@dataclasses.dataclass
+class _DropoutStreams:
+    keys: jax.Array  # [B], one per example
+    calls: int = 0  # adapter calls so far: each draws from its own stream
+
+
+_DROPOUT: contextvars.ContextVar[_DropoutStreams | None] = contextvars.ContextVar(
+    "lora_dropout", default=None
+)
+
+
+@contextlib.contextmanager
+def dropout_keys(keys: jax.Array) -> Iterator[None]:
+    """Within this block (around a training loss), adapters with a dropout rate drop their
+    input: row b's mask comes from `keys[b]` ([B], one key per example) folded with the number
+    of adapter calls before it, so a row's masks depend on its key alone, not on the rows beside
+    it. Outside, adapters drop nothing (sampling)."""
+    token = _DROPOUT.set(_DropoutStreams(keys))
+    try:
+        yield
+    finally:
+        _DROPOUT.reset(token)
+
+
+def _dropped(x: jax.Array, rate: float) -> jax.Array:
+    """x [B, ...] with each entry zeroed at `rate` and the rest scaled by 1 / (1 - rate) inside
+    `dropout_keys`; x itself otherwise."""
+    streams = _DROPOUT.get()
+    if rate == 0 or streams is None:
+        return x
+    if x.shape[0] != streams.keys.shape[0]:
+        raise ValueError(
+            f"LoRA dropout on {x.shape[0]} rows with {streams.keys.shape[0]} keys; accepted: "
+            "one key per row"
+        )
+    call = streams.calls
+    streams.calls += 1
+
+    def keep(key: jax.Array) -> jax.Array:
+        return jax.random.bernoulli(jax.random.fold_in(key, call), 1.0 - rate, x.shape[1:])
+
+    return jnp.where(jax.vmap(keep)(streams.keys), x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def _pair(strides: int | tuple[int, ...] | None) -> tuple[int, int]:
@@ -134,15 +184,18 @@ def add_adapter(
     down: np.ndarray | jax.Array,
     up: np.ndarray | jax.Array,
     scale: float,
+    dropout: float = 0.0,
 ) -> None:
-    """Adds adapter `name` (`down`, `up` in `LoRA`'s layout, `scale`) to the Linear or Conv
-    layer at dotted `path` of `model` (from `layer_paths`), wrapping it in a `LoRALayer` first
-    if needed."""
+    """Adds adapter `name` (`down`, `up` in `LoRA`'s layout, `scale`, `dropout`) to the Linear
+    or Conv layer at dotted `path` of `model` (from `layer_paths`), wrapping it in a `LoRALayer`
+    first if needed."""
 
     def adapted(layer: nnx.Module) -> LoRALayer:
         layer = layer if isinstance(layer, LoRALayer) else LoRALayer(layer)
         dtype = layer.base_layer.kernel.get_value().dtype
-        layer.adapters[name] = LoRA(jnp.asarray(down, dtype), jnp.asarray(up, dtype), scale)
+        layer.adapters[name] = LoRA(
+            jnp.asarray(down, dtype), jnp.asarray(up, dtype), scale, dropout
+        )
         return layer
 
     _replace(model, path, adapted)

@@ -4,8 +4,10 @@ Everything is `FinetuneTask`'s (the model folder, the data, the scheduler's obje
 encodings) except what is trained: adapters of rank ``lora.rank`` and scale
 ``lora.alpha / lora.rank`` on the layers whose reference module path (diffusers' UNet,
 transformers' CLIP) matches ``lora.unet_targets`` / ``lora.text_encoder_targets`` as peft's
-``target_modules`` match (the whole path, or its end after a "."). The base weights stay frozen:
-the optimizer state and the EMA hold the adapters alone, the checkpoints the base weights once.
+``target_modules`` match (the whole path, or its end after a "."), their inputs dropped at
+``lora.dropout`` in training (each example's masks from its own key). The base weights stay
+frozen: the optimizer state and the EMA hold the adapters alone, the checkpoints the base
+weights once.
 
 When the run reaches its last step, its adapters (EMA weights) are written to
 ``WORKDIR/pytorch_lora_weights.safetensors`` in ``lora.save_format``: "peft" (diffusers'
@@ -29,6 +31,7 @@ from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.train.finetune_task import FinetuneTask
 
 ADAPTER = "default"  # the adapter's name in the model, as peft names a single adapter
+DROPOUT_STREAM = 0x10BA  # folded into an example's key for its adapters' dropout masks
 
 
 class LoRATask(FinetuneTask):
@@ -44,6 +47,8 @@ class LoRATask(FinetuneTask):
             isinstance(rank, int) and rank >= 1, f"lora.rank={rank!r}; accepted: an integer >= 1"
         )
         require(alpha > 0, f"lora.alpha={alpha!r}; accepted: a number > 0")
+        dropout = settings.dropout
+        require(0 <= dropout < 1, f"lora.dropout={dropout!r}; accepted: a number in [0, 1)")
         check_choice("lora.save_format", settings.save_format, SAVE_FORMATS)
         for group in ("unet_targets", "text_encoder_targets"):
             patterns = settings[group]
@@ -66,12 +71,27 @@ class LoRATask(FinetuneTask):
         """The frozen networks with fresh adapters on the targeted layers."""
         model = super().build_model(rngs)
         settings = self.config.lora
+        rank, alpha = settings.rank, settings.alpha
         for group, network in (
             ("unet_targets", model.unet),
             ("text_encoder_targets", model.text_encoder),
         ):
-            _adapt(network, tuple(settings[group]), f"lora.{group}", settings, rngs)
+            patterns = tuple(settings[group])
+            require(
+                not patterns
+                or add_adapters(network, patterns, rank, alpha, rngs, settings.dropout) > 0,
+                f"lora.{group}={patterns!r} matches no Linear or Conv layer; accepted: module "
+                "names such as 'to_q', 'to_out.0', 'ff.net.2', 'conv1' (the UNet) or 'q_proj' "
+                "(the text encoder)",
+            )
         return model
+
+    def loss(self, model: TextToImageModel, batch: dict) -> tuple[jax.Array, dict]:
+        """`FinetuneTask`'s loss, the adapters' inputs dropped at ``lora.dropout`` with masks
+        from each example's key."""
+        keys = jax.vmap(lambda key: jax.random.fold_in(key, DROPOUT_STREAM))(batch["key"])
+        with lora.dropout_keys(keys):
+            return super().loss(model, batch)
 
     def export(self, model: TextToImageModel, workdir: Path) -> None:
         """Writes the adapters to ``WORKDIR/pytorch_lora_weights.safetensors``."""
@@ -81,29 +101,23 @@ class LoRATask(FinetuneTask):
         save_lora(workdir / WEIGHT_NAME, networks, ADAPTER, self.config.lora.save_format)
 
 
-def _adapt(
+def add_adapters(
     network: nnx.Module,
     patterns: tuple[str, ...],
-    setting: str,
-    settings: ml_collections.ConfigDict,
+    rank: int,
+    alpha: float,
     rngs: nnx.Rngs,
-) -> None:
-    """Adds a fresh adapter to every Linear / Conv layer of `network` whose reference module
-    path matches one of `patterns` (named by `setting` in errors)."""
-    if not patterns:
-        return
+    dropout: float = 0.0,
+) -> int:
+    """Adds a fresh adapter `ADAPTER` of `rank`, scale `alpha / rank` and `dropout` to every
+    Linear / Conv layer of `network` whose reference module path matches one of `patterns`
+    (peft's `target_modules` rule); returns how many."""
     table = model_format(network).table(dict(network.architecture))
     matched = 0
     for path, layer in lora.layer_paths(network).items():
         module = table.to_reference_key(f"{path}.kernel")[0].removesuffix(".weight")
         if any(module == p or module.endswith(f".{p}") for p in patterns):
-            down, up, scale = lora.new_adapter(
-                layer, settings.rank, settings.alpha / settings.rank, rngs.params()
-            )
-            lora.add_adapter(network, path, ADAPTER, down, up, scale)
+            down, up, scale = lora.new_adapter(layer, rank, alpha / rank, rngs.params())
+            lora.add_adapter(network, path, ADAPTER, down, up, scale, dropout)
             matched += 1
-    require(
-        matched > 0,
-        f"{setting}={patterns!r} matches no Linear or Conv layer; accepted: module names such as "
-        "'to_q', 'to_out.0', 'ff.net.2', 'conv1' (the UNet) or 'q_proj' (the text encoder)",
-    )
+    return matched

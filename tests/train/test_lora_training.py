@@ -1,6 +1,7 @@
-"""LoRA training (`configs/sd15_lora.py:tiny`) on the tiny Stable Diffusion model: only the
-adapters train and only they have optimizer state; the file the run writes is its adapters, and
-diffusers' `load_lora_weights` + peft (pinned) make jaxdiff's images from it.
+"""LoRA training (`configs/sd15_lora.py:tiny`, LoCon and text-encoder adapters, dropout 0.1) on
+the tiny Stable Diffusion model: only the adapters train and only they have optimizer state;
+the file the run writes is its adapters, and diffusers' `load_lora_weights` + peft (pinned)
+make jaxdiff's images from it.
 
 The run trains at a learning rate far above the config's so that two steps move the adapters
 far: loading the file moves diffusers' images by more than 100x the tolerance, and jaxdiff at
@@ -31,6 +32,7 @@ from jaxdiff.train.trainer import train
 TARGETS = (
     "lora.unet_targets=to_q,to_k,to_v,to_out.0,ff.net.2,conv1",  # conv1: LoCon on 3x3 convs
     "lora.text_encoder_targets=q_proj,fc1",
+    "lora.dropout=0.1",
 )
 
 
@@ -112,6 +114,7 @@ def test_the_saved_lora_makes_the_trained_images_in_diffusers(trained):
     [
         ("lora.rank=0", "lora.rank=0; accepted: an integer >= 1"),
         ("lora.alpha=-1.0", "lora.alpha=-1.0; accepted: a number > 0"),
+        ("lora.dropout=1.0", r"lora.dropout=1.0; accepted: a number in \[0, 1\)"),
         ("lora.save_format=ckpt", "lora.save_format"),
         ("lora.unet_targets=to_z", "lora.unet_targets=\\('to_z',\\) matches no Linear or Conv"),
         ("lora.unet_targets=()", "lora.unet_targets and lora.text_encoder_targets are both empty"),
