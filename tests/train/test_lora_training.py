@@ -43,14 +43,37 @@ def lora_config(root, *overrides: str):
     return load_config("sd15_lora:tiny", [*paths, *overrides])
 
 
+OVERRIDES = ("train.steps=2", "train.learning_rate=0.05", "train.preview_every=0", *TARGETS)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(workdir, config) of two steps at learning rate 0.05."""
     root = tmp_path_factory.mktemp("lora")
-    overrides = ("train.steps=2", "train.learning_rate=0.05", "train.preview_every=0", *TARGETS)
-    config = lora_config(root, *overrides)
+    config = lora_config(root, *OVERRIDES)
     train(config, root / "run", progress=False)
     return root / "run", config
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_weights(trained, tmp_path):
+    """One step, then a rerun to two: the base, the adapters and the LoRA file (rewritten at the
+    rerun's last step) are the uninterrupted run's, bit for bit; the rerun restores the frozen
+    base from the checkpoint."""
+    workdir, config = trained
+    resumed = tmp_path / "run"
+    written = []  # the LoRA file after each run: each run writes it at its last step
+    for steps in (1, 2):
+        folders = [f"pretrained={config.pretrained}", f"data.path={config.data.path}"]
+        settings = [*folders, *OVERRIDES, f"train.steps={steps}"]
+        train(load_config("sd15_lora:tiny", settings), resumed, progress=False)
+        written.append((resumed / WEIGHT_NAME).read_bytes())
+    got = jax.tree.leaves(nnx.state(load_trained(resumed, use_ema=False)[1]))
+    want = jax.tree.leaves(nnx.state(load_trained(workdir, use_ema=False)[1]))
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the file holds the EMA adapters
+    assert written[1] == (workdir / WEIGHT_NAME).read_bytes() != written[0]
 
 
 def test_only_the_adapters_train_and_hold_optimizer_state(trained):
