@@ -8,9 +8,9 @@
   `.alpha`; `lora_te_` for the text encoder, `lora_te2_` for a second one.
 
 Module paths are the reference's (diffusers' UNet, transformers' CLIP), from the model's own name
-table: kohya's keep CLIP's `text_model.` (`lora_te_text_model_encoder_…`), peft's do not
-(transformers 5's module names; peft also matches them by their end on older ones). An adapter's
-alpha is its scale times its rank.
+table, CLIP's `text_model.` included (diffusers drops it when loading into transformers 5's
+`CLIPTextModel`, which has no such level); the `LoraConfig`'s module names leave it out, as peft
+matches them by their end either way. An adapter's alpha is its scale times its rank.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ _KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder
 
 
 def _module_adapters(
-    model: nnx.Module, adapter: str, keep_prefix: bool
-) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
-    """(reference module path, down, up in the reference layout, alpha) of every layer of
-    `model` that holds adapter `adapter`; the path without the name table's prefix (CLIP's
-    `text_model.`, which transformers 5 no longer has) unless `keep_prefix`."""
+    model: nnx.Module, adapter: str
+) -> tuple[str, list[tuple[str, np.ndarray, np.ndarray, float]]]:
+    """(the name table's prefix, [(reference module path, down, up in the reference layout,
+    alpha)] of every layer of `model` that holds adapter `adapter`)."""
     table = model_format(model).table(dict(model.architecture))
     found = []
     for path, layer in lora.adapted_layers(model):
@@ -46,16 +45,16 @@ def _module_adapters(
             continue
         key, rule = table.to_reference_key(f"{path}.kernel")
         module = key.removesuffix(".weight")
-        module = module if keep_prefix else module.removeprefix(table.prefix)
         lora_ = layer.adapters[adapter]
         down = np.asarray(lora_.down.get_value(), np.float32)  # [in, r] or [kh, kw, in, r]
         up = np.asarray(lora_.up.get_value(), np.float32)  # [r, out]
         rank = down.shape[-1]
         if rule.layout is Layout.CONV:
             up = up.reshape(1, 1, *up.shape)  # a 1x1 convolution
-        alpha = float(np.float32(lora_.scale.get_value()) * rank)
+        # alpha to float32's precision: alpha 3 at rank 7 is written as 3, not 2.9999998
+        alpha = float(f"{float(lora_.scale.get_value()) * rank:.7g}")
         found.append((module, rule.layout.to_reference(down), rule.layout.to_reference(up), alpha))
-    return found
+    return table.prefix, found
 
 
 def lora_state_dict(
@@ -67,7 +66,7 @@ def lora_state_dict(
     tensors: dict[str, np.ndarray] = {}
     configs: dict[str, object] = {}
     for component, model in models.items():
-        adapters = _module_adapters(model, adapter, keep_prefix=save_format == "kohya")
+        prefix, adapters = _module_adapters(model, adapter)
         if not adapters:
             continue
         if save_format == "kohya":
@@ -81,18 +80,27 @@ def lora_state_dict(
         for module, down, up, _ in adapters:
             tensors[f"{component}.{module}.lora_A.weight"] = down
             tensors[f"{component}.{module}.lora_B.weight"] = up
-        for field, value in _lora_config(adapters).items():
+        for field, value in _lora_config(prefix, adapters).items():
             configs[f"{component}.{field}"] = value
     if not tensors:
-        raise UserError(f"no layer holds a LoRA adapter named {adapter!r}")
-    metadata = {"lora_adapter_metadata": json.dumps(configs, sort_keys=True)} if configs else {}
+        held = sorted({name for model in models.values() for name in lora.adapter_names(model)})
+        raise UserError(
+            f"no layer holds a LoRA adapter named {adapter!r}; adapters held: "
+            f"{', '.join(held) or 'none'}"
+        )
+    metadata = {"format": "pt"}  # as diffusers' writer
+    if configs:
+        metadata["lora_adapter_metadata"] = json.dumps(configs, sort_keys=True)
     return tensors, metadata
 
 
-def _lora_config(adapters: list[tuple[str, np.ndarray, np.ndarray, float]]) -> dict[str, object]:
-    """peft `LoraConfig` fields for one component's adapters."""
-    ranks = {module: down.shape[0] for module, down, _, _ in adapters}
-    alphas = {module: alpha for module, _, _, alpha in adapters}
+def _lora_config(
+    prefix: str, adapters: list[tuple[str, np.ndarray, np.ndarray, float]]
+) -> dict[str, object]:
+    """peft `LoraConfig` fields for one component's adapters; module names without `prefix`,
+    which peft matches by their end whether or not the model has the prefix's level."""
+    ranks = {module.removeprefix(prefix): down.shape[0] for module, down, _, _ in adapters}
+    alphas = {module.removeprefix(prefix): alpha for module, _, _, alpha in adapters}
     rank = collections.Counter(ranks.values()).most_common(1)[0][0]
     alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
     return {

@@ -155,6 +155,11 @@ def adapted_layers(model: nnx.Module) -> Iterator[tuple[str, LoRALayer]]:
             yield ".".join(str(p) for p in path), node
 
 
+def adapter_names(model: nnx.Module) -> set[str]:
+    """The names of the adapters on `model`'s layers."""
+    return {name for name, _ in _adapters(model)}
+
+
 def _adapters(model: nnx.Module) -> Iterator[tuple[str, LoRA]]:
     for _, layer in adapted_layers(model):
         yield from layer.adapters.items()

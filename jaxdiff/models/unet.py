@@ -361,7 +361,7 @@ class UNet(nnx.Module):
         temb = self.time_embedding(self.time_proj(t).astype(self.dtype))  # [B, 4 * C0]
         context = context.astype(self.dtype)
 
-        run = nnx.remat(_run_block) if self.remat else _run_block
+        run = _rematerialized if self.remat else _run_block
         h = self.conv_in(x.astype(self.dtype))  # [B, H, W, C0]
         skips = [h]
         for block in self.down_blocks:
@@ -378,6 +378,14 @@ class UNet(nnx.Module):
 
 def _run_block(block: nnx.Module, *args: Any) -> Any:
     return block(*args)
+
+
+def _rematerialized(block: nnx.Module, *args: Any) -> Any:
+    """`block(*args)` in a `jax.checkpoint` of a pure function of the block's state: its
+    activations are recomputed in the backward pass. (`nnx.remat` refuses a block holding
+    variables that the enclosing gradient does not differentiate, such as a LoRA's frozen base.)"""
+    graphdef, state = nnx.split(block)
+    return jax.checkpoint(lambda state, *args: nnx.merge(graphdef, state)(*args))(state, *args)
 
 
 def _per_level_heads(

@@ -121,6 +121,8 @@ def _train(
             )
         if start == steps:
             checkpointer.close()
+            if isinstance(task, ExportingTask):  # in case a crash cut the last export short
+                task.export(_ema_model(layout.graphdef, state, ema, mesh), workdir)
             return _result(_last_logged(workdir), start, 0, 0.0, 0)
         folder = checkpoint_folder(workdir, start)
         _say(f"resuming from step {start} of {steps} (checkpoint {folder})")
