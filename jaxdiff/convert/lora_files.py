@@ -95,8 +95,7 @@ class _Target:
         reference path with `_` for `.`; the prefix, e.g. CLIP's `text_model.`, is optional)."""
         names = {}
         for path in self.layers:
-            key, _ = self.table.to_reference_key(f"{path}.kernel")
-            module = key.removesuffix(".weight")
+            module, _ = self.table.layer_module(path)
             names[module.replace(".", "_")] = module
             names[module.removeprefix(self.table.prefix).replace(".", "_")] = module
         return names

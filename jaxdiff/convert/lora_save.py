@@ -43,8 +43,7 @@ def _module_adapters(
     for path, layer in lora.adapted_layers(model):
         if adapter not in layer.adapters:
             continue
-        key, rule = table.to_reference_key(f"{path}.kernel")
-        module = key.removesuffix(".weight")
+        module, rule = table.layer_module(path)
         lora_ = layer.adapters[adapter]
         down = np.asarray(lora_.down.get_value(), np.float32)  # [in, r] or [kh, kw, in, r]
         up = np.asarray(lora_.up.get_value(), np.float32)  # [r, out]
@@ -70,9 +69,9 @@ def lora_state_dict(
         if not adapters:
             continue
         if save_format == "kohya":
-            prefix = _KOHYA_PREFIXES[component]
+            kohya = _KOHYA_PREFIXES[component]
             for module, down, up, alpha in adapters:
-                name = f"{prefix}_{module.replace('.', '_')}"
+                name = f"{kohya}_{module.replace('.', '_')}"
                 tensors[f"{name}.lora_down.weight"] = down
                 tensors[f"{name}.lora_up.weight"] = up
                 tensors[f"{name}.alpha"] = np.asarray(alpha, np.float32)

@@ -99,6 +99,12 @@ class NameTable:
                 return f"{'' if unprefixed else self.prefix}{module}.{rule.source}", rule
         raise AssertionError(f"no name-table rule writes the parameter {path}")
 
+    def layer_module(self, path: str) -> tuple[str, Rule]:
+        """A Linear / Conv layer's NNX module path -> (the reference module path, e.g.
+        "down_blocks.0.attentions.0.proj_in", the rule of its kernel)."""
+        key, rule = self.to_reference_key(f"{path}.kernel")
+        return key.removesuffix(f".{rule.source}"), rule
+
 
 def parameters(model: nnx.Module) -> dict[str, nnx.Variable]:
     """The model's parameters by dotted path ("down_blocks.0.resnets.0.conv1.kernel")."""

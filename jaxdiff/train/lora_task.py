@@ -115,7 +115,7 @@ def add_adapters(
     table = model_format(network).table(dict(network.architecture))
     matched = 0
     for path, layer in lora.layer_paths(network).items():
-        module = table.to_reference_key(f"{path}.kernel")[0].removesuffix(".weight")
+        module, _ = table.layer_module(path)
         if any(module == p or module.endswith(f".{p}") for p in patterns):
             down, up, scale = lora.new_adapter(layer, rank, alpha / rank, rngs.params())
             lora.add_adapter(network, path, ADAPTER, down, up, scale, dropout)
