@@ -119,8 +119,9 @@ def save_lora(
     adapter: str = "default",
     save_format: str = "peft",
 ) -> Path:
-    """Writes adapter `adapter` of `models` to the `.safetensors` file `path` (under a temporary
-    name, then renamed: never a partial file)."""
+    """Writes adapter `adapter` of `models` to the `.safetensors` file `path`, its folder made if
+    needed (under a temporary name, then renamed: never a partial file)."""
     tensors, metadata = lora_state_dict(models, adapter, save_format)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, tensors, metadata)
     return Path(path)

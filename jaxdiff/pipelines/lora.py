@@ -112,10 +112,8 @@ class LoRAMixin:
             adapter_name = next(iter(loaded))
         self._check_names([adapter_name])
         require(self._unfused is None, "save_lora_weights on fused adapters: unfuse_lora first")
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
         components = self.lora_components(self._networks())
-        return save_lora(folder / weight_name, components, adapter_name, save_format)
+        return save_lora(Path(save_directory) / weight_name, components, adapter_name, save_format)
 
     def set_adapters(
         self,

@@ -292,6 +292,17 @@ def test_bad_loads_leave_the_pipeline_as_it_was(pipe, lora_files, tmp_path):
     assert pipe.get_list_adapters() == ["p", "k"]
 
 
+def test_bad_saves_are_one_line_errors_and_write_nothing(pipe, tmp_path):
+    folder = tmp_path / "out"
+    with pytest.raises(UserError, match=r"2 adapters are loaded \(p, k\); accepted: adapter_name="):
+        pipe.save_lora_weights(folder)
+    with pytest.raises(UserError, match="unknown adapter 'q'; loaded: p, k"):
+        pipe.save_lora_weights(folder, adapter_name="q")
+    with pytest.raises(UserError, match="save_format='ckpt' is not supported; accepted: peft"):
+        pipe.save_lora_weights(folder, adapter_name="p", save_format="ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fused_adapters_match_diffusers_and_unfuse_restores_the_weights(reference, pipe):
     """Fusing changes no shape: the compiled loop is reused; unfusing restores every weight bit
     for bit."""
