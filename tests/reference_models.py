@@ -73,6 +73,32 @@ UNET_CONFIGS = {
     ),
 }
 
+
+def _encoder_options(unet: dict) -> dict:
+    """The options of a UNet config that its ControlNet shares."""
+    return {k: v for k, v in unet.items() if k not in ("up_block_types", "sample_size")}
+
+
+CONTROLNET_CONFIGS = {
+    # SD 1.x: the conditioning image at 8x the latents' size, as Stable Diffusion's.
+    "sd1": dict(
+        **_encoder_options(UNET_CONFIGS["sd1"]), conditioning_embedding_out_channels=(8, 8, 16, 16)
+    ),
+    # SD 2.x layout; a one-channel conditioning image read in BGR order at 2x the latents' size.
+    "sd2": dict(
+        **_encoder_options(UNET_CONFIGS["sd2"]),
+        conditioning_channels=1,
+        conditioning_embedding_out_channels=(8, 16),
+        controlnet_conditioning_channel_order="bgr",
+    ),
+    # Residuals averaged over their positions (shuffle ControlNets).
+    "pooled": dict(
+        **_encoder_options(UNET_CONFIGS["sd1"]),
+        conditioning_embedding_out_channels=(8, 16),
+        global_pool_conditions=True,
+    ),
+}
+
 VAE_CONFIGS = {
     "sd": dict(
         block_out_channels=(16, 32),
@@ -170,6 +196,26 @@ def build_unet(config: dict):
     model = UNet2DConditionModel(**config).eval()
     perturb(model)
     return model
+
+
+def build_controlnet(config: dict):
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(3)
+    model = ControlNetModel(**config).eval()
+    perturb(model, seed=3)
+    return model
+
+
+def controlnet_inputs(config: dict, batch: int = 2, size: int = 8, seed: int = 1):
+    """`unet_inputs` and a conditioning image [B, H, W, Ccond] in [0, 1], as numpy float32."""
+    x, t, context = unet_inputs(config, batch, size, seed=seed)
+    factor = 2 ** (len(config["conditioning_embedding_out_channels"]) - 1)
+    channels = config.get("conditioning_channels", 3)
+    rng = np.random.RandomState(seed + 1)
+    cond = rng.rand(batch, size * factor, size * factor, channels).astype(np.float32)
+    return x, t, context, cond
 
 
 def build_vae(config: dict):

@@ -26,7 +26,13 @@ from jaxdiff.convert.output_folder import atomic_folder
 from jaxdiff.convert.safetensors_io import write_safetensors
 from jaxdiff.convert.weight_files import read_weights
 from jaxdiff.errors import UserError, first_line
-from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, CLIPVisionTransformer, UNet
+from jaxdiff.models import (
+    AutoencoderKL,
+    CLIPTextTransformer,
+    CLIPVisionTransformer,
+    ControlNet,
+    UNet,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +75,14 @@ FORMATS: dict[str, ComponentFormat] = {
             _DIFFUSERS_WEIGHTS,
             diffusers.unet_arguments,
             _diffusers_config("UNet2DConditionModel", diffusers.unet_config),
+            diffusers.unet_table,
+        ),
+        ComponentFormat(
+            "ControlNetModel",
+            ControlNet,
+            _DIFFUSERS_WEIGHTS,
+            diffusers.controlnet_arguments,
+            _diffusers_config("ControlNetModel", diffusers.controlnet_config),
             diffusers.unet_table,
         ),
         ComponentFormat(
@@ -158,7 +172,8 @@ def from_diffusers(
 
     Args:
       component_dir: a folder with `config.json` and safetensors (or `.bin`) weights, e.g.
-        `stable-diffusion-v1-5/unet`: a `UNet2DConditionModel` becomes a `UNet`, an
+        `stable-diffusion-v1-5/unet`: a `UNet2DConditionModel` becomes a `UNet`, a
+        `ControlNetModel` a `ControlNet`, an
         `AutoencoderKL` an `AutoencoderKL`, a `CLIPTextModel[WithProjection]` a
         `CLIPTextTransformer`.
       dtype, param_dtype: compute and parameter dtypes (weights are cast to `param_dtype`).
@@ -211,8 +226,8 @@ def model_format(model: nnx.Module) -> ComponentFormat:
         if isinstance(model, fmt.model):
             return fmt
     raise UserError(
-        f"a {type(model).__name__} has no diffusers format; accepted: UNet, AutoencoderKL, "
-        "CLIPTextTransformer"
+        f"a {type(model).__name__} has no diffusers format; accepted: UNet, ControlNet, "
+        "AutoencoderKL, CLIPTextTransformer, CLIPVisionTransformer"
     )
 
 

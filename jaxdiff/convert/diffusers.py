@@ -1,4 +1,5 @@
-"""diffusers' `UNet2DConditionModel` and `AutoencoderKL`: config options and name tables.
+"""diffusers' `UNet2DConditionModel`, `ControlNetModel` and `AutoencoderKL`: config options and
+name tables.
 
 Verified against diffusers 0.42 (the tests compare `defaults` with the constructors' signatures
 and every converted model's output with diffusers' own).
@@ -23,13 +24,17 @@ _LINEAR = (
 )
 
 
+_CONTROLNET_CONV = r"controlnet_(cond_embedding\.blocks\.\d+|down_blocks\.\d+|mid_block)"
+
+
 def unet_table(arguments: dict[str, Any]) -> NameTable:
-    """The UNet's table; transformer `proj_in` / `proj_out` are Linear with
+    """The UNet's and the ControlNet's table; transformer `proj_in` / `proj_out` are Linear with
     `use_linear_projection` (SD 2), else 1x1 convolutions."""
     projection = Layout.LINEAR if arguments["use_linear_projection"] else Layout.CONV
     return NameTable(
         rules=(
             Rule(_CONV, "weight", "kernel", Layout.CONV),
+            Rule(_CONTROLNET_CONV, "weight", "kernel", Layout.CONV),
             Rule(r".+\.proj_(in|out)", "weight", "kernel", projection),
             Rule(_LINEAR, "weight", "kernel", Layout.LINEAR),
             Rule(_NORM, "weight", "scale"),
@@ -140,6 +145,64 @@ UNET_CONFIG = ReferenceConfig(
     ),
 )
 
+CONTROLNET_CONFIG = ReferenceConfig(
+    class_name="ControlNetModel",
+    defaults={
+        "in_channels": 4,
+        "conditioning_channels": 3,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": UNET_CONFIG.defaults["down_block_types"],
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "only_cross_attention": False,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "norm_eps": 1e-05,
+        "cross_attention_dim": 1280,
+        "transformer_layers_per_block": 1,
+        "encoder_hid_dim": None,
+        "encoder_hid_dim_type": None,
+        "attention_head_dim": 8,
+        "num_attention_heads": None,
+        "use_linear_projection": False,
+        "class_embed_type": None,
+        "addition_embed_type": None,
+        "addition_time_embed_dim": None,
+        "num_class_embeds": None,
+        "upcast_attention": False,
+        "resnet_time_scale_shift": "default",
+        "projection_class_embeddings_input_dim": None,
+        "controlnet_conditioning_channel_order": "rgb",
+        "conditioning_embedding_out_channels": (16, 32, 96, 256),
+        "global_pool_conditions": False,
+        "addition_embed_type_num_heads": 64,
+    },
+    arguments=(
+        "in_channels",
+        "block_out_channels",
+        "down_block_types",
+        "layers_per_block",
+        "attention_head_dim",
+        "cross_attention_dim",
+        "norm_num_groups",
+        "norm_eps",
+        "flip_sin_to_cos",
+        "freq_shift",
+        "use_linear_projection",
+        "upcast_attention",
+        "only_cross_attention",
+        "transformer_layers_per_block",
+        "conditioning_channels",
+        "conditioning_embedding_out_channels",
+        "controlnet_conditioning_channel_order",
+        "global_pool_conditions",
+    ),
+)
+
 VAE_CONFIG = ReferenceConfig(
     class_name="AutoencoderKL",
     defaults={
@@ -187,19 +250,31 @@ _UNIFORM_PER_LEVEL = (
 )
 
 
-def unet_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
-    """`UNet` arguments of a diffusers `UNet2DConditionModel` config."""
-    arguments = UNET_CONFIG.to_arguments(config, source)
+def _uniform_arguments(
+    reference: ReferenceConfig, config: dict[str, Any], source: str
+) -> dict[str, Any]:
+    """The arguments of a UNet-like config, each per-level option given once for all levels."""
+    arguments = reference.to_arguments(config, source)
     for key in _UNIFORM_PER_LEVEL:
         value = arguments[key]
         if isinstance(value, tuple):
             if len(set(value)) != 1:
                 raise UserError(
-                    f"{source}: UNet2DConditionModel option {key}={list(value)} differs between "
-                    "levels; accepted: one value for every level"
+                    f"{source}: {reference.class_name} option {key}={list(value)} differs "
+                    "between levels; accepted: one value for every level"
                 )
             arguments[key] = value[0]
     return arguments
+
+
+def unet_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`UNet` arguments of a diffusers `UNet2DConditionModel` config."""
+    return _uniform_arguments(UNET_CONFIG, config, source)
+
+
+def controlnet_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`ControlNet` arguments of a diffusers `ControlNetModel` config."""
+    return _uniform_arguments(CONTROLNET_CONFIG, config, source)
 
 
 def vae_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
@@ -222,6 +297,11 @@ def vae_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
 def unet_config(arguments: dict[str, Any]) -> dict[str, Any]:
     """A complete diffusers `UNet2DConditionModel` config for `UNet` arguments."""
     return UNET_CONFIG.to_config(arguments)
+
+
+def controlnet_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A complete diffusers `ControlNetModel` config for `ControlNet` arguments."""
+    return CONTROLNET_CONFIG.to_config(arguments)
 
 
 def vae_config(arguments: dict[str, Any]) -> dict[str, Any]:

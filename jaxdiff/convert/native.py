@@ -21,12 +21,12 @@ from jaxdiff.convert.components import build_model
 from jaxdiff.convert.json_files import read_json_object
 from jaxdiff.convert.output_folder import atomic_folder
 from jaxdiff.errors import UserError, check_choice, first_line
-from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
+from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, ControlNet, UNet
 
 CONFIG = "jaxdiff_model.json"
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "float64")
 MODELS: dict[str, type[nnx.Module]] = {
-    cls.__name__: cls for cls in (UNet, AutoencoderKL, CLIPTextTransformer)
+    cls.__name__: cls for cls in (UNet, ControlNet, AutoencoderKL, CLIPTextTransformer)
 }
 
 
@@ -52,7 +52,8 @@ def write(model: nnx.Module, directory: Path) -> None:
 
 
 def save(model: nnx.Module, directory: str | Path) -> None:
-    """Saves a UNet, AutoencoderKL or CLIPTextTransformer in jaxdiff's format to a new folder."""
+    """Saves a UNet, ControlNet, AutoencoderKL or CLIPTextTransformer in jaxdiff's format to a
+    new folder."""
     with atomic_folder(Path(directory)) as partial:
         write(model, partial)
 

@@ -1,4 +1,5 @@
-"""Flax NNX models: the conditional UNet, the KL autoencoder and the CLIP text encoder.
+"""Flax NNX models: the conditional UNet and its ControlNet, the KL autoencoder and the CLIP text
+encoder.
 
 Module trees follow diffusers' `UNet2DConditionModel` / `AutoencoderKL` and transformers'
 `CLIPTextModel`, in NHWC layout; size variants are the named `*_PRESETS`.
@@ -10,6 +11,7 @@ from jaxdiff.models.clip_text import (
     CLIPTextTransformer,
 )
 from jaxdiff.models.clip_vision import CLIP_VISION_PRESETS, CLIPVisionOutput, CLIPVisionTransformer
+from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.layers import LOGICAL_AXES
 from jaxdiff.models.unet import DOWN_BLOCK_TYPES, UNET_PRESETS, UP_BLOCK_TYPES, UNet
 from jaxdiff.models.vae import VAE_PRESETS, AutoencoderKL
@@ -27,5 +29,6 @@ __all__ = [
     "CLIPTextTransformer",
     "CLIPVisionOutput",
     "CLIPVisionTransformer",
+    "ControlNet",
     "UNet",
 ]

@@ -77,6 +77,7 @@ def conv2d(
     *,
     stride: int = 1,
     padding: int | Sequence[tuple[int, int]] | None = None,
+    zero_init: bool = False,
     dtype: DTypeLike = jnp.float32,
     param_dtype: DTypeLike = jnp.float32,
     rngs: nnx.Rngs,
@@ -84,7 +85,8 @@ def conv2d(
     """`torch.nn.Conv2d` equivalent on NHWC input, kernel [kh, kw, in, out].
 
     `padding` is torch's symmetric int padding, or explicit ((top, bottom), (left, right)); the
-    default `(kernel_size - 1) // 2` keeps the spatial size at stride 1.
+    default `(kernel_size - 1) // 2` keeps the spatial size at stride 1. `zero_init`: the kernel
+    starts at zero (a ControlNet's "zero convolutions"), else LeCun-normal.
     """
     if padding is None:
         padding = (kernel_size - 1) // 2
@@ -99,7 +101,8 @@ def conv2d(
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=partitioned(
-            nnx.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")
+            nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal(),
+            (None, None, "conv_in", "conv_out"),
         ),
         bias_init=partitioned(nnx.initializers.zeros_init(), ("conv_out",)),
         rngs=rngs,

@@ -207,7 +207,112 @@ class CrossAttnUpBlock2D(UpBlock2D):
         return self._upsample(x)
 
 
-class UNet(nnx.Module):
+class UNetEncoder(nnx.Module):
+    """What diffusers' `UNet2DConditionModel` and `ControlNetModel` share: the input convolution
+    `conv_in`, the time embedding (`time_proj`, `time_embedding`), the `down_blocks` and the
+    `mid_block`, with the UNet's arguments (see `UNet`)."""
+
+    def _build_encoder(
+        self,
+        in_channels: int,
+        block_out_channels: Sequence[int],
+        down_block_types: Sequence[str],
+        layers_per_block: int,
+        attention_head_dim: int | Sequence[int],
+        cross_attention_dim: int,
+        norm_num_groups: int,
+        norm_eps: float,
+        flip_sin_to_cos: bool,
+        freq_shift: int,
+        use_linear_projection: bool,
+        upcast_attention: bool,
+        only_cross_attention: bool,
+        transformer_layers_per_block: int,
+        remat: bool,
+        dtype: DTypeLike,
+        param_dtype: DTypeLike,
+        rngs: nnx.Rngs,
+    ) -> tuple[ResnetFactory, TransformerFactory, list[int]]:
+        """Builds the shared modules; returns the resnet and transformer factories and the heads
+        of each level, for the modules a subclass adds."""
+        levels = len(block_out_channels)
+        heads = _per_level_heads(attention_head_dim, block_out_channels)
+        _check_block_types("down_block_types", down_block_types, DOWN_BLOCK_TYPES, levels)
+        self.dtype = dtype
+        self.remat = remat
+        self.num_upsamplers = levels - 1
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        time_embed_dim = block_out_channels[0] * 4
+        resnet = functools.partial(
+            ResnetBlock2D, temb_channels=time_embed_dim, groups=norm_num_groups, eps=norm_eps, **kw
+        )
+        transformer = functools.partial(
+            Transformer2DModel,
+            cross_attention_dim=cross_attention_dim,
+            num_layers=transformer_layers_per_block,
+            norm_num_groups=norm_num_groups,
+            use_linear_projection=use_linear_projection,
+            upcast_attention=upcast_attention,
+            **kw,
+        )
+        downsample = functools.partial(Downsample2D, padding=1, **kw)
+
+        self.conv_in = conv2d(in_channels, block_out_channels[0], 3, **kw)
+        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, **kw)
+
+        down_blocks: list[DownBlock2D] = []
+        out_ch = block_out_channels[0]
+        for i, block_type in enumerate(down_block_types):
+            in_ch, out_ch = out_ch, block_out_channels[i]
+            args: tuple[Any, ...] = (
+                in_ch,
+                out_ch,
+                layers_per_block,
+                i < levels - 1,
+                resnet,
+                downsample,
+            )
+            if block_type == "CrossAttnDownBlock2D":
+                down_blocks.append(
+                    CrossAttnDownBlock2D(*args, transformer, heads[i], only_cross_attention)
+                )
+            else:
+                down_blocks.append(DownBlock2D(*args))
+        self.down_blocks = nnx.List(down_blocks)
+        self.mid_block = UNetMidBlock2DCrossAttn(
+            block_out_channels[-1], resnet, transformer, heads[-1]
+        )
+        return resnet, transformer, heads
+
+    def _check_size(self, x: jax.Array) -> None:
+        _, height, width, _ = x.shape
+        factor = 2**self.num_upsamplers
+        if height % factor or width % factor:
+            raise UserError(
+                f"{type(self).__name__} input of spatial size {height}x{width}; accepted: "
+                f"multiples of {factor}"
+            )
+
+    def _time_embed(self, timesteps: jax.Array, batch: int) -> jax.Array:
+        """timesteps [B] or [] -> the time embedding [B, 4 * C0] in the compute dtype."""
+        t = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), (batch,))  # [B]
+        return self.time_embedding(self.time_proj(t).astype(self.dtype))
+
+    def _encode(
+        self, h: jax.Array, temb: jax.Array, context: jax.Array
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """conv_in's output h [B, H, W, C0] -> (the mid block's output [B, h, w, C], the skip
+        activations of the up path: conv_in's, then each down block's)."""
+        run = _rematerialized if self.remat else _run_block
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = run(block, h, temb, context)
+            skips.extend(block_skips)
+        return run(self.mid_block, h, temb, context), skips
+
+
+class UNet(UNetEncoder):
     """Text-conditional UNet, diffusers `UNet2DConditionModel` (defaults) on NHWC tensors.
 
     Args:
@@ -260,70 +365,31 @@ class UNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.architecture = architecture(locals())
+        resnet, transformer, heads = self._build_encoder(
+            in_channels,
+            block_out_channels,
+            down_block_types,
+            layers_per_block,
+            attention_head_dim,
+            cross_attention_dim,
+            norm_num_groups,
+            norm_eps,
+            flip_sin_to_cos,
+            freq_shift,
+            use_linear_projection,
+            upcast_attention,
+            only_cross_attention,
+            transformer_layers_per_block,
+            remat,
+            dtype,
+            param_dtype,
+            rngs,
+        )
         levels = len(block_out_channels)
-        heads = _per_level_heads(attention_head_dim, block_out_channels)
-        for name, types, accepted in (
-            ("down_block_types", down_block_types, DOWN_BLOCK_TYPES),
-            ("up_block_types", up_block_types, UP_BLOCK_TYPES),
-        ):
-            if len(types) != levels:
-                raise UserError(
-                    f"{name} has {len(types)} entries; accepted: one per entry of "
-                    f"block_out_channels ({levels})"
-                )
-            for block_type in types:
-                if block_type not in accepted:
-                    raise UserError(
-                        f"unknown {name} entry {block_type!r}; accepted: {', '.join(accepted)}"
-                    )
-        self.dtype = dtype
+        _check_block_types("up_block_types", up_block_types, UP_BLOCK_TYPES, levels)
         self.sample_size = sample_size
-        self.remat = remat
-        self.num_upsamplers = levels - 1
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        time_embed_dim = block_out_channels[0] * 4
-        resnet = functools.partial(
-            ResnetBlock2D, temb_channels=time_embed_dim, groups=norm_num_groups, eps=norm_eps, **kw
-        )
-        transformer = functools.partial(
-            Transformer2DModel,
-            cross_attention_dim=cross_attention_dim,
-            num_layers=transformer_layers_per_block,
-            norm_num_groups=norm_num_groups,
-            use_linear_projection=use_linear_projection,
-            upcast_attention=upcast_attention,
-            **kw,
-        )
-        downsample = functools.partial(Downsample2D, padding=1, **kw)
         upsample = functools.partial(Upsample2D, **kw)
-
-        self.conv_in = conv2d(in_channels, block_out_channels[0], 3, **kw)
-        self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
-        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, **kw)
-
-        down_blocks: list[DownBlock2D] = []
-        out_ch = block_out_channels[0]
-        for i, block_type in enumerate(down_block_types):
-            in_ch, out_ch = out_ch, block_out_channels[i]
-            args: tuple[Any, ...] = (
-                in_ch,
-                out_ch,
-                layers_per_block,
-                i < levels - 1,
-                resnet,
-                downsample,
-            )
-            if block_type == "CrossAttnDownBlock2D":
-                down_blocks.append(
-                    CrossAttnDownBlock2D(*args, transformer, heads[i], only_cross_attention)
-                )
-            else:
-                down_blocks.append(DownBlock2D(*args))
-        self.down_blocks = nnx.List(down_blocks)
-
-        self.mid_block = UNetMidBlock2DCrossAttn(
-            block_out_channels[-1], resnet, transformer, heads[-1]
-        )
 
         up_blocks: list[UpBlock2D] = []
         reversed_channels = list(reversed(block_out_channels))
@@ -346,28 +412,35 @@ class UNet(nnx.Module):
         )
         self.conv_out = conv2d(block_out_channels[0], out_channels, 3, **kw)
 
-    def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        timesteps: jax.Array,
+        context: jax.Array,
+        down_block_additional_residuals: Sequence[jax.Array] | None = None,
+        mid_block_additional_residual: jax.Array | None = None,
+    ) -> jax.Array:
         """x [B, H, W, Cin], timesteps [B] or [] (broadcast), context [B, T, D] -> [B, H, W, Cout].
 
-        H and W must be multiples of 2 ** (levels - 1). The output is in the compute dtype.
+        A ControlNet's residuals (`ControlNet.__call__`) are added to the skip activations (one
+        per skip, conv_in's first) and to the mid block's output. H and W must be multiples of
+        2 ** (levels - 1). The output is in the compute dtype.
         """
-        b, height, width, _ = x.shape
-        factor = 2**self.num_upsamplers
-        if height % factor or width % factor:
-            raise UserError(
-                f"UNet input of spatial size {height}x{width}; accepted: multiples of {factor}"
-            )
-        t = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), (b,))  # [B]
-        temb = self.time_embedding(self.time_proj(t).astype(self.dtype))  # [B, 4 * C0]
+        self._check_size(x)
+        temb = self._time_embed(timesteps, x.shape[0])  # [B, 4 * C0]
         context = context.astype(self.dtype)
-
-        run = _rematerialized if self.remat else _run_block
         h = self.conv_in(x.astype(self.dtype))  # [B, H, W, C0]
-        skips = [h]
-        for block in self.down_blocks:
-            h, block_skips = run(block, h, temb, context)
-            skips.extend(block_skips)
-        h = run(self.mid_block, h, temb, context)
+        h, skips = self._encode(h, temb, context)
+        if down_block_additional_residuals is not None:
+            if len(down_block_additional_residuals) != len(skips):
+                raise UserError(
+                    f"{len(down_block_additional_residuals)} down-block residuals; accepted: one "
+                    f"per skip activation of this UNet ({len(skips)})"
+                )
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals, strict=True)]
+        if mid_block_additional_residual is not None:
+            h = h + mid_block_additional_residual
+        run = _rematerialized if self.remat else _run_block
         for block in self.up_blocks:
             n = len(block.resnets)
             h = run(block, h, skips[-n:], temb, context)
@@ -386,6 +459,19 @@ def _rematerialized(block: nnx.Module, *args: Any) -> Any:
     variables that the enclosing gradient does not differentiate, such as a LoRA's frozen base.)"""
     graphdef, state = nnx.split(block)
     return jax.checkpoint(lambda state, *args: nnx.merge(graphdef, state)(*args))(state, *args)
+
+
+def _check_block_types(
+    name: str, types: Sequence[str], accepted: Sequence[str], levels: int
+) -> None:
+    if len(types) != levels:
+        raise UserError(
+            f"{name} has {len(types)} entries; accepted: one per entry of "
+            f"block_out_channels ({levels})"
+        )
+    for block_type in types:
+        if block_type not in accepted:
+            raise UserError(f"unknown {name} entry {block_type!r}; accepted: {', '.join(accepted)}")
 
 
 def _per_level_heads(

@@ -3,9 +3,11 @@
 import pytest
 from reference_models import (
     CLIP_CONFIGS,
+    CONTROLNET_CONFIGS,
     UNET_CONFIGS,
     VAE_CONFIGS,
     build_clip,
+    build_controlnet,
     build_unet,
     build_vae,
     write_tokenizer,
@@ -27,6 +29,17 @@ def _save_all(tmp_path_factory, kind: str, names, build) -> dict:
 def saved_unets(tmp_path_factory):
     """diffusers UNet2DConditionModels for every `UNET_CONFIGS` entry."""
     return _save_all(tmp_path_factory, "unet", UNET_CONFIGS, lambda n: build_unet(UNET_CONFIGS[n]))
+
+
+@pytest.fixture(scope="session")
+def saved_controlnets(tmp_path_factory):
+    """diffusers ControlNetModels for every `CONTROLNET_CONFIGS` entry."""
+    return _save_all(
+        tmp_path_factory,
+        "controlnet",
+        CONTROLNET_CONFIGS,
+        lambda n: build_controlnet(CONTROLNET_CONFIGS[n]),
+    )
 
 
 @pytest.fixture(scope="session")

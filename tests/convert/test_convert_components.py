@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 
 from jaxdiff.convert import convert, from_diffusers, load_pipeline_components
-from jaxdiff.convert.diffusers import UNET_CONFIG, VAE_CONFIG
+from jaxdiff.convert.diffusers import CONTROLNET_CONFIG, UNET_CONFIG, VAE_CONFIG
 from jaxdiff.convert.pipeline_components import hub_patterns
 from jaxdiff.convert.safetensors_io import read_safetensors, write_safetensors
 from jaxdiff.convert.transformers_clip import CLIP_PROJECTION_CONFIG
@@ -136,7 +136,11 @@ def test_half_precision_variant_is_read_when_asked(saved_pipeline, tmp_path):
 
 @pytest.mark.parametrize(
     ("table", "reference"),
-    [(UNET_CONFIG, "UNet2DConditionModel"), (VAE_CONFIG, "AutoencoderKL")],
+    [
+        (UNET_CONFIG, "UNet2DConditionModel"),
+        (CONTROLNET_CONFIG, "ControlNetModel"),
+        (VAE_CONFIG, "AutoencoderKL"),
+    ],
 )
 def test_tables_list_every_diffusers_option_with_its_default(table, reference):
     import diffusers

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from reference_models import UNET_CONFIGS, VAE_CONFIGS
+from reference_models import CONTROLNET_CONFIGS, UNET_CONFIGS, VAE_CONFIGS
 
 from jaxdiff.convert import from_diffusers, native, to_diffusers
 from jaxdiff.convert.safetensors_io import read_safetensors
@@ -33,6 +33,7 @@ def _saved(request, kind, name):
 
 COMPONENTS = [
     *(("unets", n) for n in UNET_CONFIGS),
+    *(("controlnets", n) for n in CONTROLNET_CONFIGS),
     *(("vaes", n) for n in VAE_CONFIGS),
     ("clips", "quick_gelu"),
     ("clips", "projection"),
@@ -56,13 +57,14 @@ def test_diffusers_file_is_identical_to_the_one_diffusers_writes(saved_unets, tm
 
 
 def test_exported_models_load_in_the_reference_libraries(
-    saved_unets, saved_vaes, saved_clips, tmp_path
+    saved_unets, saved_controlnets, saved_vaes, saved_clips, tmp_path
 ):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModelWithProjection
 
     for (ref, folder), cls in (
         (saved_unets["options"], UNet2DConditionModel),
+        (saved_controlnets["sd2"], ControlNetModel),
         (saved_vaes["sd"], AutoencoderKL),
         (saved_clips["projection"], CLIPTextModelWithProjection),
     ):
@@ -87,7 +89,10 @@ def test_half_precision_export_casts_each_tensor(saved_vaes, tmp_path):
     _assert_same_bytes(half, _weights(tmp_path / "again"))
 
 
-@pytest.mark.parametrize(("kind", "name"), [("unets", "sd2"), ("vaes", "sd"), ("clips", "gelu")])
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("unets", "sd2"), ("controlnets", "pooled"), ("vaes", "sd"), ("clips", "gelu")],
+)
 def test_jaxdiff_format_round_trip(kind, name, request, tmp_path):
     _, folder = _saved(request, kind, name)
     model = from_diffusers(folder)

@@ -7,6 +7,8 @@ model, the converted weights with one array nudged by 1% of its RMS miss by more
 tolerance (measured 18-49x for the UNets, 150x for the VAE decoders, 90x for CLIP).
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -14,15 +16,19 @@ import torch
 from flax import nnx
 from reference_models import (
     CLIP_BASE,
+    CONTROLNET_CONFIGS,
     UNET_CONFIGS,
     VAE_CONFIGS,
     assert_far_from_flat,
+    controlnet_inputs,
     nudged,
     unet_inputs,
 )
 
 from jaxdiff.convert import from_diffusers
-from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
+from jaxdiff.convert.diffusers import unet_table
+from jaxdiff.convert.name_tables import state_dict
+from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, ControlNet, UNet
 
 TOLERANCE = 1e-4  # max abs error over the output's scale
 MISS = 10  # a deliberately wrong run misses by more than MISS x the tolerance
@@ -73,6 +79,85 @@ def test_unet_matches_diffusers(name, saved_unets):
     run = _jit_call(unet)
     _assert_close(run(x, t, ctx), expected)
     _assert_misses(run(x, t, ctx, weights=nudged(nnx.state(unet))), expected)
+
+
+def _residuals(down, mid) -> np.ndarray:
+    """A ControlNet's residuals (NHWC arrays, or diffusers' NCHW tensors) flattened into one
+    vector, each residual divided by its own scale so that every one counts."""
+    arrays = [np.asarray(r) for r in [*down, mid]]
+    if isinstance(mid, torch.Tensor):
+        arrays = [a.transpose(0, 2, 3, 1) for a in arrays]
+    return np.concatenate([(a / np.abs(a).max()).ravel() for a in arrays])[None]
+
+
+@pytest.mark.parametrize("guess_mode", [False, True])
+@pytest.mark.parametrize("name", sorted(CONTROLNET_CONFIGS))
+def test_controlnet_matches_diffusers(name, guess_mode, saved_controlnets):
+    ref, folder = saved_controlnets[name]
+    controlnet = from_diffusers(folder)
+    assert isinstance(controlnet, ControlNet)
+    x, t, ctx, cond = controlnet_inputs(CONTROLNET_CONFIGS[name])
+    with torch.no_grad():
+        down, mid = ref(
+            _nchw(x), torch.tensor(t), torch.tensor(ctx), _nchw(cond), 0.7, guess_mode=guess_mode
+        ).to_tuple()
+    expected = _residuals(down, mid)
+    for reference in [*down, mid]:  # every residual varies, each relative to its own scale
+        assert_far_from_flat(reference.reshape(1, -1).numpy(), 0.1 * reference.abs().max())
+    run = _jit_call(controlnet)
+    _assert_close(_residuals(*run(x, t, ctx, cond, 0.7, guess_mode)), expected)
+    wrong = run(x, t, ctx, cond, 0.7, guess_mode, weights=nudged(nnx.state(controlnet)))
+    _assert_misses(_residuals(*wrong), expected)
+
+
+def test_unet_adds_controlnet_residuals_as_diffusers(saved_unets, saved_controlnets):
+    ref_unet, unet_folder = saved_unets["sd1"]
+    ref_controlnet, controlnet_folder = saved_controlnets["sd1"]
+    x, t, ctx, cond = controlnet_inputs(CONTROLNET_CONFIGS["sd1"])
+    with torch.no_grad():
+        down, mid = ref_controlnet(
+            _nchw(x), torch.tensor(t), torch.tensor(ctx), _nchw(cond), return_dict=False
+        )
+        expected = ref_unet(
+            _nchw(x),
+            torch.tensor(t),
+            torch.tensor(ctx),
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample.numpy()
+        plain = ref_unet(_nchw(x), torch.tensor(t), torch.tensor(ctx)).sample.numpy()
+    expected, plain = expected.transpose(0, 2, 3, 1), plain.transpose(0, 2, 3, 1)
+    controlnet, unet = from_diffusers(controlnet_folder), from_diffusers(unet_folder)
+    graphdef, state = nnx.split((controlnet, unet))
+
+    @jax.jit
+    def steered(state, x, t, ctx, cond):
+        controlnet, unet = nnx.merge(graphdef, state)
+        return unet(x, t, ctx, *controlnet(x, t, ctx, cond))
+
+    _assert_close(steered(state, x, t, ctx, cond), expected)
+    _assert_misses(plain, expected)  # the residuals matter
+    _assert_misses(steered(nudged(state, where="[0]"), x, t, ctx, cond), expected)
+
+
+def test_from_unet_copies_the_encoder_as_diffusers(saved_unets):
+    from diffusers import ControlNetModel
+
+    ref_unet, folder = saved_unets["sd1"]
+    unet = from_diffusers(folder)
+    controlnet = ControlNet.from_unet(unet, rngs=nnx.Rngs(0))
+    reference = ControlNetModel.from_unet(ref_unet).state_dict()
+    copied = [k for k in reference if k.split(".")[0] in ("conv_in", "time_embedding")]
+    copied += [k for k in reference if k.split(".")[0] in ("down_blocks", "mid_block")]
+    state = state_dict(unet_table(dict(controlnet.architecture)), controlnet)
+    assert sorted(state) == sorted(reference)
+    for key in copied:
+        np.testing.assert_array_equal(state[key], reference[key].numpy(), err_msg=key)
+    zero = r"controlnet_(cond_embedding\.conv_out|down_blocks\.\d+|mid_block)\.(weight|bias)"
+    zeros = [k for k in reference if re.fullmatch(zero, k)]
+    assert len(zeros) == 2 * (len(controlnet.controlnet_down_blocks) + 2)
+    for key in zeros:  # the zero convolutions, as diffusers'
+        assert not np.any(reference[key].numpy()) and not np.any(state[key]), key
 
 
 @pytest.mark.parametrize("name", sorted(VAE_CONFIGS))
