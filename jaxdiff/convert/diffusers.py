@@ -12,6 +12,7 @@ from typing import Any
 from jaxdiff.convert.name_tables import Layout, NameTable, Rule
 from jaxdiff.convert.reference_config import ReferenceConfig
 from jaxdiff.errors import UserError
+from jaxdiff.models.unet import ENCODER_ARGUMENTS
 
 DIFFUSERS_VERSION = "0.42.1"
 """The diffusers version whose format the tables were verified against (written to configs)."""
@@ -124,25 +125,7 @@ UNET_CONFIG = ReferenceConfig(
         "cross_attention_norm": None,
         "addition_embed_type_num_heads": 64,
     },
-    arguments=(
-        "sample_size",
-        "in_channels",
-        "out_channels",
-        "flip_sin_to_cos",
-        "freq_shift",
-        "down_block_types",
-        "up_block_types",
-        "only_cross_attention",
-        "block_out_channels",
-        "layers_per_block",
-        "norm_num_groups",
-        "norm_eps",
-        "cross_attention_dim",
-        "transformer_layers_per_block",
-        "attention_head_dim",
-        "use_linear_projection",
-        "upcast_attention",
-    ),
+    arguments=(*ENCODER_ARGUMENTS, "sample_size", "out_channels", "up_block_types"),
 )
 
 CONTROLNET_CONFIG = ReferenceConfig(
@@ -182,20 +165,7 @@ CONTROLNET_CONFIG = ReferenceConfig(
         "addition_embed_type_num_heads": 64,
     },
     arguments=(
-        "in_channels",
-        "block_out_channels",
-        "down_block_types",
-        "layers_per_block",
-        "attention_head_dim",
-        "cross_attention_dim",
-        "norm_num_groups",
-        "norm_eps",
-        "flip_sin_to_cos",
-        "freq_shift",
-        "use_linear_projection",
-        "upcast_attention",
-        "only_cross_attention",
-        "transformer_layers_per_block",
+        *ENCODER_ARGUMENTS,
         "conditioning_channels",
         "conditioning_embedding_out_channels",
         "controlnet_conditioning_channel_order",

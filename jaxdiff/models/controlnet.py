@@ -22,7 +22,7 @@ from jax.typing import DTypeLike
 
 from jaxdiff.errors import UserError
 from jaxdiff.models.layers import architecture, conv2d
-from jaxdiff.models.unet import UNet, UNetEncoder
+from jaxdiff.models.unet import UNet, UNetEncoder, encoder_arguments
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -114,24 +114,11 @@ class ControlNet(UNetEncoder):
                 "conditioning_embedding_out_channels is empty; accepted: one or more channels"
             )
         self._build_encoder(
-            in_channels,
-            block_out_channels,
-            down_block_types,
-            layers_per_block,
-            attention_head_dim,
-            cross_attention_dim,
-            norm_num_groups,
-            norm_eps,
-            flip_sin_to_cos,
-            freq_shift,
-            use_linear_projection,
-            upcast_attention,
-            only_cross_attention,
-            transformer_layers_per_block,
-            remat,
-            dtype,
-            param_dtype,
-            rngs,
+            **encoder_arguments(locals()),
+            remat=remat,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.bgr = controlnet_conditioning_channel_order == "bgr"
@@ -170,7 +157,7 @@ class ControlNet(UNetEncoder):
         zero convolutions at zero it leaves the UNet's output as it is. Dtypes default to the
         UNet's."""
         unet_arguments = dict(unet.architecture)
-        shared = {k: unet_arguments[k] for k in _UNET_ARGUMENTS}
+        shared = encoder_arguments(unet_arguments)
         first = unet.conv_in.kernel
         controlnet = cls(
             **shared,
@@ -237,25 +224,6 @@ class ControlNet(UNetEncoder):
         if self.global_pool_conditions:
             residuals = [r.mean(axis=(1, 2), keepdims=True) for r in residuals]
         return tuple(residuals[:-1]), residuals[-1]
-
-
-_UNET_ARGUMENTS = (
-    "in_channels",
-    "block_out_channels",
-    "down_block_types",
-    "layers_per_block",
-    "attention_head_dim",
-    "cross_attention_dim",
-    "norm_num_groups",
-    "norm_eps",
-    "flip_sin_to_cos",
-    "freq_shift",
-    "use_linear_projection",
-    "upcast_attention",
-    "only_cross_attention",
-    "transformer_layers_per_block",
-)
-"""The arguments a ControlNet shares with the UNet it steers."""
 
 
 def check_steers(controlnet: ControlNet, unet: UNet, name: str = "controlnet") -> None:

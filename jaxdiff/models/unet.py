@@ -9,7 +9,7 @@ is Ho et al. 2020; cross-attention to a text encoding is Rombach et al. 2022.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -207,6 +207,30 @@ class CrossAttnUpBlock2D(UpBlock2D):
         return self._upsample(x)
 
 
+ENCODER_ARGUMENTS = (
+    "in_channels",
+    "block_out_channels",
+    "down_block_types",
+    "layers_per_block",
+    "attention_head_dim",
+    "cross_attention_dim",
+    "norm_num_groups",
+    "norm_eps",
+    "flip_sin_to_cos",
+    "freq_shift",
+    "use_linear_projection",
+    "upcast_attention",
+    "only_cross_attention",
+    "transformer_layers_per_block",
+)
+"""The architecture arguments of `UNetEncoder`: what a ControlNet shares with the UNet it steers."""
+
+
+def encoder_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The `ENCODER_ARGUMENTS` among a constructor's `arguments`."""
+    return {name: arguments[name] for name in ENCODER_ARGUMENTS}
+
+
 class UNetEncoder(nnx.Module):
     """What diffusers' `UNet2DConditionModel` and `ControlNetModel` share: the input convolution
     `conv_in`, the time embedding (`time_proj`, `time_embedding`), the `down_blocks` and the
@@ -214,6 +238,7 @@ class UNetEncoder(nnx.Module):
 
     def _build_encoder(
         self,
+        *,
         in_channels: int,
         block_out_channels: Sequence[int],
         down_block_types: Sequence[str],
@@ -366,24 +391,11 @@ class UNet(UNetEncoder):
     ):
         self.architecture = architecture(locals())
         resnet, transformer, heads = self._build_encoder(
-            in_channels,
-            block_out_channels,
-            down_block_types,
-            layers_per_block,
-            attention_head_dim,
-            cross_attention_dim,
-            norm_num_groups,
-            norm_eps,
-            flip_sin_to_cos,
-            freq_shift,
-            use_linear_projection,
-            upcast_attention,
-            only_cross_attention,
-            transformer_layers_per_block,
-            remat,
-            dtype,
-            param_dtype,
-            rngs,
+            **encoder_arguments(locals()),
+            remat=remat,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
         )
         levels = len(block_out_channels)
         _check_block_types("up_block_types", up_block_types, UP_BLOCK_TYPES, levels)
