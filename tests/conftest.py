@@ -1,9 +1,12 @@
 """Test set-up: 8 simulated CPU devices, float32 by default, deterministic XLA."""
 
+import gc
 import os
 import sys
 import tempfile
 import types
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # The tests compile far more than they run: XLA's CPU backend without its LLVM optimizations
@@ -53,3 +56,20 @@ def pytest_collection_modifyitems(items):
         return SLOW_FILES_FIRST.index(path) if path in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
 
     items.sort(key=rank)  # stable: the order within a file and among the rest is kept
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After each file, once its fixtures are gone, its compiled programs are released.
+
+    XLA keeps a program's machine code in three memory mappings for as long as the program is
+    cached; a worker that kept every program of the suite would pass Linux's limit of 65530
+    mappings per process (`vm.max_map_count`), where XLA's loader crashes the worker. A later file
+    that runs the same program loads it back from the persistent compilation cache.
+    """
+    yield
+    if nextitem is None or nextitem.path != item.path:
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
