@@ -50,11 +50,13 @@ demo: install
 		$(BIN)/python experiments/shapes_demo.py --workdir runs/demo
 
 # Each test file runs whole on one of two workers (--dist loadfile), so the runs and reference
-# models its module fixtures build are built once; --durations=20 names the slowest tests.
+# models its module fixtures build are built once; the files are handed out in the order
+# tests/conftest.py gives them, slowest first (--no-loadscope-reorder: not by their number of
+# tests); --durations=20 names the slowest tests.
 test: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 lint: install-test
 	$(BIN)/ruff check jaxdiff tests configs experiments

@@ -36,7 +36,7 @@ EXTRAS = {
     # folder of their own (see tests/reference_models.py).
     "test": [
         "pytest>=8.0",
-        "pytest-xdist>=3.5",
+        "pytest-xdist>=3.6",
         "ruff>=0.6",
         "import-linter==2.17",
         "torch==2.13.0",

@@ -58,17 +58,34 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: the order within a file and among the rest is kept
 
 
+def memory_mappings() -> tuple[int, int]:
+    """This process's memory mappings and the kernel's limit on them; (0, 1) where /proc has
+    neither."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            count = sum(1 for _ in maps)
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return count, int(limit.read())
+    except OSError:
+        return 0, 1
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """After each file, once its fixtures are gone, its compiled programs are released.
+    """Between files, a worker close to the kernel's limit on memory mappings releases its
+    compiled programs.
 
     XLA keeps a program's machine code in three memory mappings for as long as the program is
-    cached; a worker that kept every program of the suite would pass Linux's limit of 65530
-    mappings per process (`vm.max_map_count`), where XLA's loader crashes the worker. A later file
-    that runs the same program loads it back from the persistent compilation cache.
+    cached; a worker that kept every program of the suite would pass Linux's limit
+    (`vm.max_map_count`, 65530 by default), where XLA's loader crashes the worker. Releasing them
+    costs the files after it their in-memory caches (programs come back from the persistent
+    compilation cache, traced again), so it is done only past half the limit.
     """
     yield
-    if nextitem is None or nextitem.path != item.path:
+    if nextitem is not None and nextitem.path == item.path:
+        return
+    count, limit = memory_mappings()
+    if count > limit // 2:
         import jax
 
         jax.clear_caches()
