@@ -117,9 +117,8 @@ def make_train_step(
         apply = finite & (health["first_nonfinite"] < 0) if stop_on_nonfinite else finite
         new_ema = ema_update(ema, new_params, ema_decay(optimizer.step[...]))
         new_state = nnx.state((model, optimizer))
-        state, ema = jax.tree.map(
-            lambda new, old: jnp.where(apply, new, old), (new_state, new_ema), (state, ema)
-        )
+        # One branch for the whole state (a select per array would be hundreds of kernels).
+        state, ema = jax.lax.cond(apply, lambda: (new_state, new_ema), lambda: (state, ema))
         health = {
             "nonfinite_steps": health["nonfinite_steps"] + (~finite).astype(jnp.int32),
             "first_nonfinite": jnp.where(
