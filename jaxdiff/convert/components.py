@@ -206,15 +206,29 @@ def build_model(
     param_dtype: DTypeLike,
 ) -> nnx.Module:
     """`cls(**arguments)` built abstractly; an argument it refuses or cannot take is a one-line
-    error naming `source`."""
-    try:
-        return nnx.eval_shape(
-            lambda: cls(**arguments, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-        )
-    except UserError as error:
-        raise UserError(f"{source}: {error}") from None
-    except (TypeError, ValueError, ArithmeticError, LookupError) as error:
-        raise UserError(f"{source}: unsupported architecture: {first_line(error)}") from None
+    error naming `source`. The same architecture built again is a copy of the first: tracing a
+    module's initialisers takes seconds, copying its abstract state milliseconds."""
+    key = (
+        cls,
+        json.dumps(arguments, sort_keys=True, default=repr),
+        jnp.dtype(dtype).name,
+        jnp.dtype(param_dtype).name,
+    )
+    if key not in _ABSTRACT_MODELS:
+        try:
+            model = nnx.eval_shape(
+                lambda: cls(**arguments, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+            )
+        except UserError as error:
+            raise UserError(f"{source}: {error}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as error:
+            raise UserError(f"{source}: unsupported architecture: {first_line(error)}") from None
+        _ABSTRACT_MODELS[key] = nnx.split(model)
+    return nnx.merge(*_ABSTRACT_MODELS[key], copy=True)
+
+
+# (class, arguments, dtype, param_dtype) -> the module built abstractly, split
+_ABSTRACT_MODELS: dict[tuple, tuple[nnx.GraphDef, nnx.State]] = {}
 
 
 def model_format(model: nnx.Module) -> ComponentFormat:
