@@ -121,6 +121,11 @@ VAE_CONFIGS = {
     ),
 }
 
+# The Stable Diffusion models of the pipeline and training tests: the SD 1.x layouts with one layer
+# per level, whose sampling loops and training steps compile in about two thirds of the time.
+PIPELINE_UNET = {**UNET_CONFIGS["sd1"], "layers_per_block": 1}
+PIPELINE_VAE = {**VAE_CONFIGS["sd"], "layers_per_block": 1}
+
 CLIP_BASE = dict(
     vocab_size=60,
     hidden_size=32,

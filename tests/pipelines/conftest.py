@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from reference_models import (
+    PIPELINE_UNET,
+    PIPELINE_VAE,
     SD15_SCHEDULER,
     UNET_CONFIGS,
-    VAE_CONFIGS,
     build_unet,
     build_vae,
     save_stable_diffusion,
@@ -56,7 +57,7 @@ def scheduler_config(prediction: str) -> dict:
 def _near_deterministic_vae():
     import torch
 
-    vae = build_vae(VAE_CONFIGS["sd"])
+    vae = build_vae(PIPELINE_VAE)
     latent = vae.config.latent_channels
     with torch.no_grad():
         vae.quant_conv.weight[latent:] = 0.0
@@ -84,7 +85,7 @@ def _save_model(tmp_path_factory, name: str, unet_config: dict) -> dict:
 @pytest.fixture(scope="session")
 def sd_folders(tmp_path_factory):
     """A tiny SD 1.x model (4-channel UNet, 16x16 images, 8x8x4 latents) per prediction type."""
-    return _save_model(tmp_path_factory, "sd", UNET_CONFIGS["sd1"])
+    return _save_model(tmp_path_factory, "sd", PIPELINE_UNET)
 
 
 @pytest.fixture(scope="session")

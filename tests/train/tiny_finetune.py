@@ -5,7 +5,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from reference_models import UNET_CONFIGS, VAE_CONFIGS, build_unet, build_vae, save_stable_diffusion
+from reference_models import (
+    PIPELINE_UNET,
+    PIPELINE_VAE,
+    build_unet,
+    build_vae,
+    save_stable_diffusion,
+)
 
 from jaxdiff.configuration import load_config
 
@@ -26,10 +32,8 @@ def image_folder(root: Path, count: int = 6) -> Path:
 
 
 def tiny_stable_diffusion(folder: Path) -> Path:
-    """A tiny SD 1.x model folder; one layer per level: its step compiles in half the time."""
-    unet = build_unet({**UNET_CONFIGS["sd1"], "layers_per_block": 1})
-    vae = build_vae({**VAE_CONFIGS["sd"], "layers_per_block": 1})
-    return save_stable_diffusion(folder, unet, vae)
+    """A tiny SD 1.x model folder."""
+    return save_stable_diffusion(folder, build_unet(PIPELINE_UNET), build_vae(PIPELINE_VAE))
 
 
 def finetune_config(tmp_path: Path, *overrides: str):
