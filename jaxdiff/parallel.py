@@ -235,8 +235,9 @@ def whole_batches(count: int, mesh: Mesh) -> int:
 
 
 def split_rows(arrays: Mapping[str, Any], mesh: Mesh, size: int | None = None) -> dict[str, Any]:
-    """Each array (None passes through) padded to ``size`` rows (default: the next multiple of
-    the device count) by repeating its last row, then split by rows over the ``data`` axis."""
+    """Each array (of each value: an array, a pytree of arrays, or None, which passes through)
+    padded to ``size`` rows (default: the next multiple of the device count) by repeating its
+    last row, then split by rows over the ``data`` axis."""
     devices = mesh.devices.size
     rows = NamedSharding(mesh, P("data"))
 
@@ -250,7 +251,7 @@ def split_rows(arrays: Mapping[str, Any], mesh: Mesh, size: int | None = None) -
             a = jnp.concatenate([a, jnp.repeat(a[-1:], target - a.shape[0], axis=0)])
         return jax.device_put(a, rows)
 
-    return {name: put(value) for name, value in arrays.items()}
+    return {name: jax.tree.map(put, value) for name, value in arrays.items()}
 
 
 def map_batches(

@@ -74,26 +74,28 @@ UNET_CONFIGS = {
 }
 
 
-def _encoder_options(unet: dict) -> dict:
+def encoder_options(unet: dict) -> dict:
     """The options of a UNet config that its ControlNet shares."""
-    return {k: v for k, v in unet.items() if k not in ("up_block_types", "sample_size")}
+    return {
+        k: v for k, v in unet.items() if k not in ("up_block_types", "sample_size", "out_channels")
+    }
 
 
 CONTROLNET_CONFIGS = {
     # SD 1.x: the conditioning image at 8x the latents' size, as Stable Diffusion's.
     "sd1": dict(
-        **_encoder_options(UNET_CONFIGS["sd1"]), conditioning_embedding_out_channels=(8, 8, 16, 16)
+        **encoder_options(UNET_CONFIGS["sd1"]), conditioning_embedding_out_channels=(8, 8, 16, 16)
     ),
     # SD 2.x layout; a one-channel conditioning image read in BGR order at 2x the latents' size.
     "sd2": dict(
-        **_encoder_options(UNET_CONFIGS["sd2"]),
+        **encoder_options(UNET_CONFIGS["sd2"]),
         conditioning_channels=1,
         conditioning_embedding_out_channels=(8, 16),
         controlnet_conditioning_channel_order="bgr",
     ),
     # Residuals averaged over their positions (shuffle ControlNets).
     "pooled": dict(
-        **_encoder_options(UNET_CONFIGS["sd1"]),
+        **encoder_options(UNET_CONFIGS["sd1"]),
         conditioning_embedding_out_channels=(8, 16),
         global_pool_conditions=True,
     ),
@@ -203,13 +205,13 @@ def build_unet(config: dict):
     return model
 
 
-def build_controlnet(config: dict):
+def build_controlnet(config: dict, seed: int = 3):
     import torch
     from diffusers import ControlNetModel
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = ControlNetModel(**config).eval()
-    perturb(model, seed=3)
+    perturb(model, seed=seed)
     return model
 
 

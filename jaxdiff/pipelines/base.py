@@ -228,6 +228,40 @@ class Pipeline(abc.ABC):
     def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
         """Latents `[B, h, w, c]` -> images `[B, H, W, 3]` float32 in [-1, 1]."""
 
+    conditioning_arguments: ClassVar[tuple[str, ...]] = ()
+    """Call arguments beyond `Sampling`'s that a family takes (e.g. a ControlNet's image);
+    `conditioning` turns them into per-image arrays."""
+
+    def conditioning_size(self, arguments: dict[str, Any]) -> tuple[int, int] | None:
+        """The image size `(H, W)` the conditioning arguments fix (a text-to-image call's
+        default), or None."""
+        del arguments
+        return None
+
+    def conditioning(
+        self,
+        arguments: dict[str, Any],
+        mode: str,
+        prompts: int,
+        repeat: int,
+        size: tuple[int, int],
+    ) -> Any:
+        """The conditioning arguments of a call in `mode` with `prompts` prompts, `repeat`
+        images each, of image size `size` -> a pytree of host arrays with one row per image
+        (`[B, ...]` leaves), or None; checked here, before sampling."""
+        del arguments, mode, prompts, repeat, size
+        return None
+
+    @staticmethod
+    def step_context(
+        context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
+    ) -> tuple[Any, Any]:
+        """The contexts (conditional, unconditional) the network sees at the sampler's step
+        `step` of `steps` (traced), given the image's conditioning (`conditioning`'s row, batch
+        axis 1, or None): by default the prompts' contexts as they are."""
+        del conditioning, step, steps
+        return context, uncontext
+
     def guided(self, guidance_scale: float) -> bool:
         """Whether a call runs classifier-free guidance: when ``guidance_scale > 1``, as
         diffusers' pipelines decide (at 1 and below they run the conditional model alone)."""
@@ -250,12 +284,17 @@ class Pipeline(abc.ABC):
         """Images for `prompt`: float32 `[B, H, W, 3]` in [0, 1] (`output_type="np"`), PIL
         images ("pil") or latents ("latent"), B = prompts x `num_images_per_prompt`.
         `sampling`: the fields of `Sampling` (defaults: `self.defaults`)."""
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
+        extra = self._conditioning_arguments(sampling)
+        fixed = self.conditioning_size(extra)
+        default = fixed or (self.default_size, self.default_size)
+        height = default[0] if height is None else height
+        width = default[1] if width is None else width
         image_io.check_size(height, width, self.vae_scale_factor)
         self._require_channels("text-to-image", self.latent_channels)
         shape = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        return self._generate(prompt, negative_prompt, self.sampling(**sampling), "text", shape)
+        return self._generate(
+            prompt, negative_prompt, self.sampling(**sampling), extra, "text", shape
+        )
 
     def img2img(
         self,
@@ -269,10 +308,12 @@ class Pipeline(abc.ABC):
         level `strength` of the way up the schedule (SDEdit, Meng et al. 2022): the last
         `int(num_inference_steps * strength)` steps are run. Other arguments as `__call__`."""
         self._require_channels("img2img", self.latent_channels)
+        extra = self._conditioning_arguments(sampling)
         return self._generate(
             prompt,
             negative_prompt,
             self.sampling(**sampling),
+            extra,
             "img2img",
             None,
             image,
@@ -299,8 +340,17 @@ class Pipeline(abc.ABC):
         else:
             self._require_channels("inpaint", self.latent_channels)
             mode = "inpaint"
+        extra = self._conditioning_arguments(sampling)
         return self._generate(
-            prompt, negative_prompt, self.sampling(**sampling), mode, None, image, mask, strength
+            prompt,
+            negative_prompt,
+            self.sampling(**sampling),
+            extra,
+            mode,
+            None,
+            image,
+            mask,
+            strength,
         )
 
     def decode(self, latents: Any, output_type: str = "np") -> np.ndarray | list:
@@ -312,6 +362,10 @@ class Pipeline(abc.ABC):
         rows = parallel.split_rows({"latents": latents}, self.mesh)["latents"]
         decoded = _decode(type(self), self._graphdef, self._state, rows)
         return image_io.to_output(np.asarray(decoded)[: latents.shape[0]], output_type)
+
+    def _conditioning_arguments(self, sampling: dict[str, Any]) -> dict[str, Any]:
+        """The family's conditioning arguments, taken out of a call's other arguments."""
+        return {k: sampling.pop(k) for k in self.conditioning_arguments if k in sampling}
 
     def _require_channels(self, what: str, expected: int) -> None:
         if self.network_in_channels != expected:
@@ -325,6 +379,7 @@ class Pipeline(abc.ABC):
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None,
         sampling: Sampling,
+        extra: dict[str, Any],
         mode: str,
         latent_size: tuple[int, int] | None,
         image: Any = None,
@@ -347,6 +402,8 @@ class Pipeline(abc.ABC):
                 images.shape[1] // self.vae_scale_factor,
                 images.shape[2] // self.vae_scale_factor,
             )
+        size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
+        conditioning = self.conditioning(extra, mode, len(prompts), repeat, size)
         ids = self.tokenize(prompts + negatives)  # [2N, T]; unknown words fail before sampling
         grid = self.grid(sampling)
         sigmas = _run_sigmas(grid.sigmas, strength, mode)
@@ -374,6 +431,7 @@ class Pipeline(abc.ABC):
                 noise=noise,
                 images=images,
                 masks=masks,
+                conditioning=conditioning,
             ),
             self.mesh,
         )
@@ -455,14 +513,15 @@ def _unit_range(images: jax.Array) -> jax.Array:
 @functools.cache
 def compiled_loop(settings: LoopSettings) -> Callable:
     """`run(state, ids, negative_ids, keys, noise, guidance, rescale, sigmas, start_std,
-    end_scale, lora_scale, images, masks)` -> images `[B, H, W, 3]` float32 in [0, 1], or latents
-    `[B, h, w, c]` when `settings.decode` is False; jit-compiled.
+    end_scale, lora_scale, images, masks, conditioning)` -> images `[B, H, W, 3]` float32 in
+    [0, 1], or latents `[B, h, w, c]` when `settings.decode` is False; jit-compiled.
 
     ids, negative_ids: [B, T]; keys: [B]; noise: [B, h, w, c] unit noise; sigmas: [n + 1];
     start_std: [] the std of the pure noise a run from noise starts with; end_scale: [] the
     factor the final state is scaled by (`Grid`); lora_scale: [] the factor on every LoRA
     adapter's weight; images: [B, H, W, 3] in [-1, 1] and masks
-    [B, H, W, 1] (1: paint), or None for "text".
+    [B, H, W, 1] (1: paint), or None for "text"; conditioning: the family's per-image
+    conditioning (`Pipeline.conditioning`), or None.
     """
     family = settings.family
     sample = samplers.get(settings.sampler)
@@ -483,6 +542,7 @@ def compiled_loop(settings: LoopSettings) -> Callable:
         lora_scale,
         images,
         masks,
+        conditioning,
     ):
         networks = nnx.merge(settings.graphdef, state)
         lora.scale_weights(networks, lora_scale)
@@ -499,6 +559,7 @@ def compiled_loop(settings: LoopSettings) -> Callable:
             "context": context,
             "uncontext": uncontext,
             "key": split[:, 3],
+            "conditioning": conditioning,
         }
         if settings.mode in ("img2img", "inpaint") or not settings.from_noise:
             per_image["known"] = family.encode_images(networks, images, split[:, 1])
@@ -523,8 +584,18 @@ def compiled_loop(settings: LoopSettings) -> Callable:
                 return family.predict(networks, x_in, t, ctx)
 
             scale = guidance if settings.guided else 1
-            guided = samplers.cfg(net, one_["context"], one_["uncontext"], scale, rescale)
-            denoise = _limited(settings.diffusion.denoiser(guided), settings)
+            steps = sigmas.shape[0] - 1
+
+            def denoise_at(x: jax.Array, sigma: jax.Array) -> jax.Array:
+                # The step whose interval (sigmas[i + 1], sigmas[i]] holds sigma.
+                step = jnp.sum(sigmas[1:-1] >= jnp.ravel(sigma)[0])
+                context, uncontext = family.step_context(
+                    one_["context"], one_["uncontext"], one_["conditioning"], step, steps
+                )
+                guided = samplers.cfg(net, context, uncontext, scale, rescale)
+                return settings.diffusion.denoiser(guided)(x, sigma)
+
+            denoise = _limited(denoise_at, settings)
             if settings.mode == "inpaint":
                 denoise = reimpose_known(
                     denoise, one_["known"], one_["mask"], one_["noise"], sigmas[0]

@@ -18,8 +18,8 @@ from jaxdiff.errors import UserError, require
 OUTPUT_TYPES = ("np", "pil", "latent")
 
 
-def _as_batch(value: Any, what: str, channels: int) -> np.ndarray:
-    """PIL image(s) or array -> float32 [N, H, W, C] in [0, 1]."""
+def as_batch(value: Any, what: str, channels: int) -> np.ndarray:
+    """PIL image(s) or array -> float32 [N, H, W, C] in [0, 1]; `what` names it in errors."""
     if isinstance(value, Image.Image) or (
         isinstance(value, list | tuple) and value and isinstance(value[0], Image.Image)
     ):
@@ -63,7 +63,7 @@ def check_size(height: int, width: int, factor: int) -> None:
 
 def image_batch(image: Any, count: int, factor: int) -> np.ndarray:
     """One image or `count` images -> `[count, H, W, 3]` float32 in [-1, 1]."""
-    images = _as_batch(image, "image", 3)
+    images = as_batch(image, "image", 3)
     require(
         images.shape[0] in (1, count),
         f"{images.shape[0]} images for {count} prompts; give one image or one per prompt",
@@ -74,7 +74,7 @@ def image_batch(image: Any, count: int, factor: int) -> np.ndarray:
 
 def mask_batch(mask: Any, images: np.ndarray) -> np.ndarray:
     """One mask or one per image -> `[N, H, W, 1]` float32 of 0 and 1 (1: paint)."""
-    masks = _as_batch(mask, "mask", 1)
+    masks = as_batch(mask, "mask", 1)
     require(
         masks.shape[1:3] == images.shape[1:3],
         f"mask of size {masks.shape[1]}x{masks.shape[2]} for an image of size "

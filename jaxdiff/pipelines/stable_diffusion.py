@@ -5,6 +5,9 @@
     edited = pipe.img2img("a watercolor painting", image, strength=0.6)
     filled = pipe.inpaint("a cat on a bench", image, mask)
 
+    pipe = StableDiffusion.from_pretrained("stable-diffusion-v1-5", controlnet="sd15-canny")
+    images = pipe("a house", control_image=edges)   # every mode; see jaxdiff.pipelines.controlnet
+
 The model's scheduler config decides the process, the prediction type and the timesteps
 (`SchedulerConfig`); `sampler` picks any sampler of the zoo, on the grid its diffusers
 counterpart would use. The batch of images is split over every local device on a `data` mesh
@@ -27,7 +30,9 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.diffusion import Diffusion
-from jaxdiff.errors import require
+from jaxdiff.errors import UserError, require
+from jaxdiff.models.controlnet import ControlNet, check_steers
+from jaxdiff.pipelines import controlnet as control
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
 from jaxdiff.pipelines.lora import LoRAMixin
 from jaxdiff.pipelines.prompts import tokenize
@@ -38,11 +43,14 @@ class StableDiffusion(LoRAMixin, Pipeline):
     """Text-to-image (`__call__`), `img2img` and `inpaint` with a UNet, a VAE and a CLIP text
     encoder in diffusers' layout; sampling defaults as diffusers' (50 DDIM steps, guidance 7.5),
     the sigmas as the scheduler config's diffusers scheduler lays them out. LoRAs load into the
-    UNet and the text encoder (`LoRAMixin`)."""
+    UNet and the text encoder (`LoRAMixin`). With ControlNets (`controlnet=`), every call takes
+    `control_image`, `controlnet_conditioning_scale`, `guess_mode`, `control_guidance_start` and
+    `control_guidance_end` (`jaxdiff.pipelines.controlnet`)."""
 
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"num_inference_steps": 50, "guidance_scale": 7.5, "sampler": "ddim"}
     )
+    conditioning_arguments = control.ARGUMENTS
 
     def __init__(
         self,
@@ -52,7 +60,23 @@ class StableDiffusion(LoRAMixin, Pipeline):
         tokenizer: Any,
         scheduler_config: dict[str, Any],
         devices: Sequence[jax.Device] | None = None,
+        controlnet: ControlNet | Sequence[ControlNet] = (),
     ):
+        controlnets = (controlnet,) if isinstance(controlnet, ControlNet) else tuple(controlnet)
+        for k, net in enumerate(controlnets):
+            name = "controlnet" if len(controlnets) == 1 else f"controlnet[{k}]"
+            require(
+                isinstance(net, ControlNet),
+                f"{name} is a {type(net).__name__}; accepted: a ControlNet",
+            )
+            check_steers(net, unet, name)
+            require(
+                net.conditioning_factor == vae.downsample_factor,
+                f"{name} reads control images at {net.conditioning_factor}x the latents' size, "
+                f"the VAE makes images {vae.downsample_factor}x; accepted: a ControlNet made for "
+                "this model",
+            )
+        self.controlnet_architectures = tuple(dict(net.architecture) for net in controlnets)
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self.scheduler = SchedulerConfig.from_dict(self.scheduler_config)
@@ -62,7 +86,7 @@ class StableDiffusion(LoRAMixin, Pipeline):
         self.network_in_channels = unet_arch["in_channels"]
         self.default_size = unet.sample_size * self.vae_scale_factor
         diffusion = Diffusion(self.scheduler.process, self.scheduler.parameterization)
-        super().__init__((unet, vae, text_encoder), diffusion, devices)
+        super().__init__((unet, vae, text_encoder, controlnets), diffusion, devices)
 
     @classmethod
     def from_pretrained(
@@ -73,18 +97,29 @@ class StableDiffusion(LoRAMixin, Pipeline):
         param_dtype: DTypeLike | None = None,
         variant: str | None = None,
         devices: Sequence[jax.Device] | None = None,
+        controlnet: Any = None,
     ) -> StableDiffusion:
         """A diffusers-format Stable Diffusion folder or hub id (see
         `jaxdiff.convert.load_pipeline_components`); `dtype` is the networks' compute dtype,
-        `param_dtype` that of their weights (default: `dtype`)."""
+        `param_dtype` that of their weights (default: `dtype`). `controlnet`: a `ControlNetModel`
+        folder or a `ControlNet`, or a list of them."""
+        from jaxdiff.convert.components import from_diffusers
         from jaxdiff.convert.pipeline_components import load_pipeline_components
 
+        param_dtype = dtype if param_dtype is None else param_dtype
         parts = load_pipeline_components(
-            model_dir_or_hub_id,
-            dtype=dtype,
-            param_dtype=dtype if param_dtype is None else param_dtype,
-            variant=variant,
+            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant
         )
+        if controlnet is None:
+            given = []
+        else:
+            given = list(controlnet) if isinstance(controlnet, list | tuple) else [controlnet]
+        controlnets = [
+            net
+            if isinstance(net, ControlNet)
+            else from_diffusers(net, dtype=dtype, param_dtype=param_dtype, variant=variant)
+            for net in given
+        ]
         return cls(
             parts.unet,
             parts.vae,
@@ -92,10 +127,50 @@ class StableDiffusion(LoRAMixin, Pipeline):
             parts.tokenizer,
             parts.scheduler_config,
             devices=devices,
+            controlnet=controlnets,
         )
 
+    def conditioning_size(self, arguments: dict[str, Any]) -> tuple[int, int] | None:
+        if not self._controlled(arguments):
+            return None
+        return control.control_size(arguments, self.controlnet_architectures)
+
+    def conditioning(
+        self,
+        arguments: dict[str, Any],
+        mode: str,
+        prompts: int,
+        repeat: int,
+        size: tuple[int, int],
+    ) -> Any:
+        if not self._controlled(arguments):
+            return None
+        return control.control_rows(
+            arguments, self.controlnet_architectures, mode, prompts, repeat, size
+        )
+
+    def _controlled(self, arguments: dict[str, Any]) -> bool:
+        """Whether a call runs ControlNets; its ControlNet arguments need some."""
+        if self.controlnet_architectures:
+            return True
+        if arguments:
+            raise UserError(
+                f"{sorted(arguments)[0]} needs a ControlNet; accepted: a pipeline made with "
+                "controlnet= (StableDiffusion.from_pretrained(..., controlnet=DIR))"
+            )
+        return False
+
+    @staticmethod
+    def step_context(
+        context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
+    ) -> tuple[Any, Any]:
+        if conditioning is None:
+            return context, uncontext
+        on, off = control.step_control(conditioning, step, steps)
+        return (context, on), (uncontext, off)
+
     def lora_components(self, networks: Any) -> dict[str, nnx.Module]:
-        unet, _, text_encoder = networks
+        unet, _, text_encoder, _ = networks
         return {"unet": unet, "text_encoder": text_encoder}
 
     def tokenize(self, prompts: list[str]) -> np.ndarray:
@@ -115,19 +190,25 @@ class StableDiffusion(LoRAMixin, Pipeline):
 
     @staticmethod
     def encode_prompts(networks: Any, ids: jax.Array) -> jax.Array:
-        _, _, text_encoder = networks
+        _, _, text_encoder, _ = networks
         return text_encoder(ids).last_hidden_state  # [B, T, D]
 
     @staticmethod
-    def predict(networks: Any, x_in: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
-        unet, _, _ = networks
-        return unet(x_in, t, context)
+    def predict(networks: Any, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:
+        """The UNet's output for the text context `[B, T, D]`, or for `(text, control)` with
+        the ControlNets' residuals added."""
+        unet, _, _, controlnets = networks
+        if not isinstance(context, tuple):
+            return unet(x_in, t, context)
+        text, control_arrays = context
+        down, mid = control.residuals(controlnets, x_in, t, text, control_arrays)
+        return unet(x_in, t, text, down, mid)
 
     @staticmethod
     def encode_images(networks: Any, images: jax.Array, keys: jax.Array) -> jax.Array:
         """Scaled latents sampled from the VAE posterior, as diffusers' pipelines encode
         images."""
-        _, vae, _ = networks
+        _, vae, _, _ = networks
         mean, logvar = vae.encode(images)  # [B, h, w, c] each
         mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
         eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(keys)
@@ -135,5 +216,5 @@ class StableDiffusion(LoRAMixin, Pipeline):
 
     @staticmethod
     def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
-        _, vae, _ = networks
+        _, vae, _, _ = networks
         return vae.decode(latents / vae.scaling_factor).astype(jnp.float32)

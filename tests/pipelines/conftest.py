@@ -16,8 +16,10 @@ from reference_models import (
     PIPELINE_VAE,
     SD15_SCHEDULER,
     UNET_CONFIGS,
+    build_controlnet,
     build_unet,
     build_vae,
+    encoder_options,
     save_stable_diffusion,
 )
 
@@ -92,3 +94,38 @@ def sd_folders(tmp_path_factory):
 def inpainting_folders(tmp_path_factory):
     """A tiny 9-channel inpainting model per prediction type."""
     return _save_model(tmp_path_factory, "inpaint", {**UNET_CONFIGS["inpaint"], "sample_size": 8})
+
+
+def _save_controlnet(tmp_path_factory, name: str, unet_config: dict, seed: int, **options):
+    """A ControlNet for the UNet of `unet_config` reading control images at the tiny VAE's
+    size (2x the latents'), saved by diffusers."""
+    config = {
+        **encoder_options(unet_config),
+        "conditioning_embedding_out_channels": (8, 16),
+        **options,
+    }
+    folder = tmp_path_factory.mktemp(name)
+    build_controlnet(config, seed).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def controlnet_folders(tmp_path_factory):
+    """Two ControlNets for `sd_folders`' model: one reading RGB control images, one BGR."""
+    return (
+        _save_controlnet(tmp_path_factory, "controlnet_rgb", PIPELINE_UNET, 3),
+        _save_controlnet(
+            tmp_path_factory,
+            "controlnet_bgr",
+            PIPELINE_UNET,
+            4,
+            controlnet_conditioning_channel_order="bgr",
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def inpainting_controlnet_folder(tmp_path_factory):
+    """A ControlNet for `inpainting_folders`' 9-channel UNet (it reads the 4 latent channels)."""
+    config = {**UNET_CONFIGS["inpaint"], "in_channels": 4}
+    return _save_controlnet(tmp_path_factory, "controlnet_inpaint", config, 5)

@@ -92,6 +92,20 @@ def test_pretrained_defaults_are_diffusers(sd_folders, tmp_path, monkeypatch):
         (["--sampler", "nope"], "unknown sampler 'nope'"),
         (["--negative-prompt", "x"] * 2, "2 --negative-prompt for 1 --prompt; give one for all"),
         (["--out", "grid"], "--out 'grid' is neither a .png file nor a folder"),
+        (["--control-image", "IMAGE"], "--control-image and --control-scale go with --controlnet"),
+        (["--controlnet", "c"], "0 --control-image for 1 --controlnet; give one per --controlnet"),
+        (
+            ["--controlnet", "c", "--control-image", "IMAGE", "--control-scale", "-1"],
+            "--control-scale -1.0 must be >= 0",
+        ),
+        (
+            ["--controlnet", "c", "--control-image", "IMAGE"] * 2 + ["--control-scale", "1"] * 3,
+            "3 --control-scale for 2 --controlnet",
+        ),
+        (
+            ["--controlnet", "c", "--control-image", "missing.png"],
+            "--control-image 'missing.png' is not a readable image",
+        ),
     ],
 )
 def test_bad_sample_arguments_are_one_line_errors(files, tmp_path, capsys, args, message):
@@ -103,9 +117,37 @@ def test_bad_sample_arguments_are_one_line_errors(files, tmp_path, capsys, args,
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_sample_with_a_controlnet_writes_the_api_images(
+    sd_folders, controlnet_folders, files, tmp_path
+):
+    """A ControlNet's control image sets the size; its scale and the file names are in the
+    PNG's text."""
+    folder, controlnet = sd_folders["epsilon"], controlnet_folders[0]
+    image, _ = files
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--pretrained", str(folder), "--prompt", "a red cat", "--steps", "3"]
+    argv += ["--controlnet", str(controlnet), "--control-image", str(image)]
+    argv += ["--control-scale", "0.6", "--num-images", "2", "--out", str(out)]
+    assert main(argv) == 0
+    pipe = StableDiffusion.from_pretrained(folder, controlnet=controlnet)
+    want = pipe(
+        "a red cat",
+        num_inference_steps=3,
+        num_images_per_prompt=2,
+        control_image=Image.open(image),
+        controlnet_conditioning_scale=0.6,
+    )
+    np.testing.assert_array_equal(grid_cells(out, rows=1, columns=2), _uint8(want))
+    text = read_png_text(out)
+    assert (text["controlnet"], text["control_image"]) == (str(controlnet), str(image))
+    assert text["control_scale"] == "0.6"
+
+
 def test_workdir_and_pretrained_exclude_each_other(capsys):
     assert main(["sample", "--workdir", "w", "--pretrained", "p", "--prompt", "a"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
     # Arguments are checked before the run is looked at.
     assert main(["sample", "--workdir", "w", "--prompt", "a", "--image", "x.png"]) == 2
     assert "--image 'x.png' is not a readable image" in capsys.readouterr().err
+    assert main(["sample", "--workdir", "w", "--prompt", "a", "--controlnet", "c"]) == 2
+    assert "--controlnet goes with --pretrained" in capsys.readouterr().err
