@@ -26,8 +26,11 @@ SHAPES_HOLDOUT = (
 )
 
 
-def shapes_data(image_size: int = 32, holdout: str = SHAPES_HOLDOUT) -> ml_collections.ConfigDict:
-    """The embedded captioned ``shapes`` data set (already random: not shuffled)."""
+def shapes_data(
+    image_size: int = 32, holdout: str = SHAPES_HOLDOUT, conditioning: str = ""
+) -> ml_collections.ConfigDict:
+    """The embedded captioned ``shapes`` data set (already random: not shuffled); with
+    ``conditioning`` ("mask" or "edges") each example has a ControlNet conditioning image."""
     return ml_collections.ConfigDict(
         {
             "name": "shapes",
@@ -35,20 +38,27 @@ def shapes_data(image_size: int = 32, holdout: str = SHAPES_HOLDOUT) -> ml_colle
             **stream(shuffle=False, threads=0),
             "background": "textured",
             "holdout": holdout,
+            "conditioning": conditioning,
         }
     )
 
 
 def folder_data(
-    path: str, image_size: int, crop: str = "center", flip: bool = False
+    path: str,
+    image_size: int,
+    crop: str = "center",
+    flip: bool = False,
+    conditioning_column: str = "",
 ) -> ml_collections.ConfigDict:
-    """An image-caption folder (``captions.jsonl`` / ``metadata.jsonl`` / ``metadata.csv``)."""
+    """An image-caption folder (``captions.jsonl`` / ``metadata.jsonl`` / ``metadata.csv``);
+    ``conditioning_column`` names each row's ControlNet conditioning image ("": none)."""
     return ml_collections.ConfigDict(
         {
             "name": "folder",
             "path": path,
             "image_column": "file_name",
             "caption_column": "text",
+            "conditioning_column": conditioning_column,
             **transform(image_size, resize=True, crop=crop, flip=flip),
             **stream(shuffle=True, threads=8),
         }
@@ -65,8 +75,10 @@ def tfds_data(
     caption_template: str = "{}",
     resize: bool = False,
     flip: bool = False,
+    conditioning_key: str = "",
 ) -> ml_collections.ConfigDict:
-    """A tfds data set prepared as ArrayRecord, captioned by a text feature or class names."""
+    """A tfds data set prepared as ArrayRecord, captioned by a text feature or class names;
+    ``conditioning_key`` names a ControlNet conditioning image feature ("": none)."""
     return ml_collections.ConfigDict(
         {
             "name": "tfds",
@@ -77,6 +89,7 @@ def tfds_data(
             "caption_key": caption_key,
             "label_key": label_key,
             "caption_template": caption_template,
+            "conditioning_key": conditioning_key,
             **transform(image_size, resize=resize, flip=flip),
             **stream(shuffle=True, threads=4),
         }

@@ -133,14 +133,15 @@ def build_parser(config_help: bool = False) -> argparse.ArgumentParser:
         action="append",
         type=Path,
         metavar="PATH",
-        help="the control image of each --controlnet, in order (its size is the images' size)",
+        help="the control image of each --controlnet in order, or of a ControlNet run's "
+        "--workdir (its size is the images' size)",
     )
     sample.add_argument(
         "--control-scale",
         action="append",
         type=float,
         metavar="S",
-        help="the ControlNets' conditioning scale >= 0: one for all or one per --controlnet "
+        help="the ControlNets' conditioning scale >= 0: one for all or one per --control-image "
         "(default diffusers': 1; img2img 0.8; inpaint 0.5)",
     )
     sample.add_argument(
@@ -443,8 +444,9 @@ def _sample(args: argparse.Namespace) -> int:
     }
     if args.lora:
         text["lora"] = ", ".join(f"{path}:{scale:g}" for path, scale in args.lora)
-    if args.controlnet:
-        text["controlnet"] = " | ".join(map(str, args.controlnet))
+    if args.control_image:
+        if args.controlnet:
+            text["controlnet"] = " | ".join(map(str, args.controlnet))
         text["control_image"] = " | ".join(map(str, args.control_image))
         if args.control_scale:
             text["control_scale"] = " | ".join(f"{s:g}" for s in args.control_scale)
@@ -475,14 +477,16 @@ _ACCEPTED = {
 def _control_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline arguments of --controlnet, --control-image and --control-scale, checked and
     the images read (before any weights are)."""
-    nets = args.controlnet or []
-    if not nets:
-        if args.control_image or args.control_scale:
-            raise UserError("--control-image and --control-scale go with --controlnet")
-        return {}
-    if args.pretrained is None:
-        raise UserError("--controlnet goes with --pretrained (Stable Diffusion weights)")
     given = args.control_image or []
+    if args.controlnet and args.pretrained is None:
+        raise UserError("--controlnet goes with --pretrained (Stable Diffusion weights)")
+    if not (args.controlnet or given):
+        if args.control_scale:
+            raise UserError("--control-scale goes with --control-image")
+        return {}
+    if not args.controlnet and args.workdir is None:
+        raise UserError("--control-image goes with --controlnet (or a ControlNet run's --workdir)")
+    nets = args.controlnet or [args.workdir]
     if len(given) != len(nets):
         raise UserError(
             f"{len(given)} --control-image for {len(nets)} --controlnet; give one per --controlnet"

@@ -9,6 +9,10 @@ row), each row giving an image path relative to the folder (column ``file_name``
       captions.jsonl      {"file_name": "0001.jpg", "text": "a red bicycle against a wall"}
       0001.jpg
       more/0002.png
+
+A ControlNet's data adds a conditioning image per row (diffusers' `train_controlnet.py` layout:
+column ``conditioning_file_name``, set by ``data.conditioning_column``), read as
+``conditioning_image`` beside the image.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ class FolderSource:
     """Random access to the (image, caption) records of an image-caption folder."""
 
     def __init__(
-        self, path: str | Path, image_column: str = "file_name", caption_column: str = "text"
+        self,
+        path: str | Path,
+        image_column: str = "file_name",
+        caption_column: str = "text",
+        conditioning_column: str = "",
     ):
         self.root = Path(path)
         self.name = f"data folder {str(path)!r}"
@@ -60,32 +68,42 @@ class FolderSource:
             raise UserError(f"{self.metadata} lists no images")
         self.files: list[Path] = []
         self.captions: list[str | list[str]] = []
-        root = self.root.resolve()
+        self.conditioning_files: list[Path] = []
+        columns = [image_column, caption_column] + [conditioning_column] * bool(conditioning_column)
         for line, row in rows:
             where = f"{self.metadata} line {line}"
-            for column in (image_column, caption_column):
+            for column in columns:
                 if column not in row:
                     raise UserError(
                         f"{where} has no {column!r} field; it has {', '.join(map(repr, row))}"
                     )
-            name, caption = row[image_column], row[caption_column]
-            file = (self.root / str(name)).resolve()
-            if not file.is_relative_to(root):
-                raise UserError(f"{where} names {name!r}, which is outside {self.name}")
-            if not file.is_file():
-                raise UserError(f"{where} names {name!r}, which is not a file in {self.name}")
+            caption = row[caption_column]
             if not _is_caption(caption):
                 raise UserError(
                     f"{where}: caption {caption!r} is not a string or a non-empty list of strings"
                 )
-            self.files.append(file)
+            self.files.append(self._file(row[image_column], where))
             self.captions.append(caption)
+            if conditioning_column:
+                self.conditioning_files.append(self._file(row[conditioning_column], where))
+
+    def _file(self, name: Any, where: str) -> Path:
+        """The file a row names, inside the folder."""
+        file = (self.root / str(name)).resolve()
+        if not file.is_relative_to(self.root.resolve()):
+            raise UserError(f"{where} names {name!r}, which is outside {self.name}")
+        if not file.is_file():
+            raise UserError(f"{where} names {name!r}, which is not a file in {self.name}")
+        return file
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": _read_image(self.files[index]), "caption": self.captions[index]}
+        record = {"image": _read_image(self.files[index]), "caption": self.captions[index]}
+        if self.conditioning_files:
+            record["conditioning_image"] = _read_image(self.conditioning_files[index])
+        return record
 
     def image_shape(self) -> tuple[int, int] | None:
         """Read from the image headers alone; None when the sizes differ."""

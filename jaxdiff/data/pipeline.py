@@ -1,7 +1,8 @@
 """Image-caption data through grain: a record source, shuffled per epoch, repeated, transformed.
 
 A *source* is random access (`len`, `source[i]`) to records `{"image": uint8 [H, W, C],
-"caption": str or a list of str, ...}`: the embedded `shapes`, an image-caption folder
+"caption": str or a list of str, ...}`, with a `conditioning_image` of the image's size for a
+ControlNet's data: the embedded `shapes`, an image-caption folder
 (`jaxdiff.data.folder`) or any tfds image data set (`jaxdiff.data.tfds_source`). A grain
 `MapDataset` shuffles it (a new order every epoch), repeats it without end and applies the
 `ImageTransform` (resize, center / random crop, flip, one caption of several) with randomness drawn
@@ -86,15 +87,29 @@ class ImageTransform:
         check_choice("data.crop", self.crop, CROPS)
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = as_rgb(record["image"])  # [H, W, 3]
-        height, width = image.shape[:2]
+        """The record with its image (and conditioning image, the same crop and flip) square
+        and one caption."""
+        pictures = {"image": as_rgb(record["image"])}  # [H, W, 3]
+        if "conditioning_image" in record:
+            pictures["conditioning_image"] = as_rgb(record["conditioning_image"])
+            shapes = {k: v.shape[:2] for k, v in pictures.items()}
+            if len(set(shapes.values())) > 1:
+                raise UserError(
+                    f"conditioning image of size {'x'.join(map(str, shapes['conditioning_image']))}"
+                    f" for an image of size {'x'.join(map(str, shapes['image']))}; accepted: "
+                    "the image's size"
+                )
+        height, width = pictures["image"].shape[:2]
         size = self.size
         if self.resize:
             scale = size / min(height, width)
             target = (max(size, round(width * scale)), max(size, round(height * scale)))
             if target != (width, height):
-                image = np.asarray(Image.fromarray(image).resize(target, RESIZE_FILTER))
-            height, width = image.shape[:2]
+                pictures = {
+                    k: np.asarray(Image.fromarray(v).resize(target, RESIZE_FILTER))
+                    for k, v in pictures.items()
+                }
+            height, width = pictures["image"].shape[:2]
         elif (height, width) != (size, size):
             raise UserError(
                 f"image of size {height}x{width} is not data.image_size {size}x{size}; "
@@ -103,13 +118,14 @@ class ImageTransform:
         top, left = (height - size) // 2, (width - size) // 2
         if self.crop == "random":
             top, left = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
-        image = image[top : top + size, left : left + size]  # [S, S, 3]
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
+        flip = self.flip and rng.random() < 0.5
+        for key, picture in pictures.items():
+            picture = picture[top : top + size, left : left + size]  # [S, S, 3]
+            pictures[key] = np.ascontiguousarray(picture[:, ::-1] if flip else picture)
         caption = record["caption"]
         if not isinstance(caption, str):
             caption = caption[int(rng.integers(len(caption)))] if len(caption) else ""
-        return {**record, "image": np.ascontiguousarray(image), "caption": caption}
+        return {**record, **pictures, "caption": caption}
 
 
 class ImageTextDataset:
@@ -162,8 +178,9 @@ class ImageTextDataset:
         return np.array([self._indices[i] for i in check_indices(positions, "position").tolist()])
 
     def batch(self, positions: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """`image` float32 in [-1, 1] `[N, S, S, 3]`, `caption` (N strings) and any other record
-        fields stacked `[N, ...]`."""
+        """`image` float32 in [-1, 1] `[N, S, S, 3]`, `caption` (N strings), a
+        `conditioning_image` float32 in [0, 1] `[N, S, S, 3]` if the records have one, and any
+        other record fields stacked `[N, ...]`."""
         records = self.examples(positions)
         if not records:
             size = self.transform.size
@@ -175,6 +192,8 @@ class ImageTextDataset:
         }
         images = np.stack([r["image"] for r in records])  # [N, S, S, 3] uint8
         batch["image"] = images.astype(np.float32) / 127.5 - 1.0
+        if "conditioning_image" in batch:  # [N, S, S, 3] in [0, 1], as ControlNets read it
+            batch["conditioning_image"] = batch["conditioning_image"].astype(np.float32) / 255.0
         batch["caption"] = [r["caption"] for r in records]
         return batch
 
@@ -186,7 +205,8 @@ class ImageTextDataset:
 
 
 def make_source(data: ml_collections.ConfigDict) -> Source:
-    """The record source ``config.data`` names (``data.name``: shapes, folder or tfds)."""
+    """The record source ``config.data`` names (``data.name``: shapes, folder or tfds); its
+    conditioning field ("" when a saved config has none) adds ControlNet conditioning images."""
     check_choice("data.name", data.name, SOURCES)
     if data.name == "shapes":
         from jaxdiff.data.shapes import ShapesDataset, parse_holdout
@@ -196,6 +216,7 @@ def make_source(data: ml_collections.ConfigDict) -> Source:
             seed=data.seed,
             holdout=parse_holdout(data.holdout),
             background=data.background,
+            conditioning=data.get("conditioning", ""),
         )
     if data.name == "folder":
         from jaxdiff.data.folder import FolderSource
@@ -204,7 +225,9 @@ def make_source(data: ml_collections.ConfigDict) -> Source:
             bool(data.path),
             "data.path is empty; give the image-caption folder: --config.data.path=FOLDER",
         )
-        return FolderSource(data.path, data.image_column, data.caption_column)
+        return FolderSource(
+            data.path, data.image_column, data.caption_column, data.get("conditioning_column", "")
+        )
     from jaxdiff.data.tfds_source import TfdsSource
 
     return TfdsSource(
@@ -215,6 +238,7 @@ def make_source(data: ml_collections.ConfigDict) -> Source:
         caption_key=data.caption_key,
         label_key=data.label_key,
         caption_template=data.caption_template,
+        conditioning_key=data.get("conditioning_key", ""),
     )
 
 

@@ -31,6 +31,9 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
 POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right", "center")
 BACKGROUNDS: tuple[str, ...] = ("plain", "textured")
+CONDITIONINGS: tuple[str, ...] = ("", "mask", "edges")
+"""A ControlNet's conditioning image of each example: none, the shape's filled silhouette
+(white on black) or its outline."""
 
 # RGB in [0, 255], one row per entry of COLOURS; hues 0, 120, 240, 58, 300 and 180 degrees.
 PALETTE: np.ndarray = np.array(
@@ -281,12 +284,15 @@ class ShapesDataset:
       holdout: (shape, colour, position) name triples that never appear (see `parse_holdout`).
       background: "plain" (a flat dark-to-mid grey) or "textured" (grey with a light,
         low-contrast pattern of waves and grain).
+      conditioning: "" (none), "mask" or "edges": each record's `conditioning_image`, the
+        shape's silhouette or outline in its place (`CONDITIONINGS`).
     """
 
     image_size: int = 32
     seed: int = 0
     holdout: tuple[tuple[str, str, str], ...] = ()
     background: str = "textured"
+    conditioning: str = ""
     name: ClassVar[str] = "data set 'shapes'"
 
     def __post_init__(self) -> None:
@@ -295,6 +301,11 @@ class ShapesDataset:
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise UserError(f"seed {self.seed!r} must be an integer in [0, 2**63)")
         check_choice("background", self.background, BACKGROUNDS)
+        if self.conditioning not in CONDITIONINGS:
+            raise UserError(
+                f"data.conditioning={self.conditioning!r} is not supported; accepted: "
+                "'' (none), mask, edges"
+            )
         for combination in self.holdout:
             _check_combination(combination)
         object.__setattr__(self, "holdout", tuple(tuple(c) for c in self.holdout))
@@ -329,13 +340,31 @@ class ShapesDataset:
         """(shape, colour, position) ids of each example: `[N, 3]` int32."""
         return self._attributes(self._keys(indices))
 
+    def _coverage(self, u: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        """The fraction of each pixel the shape covers, from the geometry draws `u` `[N, 14]`:
+        `[N, S, S]`."""
+        center = ANCHORS[attributes[:, 2]] + _POSITION_JITTER * (2.0 * u[:, 0:2] - 1.0)  # [N, 2]
+        radius = _RADIUS_RANGE[0] + (_RADIUS_RANGE[1] - _RADIUS_RANGE[0]) * u[:, 2]  # [N]
+        return shape_coverage(attributes[:, 0], center, radius, self.image_size)
+
+    def _conditioning_images(self, keys: np.ndarray, attributes: np.ndarray) -> np.ndarray:
+        """The examples' conditioning images (`conditioning`): `[N, S, S, 3]` uint8."""
+        alpha = self._coverage(_uniform(keys, _GEOMETRY_STREAM, 14), attributes)  # [N, S, S]
+        if self.conditioning == "edges":  # covered pixels next to an uncovered one
+            padded = np.pad(alpha, ((0, 0), (1, 1), (1, 1)), constant_values=0.0)
+            size = self.image_size
+            inner = np.min(
+                [padded[:, i : i + size, j : j + size] for i in range(3) for j in range(3)], axis=0
+            )
+            alpha = alpha - inner
+        value = np.rint(255.0 * np.clip(alpha, 0.0, 1.0)).astype(np.uint8)
+        return np.repeat(value[..., None], 3, axis=-1)
+
     def _images(self, keys: np.ndarray, attributes: np.ndarray) -> np.ndarray:
         """Renders the examples: `[N, S, S, 3]` uint8."""
         n, size = len(keys), self.image_size
         u = _uniform(keys, _GEOMETRY_STREAM, 14)  # [N, 14]
-        center = ANCHORS[attributes[:, 2]] + _POSITION_JITTER * (2.0 * u[:, 0:2] - 1.0)  # [N, 2]
-        radius = _RADIUS_RANGE[0] + (_RADIUS_RANGE[1] - _RADIUS_RANGE[0]) * u[:, 2]  # [N]
-        alpha = shape_coverage(attributes[:, 0], center, radius, size)  # [N, S, S]
+        alpha = self._coverage(u, attributes)  # [N, S, S]
 
         brightness = _BRIGHTNESS_RANGE[0] + (_BRIGHTNESS_RANGE[1] - _BRIGHTNESS_RANGE[0]) * u[:, 3]
         colour = PALETTE[attributes[:, 1]] * brightness[:, None]  # [N, 3]
@@ -410,15 +439,18 @@ class ShapesDataset:
         return STREAM_LENGTH
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:
-        """The record `jaxdiff.data.pipeline` reads: `image` uint8 `[S, S, 3]`, `caption` and
-        `attributes` `[3]`."""
+        """The record `jaxdiff.data.pipeline` reads: `image` uint8 `[S, S, 3]`, `caption`,
+        `attributes` `[3]` and, with `conditioning`, `conditioning_image` uint8 `[S, S, 3]`."""
         keys = self._keys(np.array([index]))
         attributes = self._attributes(keys)
-        return {
+        record = {
             "image": self._images(keys, attributes)[0],
             "caption": self._captions(keys, attributes)[0],
             "attributes": attributes[0],
         }
+        if self.conditioning:
+            record["conditioning_image"] = self._conditioning_images(keys, attributes)[0]
+        return record
 
     def image_shape(self) -> tuple[int, int]:
         return self.image_size, self.image_size
@@ -432,14 +464,19 @@ class ShapesDataset:
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray | list[str]]:
         """A training batch.
 
-        Returns `image` float32 in [-1, 1] `[N, S, S, 3]`, `caption` (N strings) and
-        `attributes` int32 `[N, 3]`.
+        Returns `image` float32 in [-1, 1] `[N, S, S, 3]`, `caption` (N strings),
+        `attributes` int32 `[N, 3]` and, with `conditioning`, `conditioning_image` float32 in
+        [0, 1] `[N, S, S, 3]`.
         """
         keys = self._keys(indices)
         attributes = self._attributes(keys)
         image = self._images(keys, attributes).astype(np.float32) / 127.5 - 1.0
-        return {
+        batch = {
             "image": image,
             "caption": self._captions(keys, attributes),
             "attributes": attributes,
         }
+        if self.conditioning:
+            pictures = self._conditioning_images(keys, attributes)
+            batch["conditioning_image"] = pictures.astype(np.float32) / 255.0
+        return batch

@@ -31,6 +31,7 @@ class TfdsSource:
         caption_key: str = "",
         label_key: str = "",
         caption_template: str = "{}",
+        conditioning_key: str = "",
     ):
         import tensorflow_datasets as tfds
 
@@ -40,7 +41,12 @@ class TfdsSource:
         splits = sorted(builder.info.splits)
         if splits and split.split("[")[0] not in splits:
             raise UserError(f"{self.name} has no split {split!r}; accepted: {', '.join(splits)}")
-        for role, key in (("image", image_key), ("caption", caption_key), ("label", label_key)):
+        for role, key in (
+            ("image", image_key),
+            ("caption", caption_key),
+            ("label", label_key),
+            ("conditioning image", conditioning_key),
+        ):
             if key and _feature(features, key) is None:
                 raise UserError(
                     f"{self.name} has no {role} feature {key!r}; features: "
@@ -60,6 +66,7 @@ class TfdsSource:
                 )
             self.class_names = [caption_template.format(name.replace("_", " ")) for name in names]
         self.image_key, self.caption_key, self.label_key = image_key, caption_key, label_key
+        self.conditioning_key = conditioning_key
         self._image_feature = _feature(features, image_key)
         try:
             self.records = tfds.data_source(
@@ -84,7 +91,10 @@ class TfdsSource:
             caption = _text(_feature(example, self.caption_key))
         else:
             caption = ""
-        return {"image": image, "caption": caption}
+        record = {"image": image, "caption": caption}
+        if self.conditioning_key:
+            record["conditioning_image"] = np.asarray(_feature(example, self.conditioning_key))
+        return record
 
     def image_shape(self) -> tuple[int, int] | None:
         shape = getattr(self._image_feature, "shape", None)

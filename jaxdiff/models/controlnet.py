@@ -169,14 +169,26 @@ class ControlNet(UNetEncoder):
             param_dtype=first.dtype if param_dtype is None else param_dtype,
             rngs=rngs,
         )
+        controlnet.copy_encoder(unet)
+        return controlnet
+
+    def copy_encoder(self, unet: UNet) -> None:
+        """Sets `conv_in`, the time embedding, the down and mid blocks to copies of `unet`'s
+        (new arrays, cast to this ControlNet's parameter dtype)."""
+        mine, theirs = dict(self.architecture), dict(unet.architecture)
+        for key in _UNET_ARGUMENTS:
+            if mine[key] != theirs[key]:
+                raise UserError(
+                    f"the ControlNet has {key}={mine[key]!r}, the UNet {theirs[key]!r}; "
+                    "accepted: a ControlNet with the UNet's encoder (ControlNet.from_unet)"
+                )
         for name in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
             state = nnx.state(getattr(unet, name), nnx.Param)
-            target = nnx.state(getattr(controlnet, name), nnx.Param)
+            target = nnx.state(getattr(self, name), nnx.Param)
             nnx.update(
-                getattr(controlnet, name),
-                jax.tree.map(lambda src, dst: jnp.asarray(src, dst.dtype), state, target),
+                getattr(self, name),
+                jax.tree.map(lambda src, dst: jnp.array(src, dst.dtype, copy=True), state, target),
             )
-        return controlnet
 
     def __call__(
         self,

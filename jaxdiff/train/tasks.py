@@ -127,6 +127,7 @@ def validate_sample(config: ml_collections.ConfigDict) -> None:
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Task:
     """The task named by ``config.task``, with the config validated."""
+    from jaxdiff.train.controlnet_task import ControlNetTask
     from jaxdiff.train.finetune_task import FinetuneTask
     from jaxdiff.train.lora_task import LoRATask
     from jaxdiff.train.text_to_image_task import TextToImageTask
@@ -137,6 +138,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = No
         "text_to_image": TextToImageTask,
         "finetune": FinetuneTask,
         "lora": LoRATask,
+        "controlnet": ControlNetTask,
     }
     check_choice("task", config.task, tuple(sorted(tasks)))
     validate_common(config)

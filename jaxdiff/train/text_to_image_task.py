@@ -8,6 +8,7 @@ workdir is self-contained. With ``vae_workdir = ""`` the model works on pixels.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,10 +172,13 @@ def caption_dropout_loss(
     unconditional: np.ndarray,
     model: TextToImageModel,
     batch: dict,
+    network: Callable[..., jax.Array] | None = None,
+    *conditioning: jax.Array,
 ) -> tuple[jax.Array, dict]:
     """The denoising loss `[B]` of (latent) images conditioned on their captions, each caption
     replaced by the empty prompt with probability ``rate`` so that the model also learns the
-    unconditional denoiser (classifier-free guidance).
+    unconditional denoiser (classifier-free guidance). The denoiser network is
+    ``network(x, t, context, *conditioning)`` (default: the model's UNet).
 
     ``batch`` holds images and token ids (``unconditional``: the empty prompt's ids `[1, T]`), or
     the frozen encoders' cached ``moments`` and ``context`` (``unconditional``: the empty
@@ -190,7 +194,8 @@ def caption_dropout_loss(
         x0 = model.encode_images(batch["image"], latent_keys)  # [B, h, w, c]
         ids = jnp.where(drop, jnp.asarray(unconditional), batch["ids"])  # [B, T]
         context = model.encode_text(ids)  # [B, T, D]
-    return diffusion.loss(model.unet, x0.astype(jnp.float32), noise_keys, context), {}  # [B]
+    network = model.unet if network is None else network
+    return diffusion.loss(network, x0.astype(jnp.float32), noise_keys, context, *conditioning), {}
 
 
 def _autoencoder_config(

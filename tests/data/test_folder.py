@@ -129,3 +129,36 @@ def test_a_truncated_image_is_a_one_line_error_when_read(folder):
     (folder / "a.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match=r"a.png is not a readable image"):
         FolderSource(folder)[0]
+
+
+def test_conditioning_images_get_the_image_crop_and_flip(tmp_path):
+    """Each row's conditioning image (diffusers' ControlNet column) is resized, cropped and
+    flipped as its image: here it is the image itself."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        pixels = rng.integers(0, 255, (10, 14, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "conditioning_file_name": f"{i}.png", "text": "x"})
+    write_jsonl(tmp_path / "metadata.jsonl", rows)
+    config = common.folder_data(
+        str(tmp_path), 8, crop="random", flip=True, conditioning_column="conditioning_file_name"
+    )
+    batch = make_dataset(config).batch(np.arange(12))
+    assert batch["conditioning_image"].shape == (12, 8, 8, 3)
+    np.testing.assert_allclose(batch["conditioning_image"], (batch["image"] + 1) / 2, atol=1e-6)
+
+
+def test_conditioning_column_errors(tmp_path):
+    write_image(tmp_path / "a.png", size=(12, 12))
+    write_image(tmp_path / "c.png", size=(10, 12))
+    write_jsonl(tmp_path / "metadata.jsonl", [{"file_name": "a.png", "text": "x"}])
+    with pytest.raises(UserError, match="line 1 has no 'conditioning_file_name' field"):
+        FolderSource(tmp_path, conditioning_column="conditioning_file_name")
+    write_jsonl(
+        tmp_path / "metadata.jsonl",
+        [{"file_name": "a.png", "text": "x", "conditioning_file_name": "c.png"}],
+    )
+    config = common.folder_data(str(tmp_path), 12, conditioning_column="conditioning_file_name")
+    with pytest.raises(UserError, match="conditioning image of size 12x10 for an image of size"):
+        make_dataset(config).batch(np.arange(1))

@@ -193,3 +193,30 @@ def test_validation() -> None:
         data.images(np.array([0, -3]))
     with pytest.raises(UserError, match="1-D integer"):
         data.images(np.array([0.5]))
+
+
+@pytest.mark.parametrize("conditioning", ["mask", "edges"])
+def test_conditioning_images_trace_the_shape(conditioning: str) -> None:
+    """The mask covers the image's coloured pixels, the outline lies on the mask's border; a
+    record and a batch give the same."""
+    plain = ShapesDataset(image_size=32, seed=3, background="plain")
+    data = ShapesDataset(image_size=32, seed=3, background="plain", conditioning=conditioning)
+    indices = np.arange(40)
+    batch = data.batch(indices)
+    control = batch["conditioning_image"]  # [N, 32, 32, 3] in [0, 1]
+    assert control.shape == (40, 32, 32, 3) and control.dtype == np.float32
+    assert (control[..., :1] == control).all() and control.min() >= 0 and control.max() == 1
+    np.testing.assert_array_equal(data[7]["conditioning_image"], np.rint(255 * control[7]))
+    np.testing.assert_array_equal(batch["image"], plain.batch(indices)["image"])
+    images = plain.images(indices).astype(np.int16)
+    shape = (images.max(-1) - images.min(-1)) > 60  # [N, 32, 32] the saturated shape
+    on = control[..., 0] > 0.5
+    if conditioning == "mask":
+        assert (control[..., 0][shape] > 0).all() and (shape[on]).mean() > 0.85
+    else:
+        inside = ndimage.binary_erosion(shape, structure=np.ones((1, 3, 3), bool), iterations=2)
+        assert on.any(axis=(1, 2)).all() and not (on & inside).any()
+        near = ndimage.binary_dilation(shape, structure=np.ones((1, 3, 3), bool), iterations=2)
+        assert not (on & ~near).any()
+    with pytest.raises(UserError, match=r"conditioning='depth' .*accepted: '' \(none\), mask"):
+        ShapesDataset(conditioning="depth")

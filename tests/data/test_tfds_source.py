@@ -74,3 +74,12 @@ def test_unprepared_data_set_says_how_to_prepare_it(tmp_path):
 def test_wrong_image_size_without_resize(mock_tfds):
     with pytest.raises(UserError, match=r"holds 28x28 images, not data.image_size 16x16"):
         make_dataset(common.tfds_data("mnist", image_size=16))
+
+
+def test_conditioning_feature(mock_tfds):
+    """A conditioning image feature (here the image feature itself) beside each image."""
+    config = common.tfds_data("mnist", image_size=28, label_key="label", conditioning_key="image")
+    batch = make_dataset(config).batch(np.arange(4))
+    np.testing.assert_allclose(batch["conditioning_image"], (batch["image"] + 1) / 2, atol=1e-6)
+    with pytest.raises(UserError, match="has no conditioning image feature 'edges'"):
+        TfdsSource("mnist", conditioning_key="edges")

@@ -92,7 +92,8 @@ def test_pretrained_defaults_are_diffusers(sd_folders, tmp_path, monkeypatch):
         (["--sampler", "nope"], "unknown sampler 'nope'"),
         (["--negative-prompt", "x"] * 2, "2 --negative-prompt for 1 --prompt; give one for all"),
         (["--out", "grid"], "--out 'grid' is neither a .png file nor a folder"),
-        (["--control-image", "IMAGE"], "--control-image and --control-scale go with --controlnet"),
+        (["--control-image", "IMAGE"], "--control-image goes with --controlnet (or a ControlNet"),
+        (["--control-scale", "1"], "--control-scale goes with --control-image"),
         (["--controlnet", "c"], "0 --control-image for 1 --controlnet; give one per --controlnet"),
         (
             ["--controlnet", "c", "--control-image", "IMAGE", "--control-scale", "-1"],

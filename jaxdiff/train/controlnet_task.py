@@ -1,0 +1,200 @@
+"""Training a ControlNet (Zhang et al. 2023) for a pretrained Stable Diffusion model.
+
+Everything is `FinetuneTask`'s (the model folder, the scheduler's objective, caption dropout) but
+what is trained: a ControlNet that starts as a copy of the UNet's encoder with zero convolutions
+(or from ``controlnet.pretrained``, a diffusers `ControlNetModel` folder), while the UNet, the VAE
+and the text encoder stay frozen, as diffusers' ``train_controlnet.py`` trains one. The data give
+a conditioning image beside each image and caption (``data.conditioning_column`` of a folder,
+``data.conditioning_key`` of a tfds set, ``data.conditioning`` of the shapes).
+
+When the run reaches its last step, its ControlNet (EMA weights) is written as a diffusers
+`ControlNetModel` folder, ``WORKDIR/controlnet``, which ``jaxdiff sample --controlnet`` and
+diffusers' ``ControlNetModel.from_pretrained`` load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxdiff import images
+from jaxdiff.atomic_write import atomic_path
+from jaxdiff.convert.components import from_diffusers, write_component
+from jaxdiff.errors import UserError, require
+from jaxdiff.models.controlnet import CHANNEL_ORDERS, ControlNet, check_steers
+from jaxdiff.models.text_to_image import TextToImageModel
+from jaxdiff.pipelines import StableDiffusion
+from jaxdiff.pipelines.sample_png import sample_text
+from jaxdiff.train.finetune_task import FinetuneTask
+from jaxdiff.train.text_to_image_task import caption_dropout_loss
+
+EXPORT_DIR = "controlnet"  # WORKDIR/controlnet: the trained ControlNet in diffusers' format
+
+
+class ControlledModel(TextToImageModel):
+    """A text-to-image model and the ControlNet that steers its UNet."""
+
+    def __init__(
+        self,
+        text_encoder: nnx.Module,
+        unet: nnx.Module,
+        autoencoder: nnx.Module,
+        latent_scale: float,
+        controlnet: ControlNet,
+    ):
+        super().__init__(text_encoder, unet, autoencoder, latent_scale)
+        self.controlnet = controlnet
+
+    def steered(self, x: jax.Array, t: jax.Array, context: jax.Array, cond: jax.Array) -> jax.Array:
+        """The UNet's output with the ControlNet's residuals for the conditioning images
+        `cond` [B, H, W, C] in [0, 1]."""
+        return self.unet(x, t, context, *self.controlnet(x, t, context, cond))
+
+
+class ControlNetTask(FinetuneTask):
+    """`FinetuneTask` training a ControlNet for the frozen model."""
+
+    trainable = nnx.All(nnx.Param, nnx.PathContains("controlnet"))
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path | None = None):
+        super().__init__(config, workdir)
+        settings = config.controlnet
+        order = settings.channel_order
+        require(
+            order in CHANNEL_ORDERS,
+            f"controlnet.channel_order={order!r}; accepted: {', '.join(CHANNEL_ORDERS)}",
+        )
+        stages = tuple(settings.conditioning_embedding_out_channels)
+        require(
+            len(stages) > 0 and all(isinstance(c, int) and c > 0 for c in stages),
+            f"controlnet.conditioning_embedding_out_channels={stages!r}; accepted: positive "
+            "channel counts, one per stage",
+        )
+        factor = 2 ** (len(stages) - 1)
+        vae_factor = 2 ** (len(self.configs["vae"].get("block_out_channels", (64,))) - 1)
+        require(
+            factor == vae_factor,
+            f"controlnet.conditioning_embedding_out_channels has {len(stages)} stages: the "
+            f"conditioning images at {factor}x the latents' size; accepted: "
+            f"{len(f'{vae_factor:b}')} stages (the VAE's factor {vae_factor})",
+        )
+        require(
+            not config.train.cache_encodings,
+            "train.cache_encodings keeps no conditioning images; accepted: "
+            "train.cache_encodings=False",
+        )
+        require(
+            not config.eval.metrics,
+            f"eval.metrics={config.eval.metrics!r}: a ControlNet's samples need control images; "
+            "accepted: no metrics",
+        )
+        first = self.data.batch(np.arange(1))
+        require(
+            "conditioning_image" in first,
+            f"{self.data.source.name} gives no conditioning images; accepted: data with one per "
+            "example (data.conditioning_column of a folder, data.conditioning_key of a tfds set,"
+            " data.conditioning of the shapes)",
+        )
+
+    def build_model(self, rngs: nnx.Rngs) -> ControlledModel:
+        """The frozen networks (`FinetuneTask`'s) and a ControlNet for their UNet, its new
+        layers drawn from `rngs` (the rest is copied in `initialize`)."""
+        model = super().build_model(rngs)
+        settings = self.config.controlnet
+        controlnet = ControlNet.from_unet(
+            model.unet,
+            conditioning_channels=3,
+            conditioning_embedding_out_channels=tuple(settings.conditioning_embedding_out_channels),
+            controlnet_conditioning_channel_order=settings.channel_order,
+            rngs=rngs,
+        )
+        return ControlledModel(
+            model.text_encoder,
+            model.unet,
+            model.autoencoder,
+            model.autoencoder.scaling_factor,
+            controlnet,
+        )
+
+    def initialize(self, model: ControlledModel, workdir: Path) -> None:
+        """The pretrained networks, and the ControlNet copied from their UNet (or read from
+        ``controlnet.pretrained``)."""
+        super().initialize(model, workdir)
+        source = self.config.controlnet.pretrained
+        if not source:
+            model.controlnet.copy_encoder(model.unet)
+            return
+        loaded = from_diffusers(source, param_dtype=model.controlnet.conv_in.kernel.dtype)
+        if not isinstance(loaded, ControlNet):
+            raise UserError(
+                f"controlnet.pretrained {source!r} holds a {type(loaded).__name__}; accepted: a "
+                "diffusers ControlNetModel folder"
+            )
+        check_steers(loaded, model.unet, f"controlnet.pretrained {source!r}")
+        require(
+            loaded.architecture == model.controlnet.architecture,
+            f"controlnet.pretrained {source!r} has another conditioning embedding or channel "
+            "order than the config's controlnet group; accepted: the same",
+        )
+        nnx.update(model.controlnet, nnx.state(loaded, nnx.Param))
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        examples = self.data.batch(indices)
+        return {
+            "image": examples["image"],  # [N, S, S, 3] in [-1, 1]
+            "ids": self.text_ids(examples["caption"]),
+            "conditioning_image": examples["conditioning_image"],  # [N, S, S, 3] in [0, 1]
+        }
+
+    def loss(self, model: ControlledModel, batch: dict) -> tuple[jax.Array, dict]:
+        rate = self.config.train.caption_dropout
+        return caption_dropout_loss(
+            self.diffusion,
+            rate,
+            self.unconditional_ids,
+            model,
+            batch,
+            model.steered,
+            batch["conditioning_image"],
+        )
+
+    def pipeline(self, model: ControlledModel) -> StableDiffusion:
+        return StableDiffusion(
+            model.unet,
+            model.autoencoder,
+            model.text_encoder,
+            self.tokenizer,
+            self.scheduler_config,
+            controlnet=model.controlnet,
+        )
+
+    def preview(self, model: ControlledModel) -> tuple[np.ndarray, dict[str, Any]]:
+        """The first preview examples of the data: their conditioning images above samples for
+        their captions, with the config's sampler settings."""
+        sample = self.config.sample
+        count = len(sample.preview_prompts)
+        examples = self.data.unaugmented().batch(np.arange(count))
+        control = examples["conditioning_image"]  # [N, S, S, 3] in [0, 1]
+        pictures = self.pipeline(model)(
+            examples["caption"],
+            control_image=control,
+            num_inference_steps=sample.steps,
+            guidance_scale=sample.guidance,
+            sampler=sample.sampler,
+        )
+        rows = images.to_uint8(np.concatenate([control, pictures]), (0.0, 1.0))
+        text = sample_text(examples["caption"], 0, sample.sampler, sample.steps, sample.guidance)
+        return images.grid(rows, columns=count), text
+
+    def export(self, model: ControlledModel, workdir: Path) -> None:
+        """Writes the ControlNet as a diffusers folder, `WORKDIR/controlnet`, replacing one a
+        rerun of the finished run left."""
+        if jax.process_index() != 0:
+            return
+        with atomic_path(workdir / EXPORT_DIR, directory=True) as partial:
+            write_component(model.controlnet, partial)
