@@ -41,32 +41,45 @@ class PipelineComponents:
     model_index: dict[str, Any]
 
 
-def hub_patterns(variant: str | None) -> list[str]:
-    """The files of a hub model the components need: the networks' safetensors of one variant
-    (no other variant, no .bin or .ckpt duplicates), the tokenizer and the scheduler."""
-    patterns = ["model_index.json", "scheduler/*", "tokenizer/*"]
-    for network in NETWORKS:
-        patterns += [f"{network}/config.json", f"{network}/{native.CONFIG}", f"{network}/params/**"]
-        for name in WEIGHT_FILES:
-            if name.endswith(".safetensors"):
-                stem = with_variant(name, variant).removesuffix(".safetensors")
-                patterns += [
-                    f"{network}/{stem}.safetensors",
-                    f"{network}/{with_variant(name + '.index.json', variant)}",
-                    f"{network}/{stem}-*-of-*.safetensors",
-                ]
+def network_patterns(folder: str, variant: str | None) -> list[str]:
+    """The files of one network in `folder` of a hub model ("": at its top): its config and its
+    safetensors of one variant (no other variant, no .bin or .ckpt duplicates)."""
+    prefix = f"{folder}/" if folder else ""
+    patterns = [f"{prefix}config.json", f"{prefix}{native.CONFIG}", f"{prefix}params/**"]
+    for name in WEIGHT_FILES:
+        if name.endswith(".safetensors"):
+            stem = with_variant(name, variant).removesuffix(".safetensors")
+            patterns += [
+                f"{prefix}{stem}.safetensors",
+                f"{prefix}{with_variant(name + '.index.json', variant)}",
+                f"{prefix}{stem}-*-of-*.safetensors",
+            ]
     return patterns
 
 
-def resolve_model_dir(model_dir_or_hub_id: str | Path, variant: str | None = None) -> Path:
+def hub_patterns(variant: str | None) -> list[str]:
+    """The files of a hub model the components need: the networks' (`network_patterns`), the
+    tokenizer and the scheduler."""
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*"]
+    for network in NETWORKS:
+        patterns += network_patterns(network, variant)
+    return patterns
+
+
+def resolve_model_dir(
+    model_dir_or_hub_id: str | Path,
+    variant: str | None = None,
+    patterns: list[str] | None = None,
+) -> Path:
     """A local folder as is; otherwise a hub id through huggingface_hub's cache (its
-    `HF_HUB_OFFLINE` and `HF_HUB_CACHE` settings respected)."""
+    `HF_HUB_OFFLINE` and `HF_HUB_CACHE` settings respected), fetching the files that match
+    `patterns` (default: a whole model's, `hub_patterns`)."""
     path = Path(model_dir_or_hub_id)
     if path.exists() or not _HUB_ID.fullmatch(str(model_dir_or_hub_id)):
         if not path.is_dir():
             raise UserError(
-                f"{model_dir_or_hub_id} is not a folder or a hub id; accepted: a diffusers model "
-                "folder (model_index.json) or a hub id like org/name"
+                f"{model_dir_or_hub_id} is not a folder or a hub id; accepted: a diffusers "
+                "folder or a hub id like org/name"
             )
         return path
     import huggingface_hub
@@ -74,7 +87,7 @@ def resolve_model_dir(model_dir_or_hub_id: str | Path, variant: str | None = Non
     try:
         return Path(
             huggingface_hub.snapshot_download(
-                str(model_dir_or_hub_id), allow_patterns=hub_patterns(variant)
+                str(model_dir_or_hub_id), allow_patterns=patterns or hub_patterns(variant)
             )
         )
     except Exception as error:  # network, authentication, missing repo, offline cache miss
@@ -94,6 +107,19 @@ def load_network(
     if (directory / native.CONFIG).is_file():
         return native.load(directory, dtype=dtype, param_dtype=param_dtype)
     return from_diffusers(directory, dtype=dtype, param_dtype=param_dtype, variant=variant)
+
+
+def load_component(
+    component_dir_or_hub_id: str | Path,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    param_dtype: DTypeLike = jnp.float32,
+    variant: str | None = None,
+) -> nnx.Module:
+    """One network from its own folder or hub repository (a ControlNet's, e.g.
+    "lllyasviel/sd-controlnet-canny"), in the jaxdiff or the diffusers format."""
+    directory = resolve_model_dir(component_dir_or_hub_id, variant, network_patterns("", variant))
+    return load_network(directory, dtype=dtype, param_dtype=param_dtype, variant=variant)
 
 
 def read_model_index(directory: Path) -> dict[str, Any]:

@@ -102,9 +102,8 @@ class StableDiffusion(LoRAMixin, Pipeline):
         """A diffusers-format Stable Diffusion folder or hub id (see
         `jaxdiff.convert.load_pipeline_components`); `dtype` is the networks' compute dtype,
         `param_dtype` that of their weights (default: `dtype`). `controlnet`: a `ControlNetModel`
-        folder or a `ControlNet`, or a list of them."""
-        from jaxdiff.convert.components import from_diffusers
-        from jaxdiff.convert.pipeline_components import load_pipeline_components
+        folder or hub id, or a `ControlNet`, or a list of them."""
+        from jaxdiff.convert.pipeline_components import load_component, load_pipeline_components
 
         param_dtype = dtype if param_dtype is None else param_dtype
         parts = load_pipeline_components(
@@ -117,7 +116,7 @@ class StableDiffusion(LoRAMixin, Pipeline):
         controlnets = [
             net
             if isinstance(net, ControlNet)
-            else from_diffusers(net, dtype=dtype, param_dtype=param_dtype, variant=variant)
+            else load_component(net, dtype=dtype, param_dtype=param_dtype, variant=variant)
             for net in given
         ]
         return cls(

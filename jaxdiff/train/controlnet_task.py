@@ -2,7 +2,8 @@
 
 Everything is `FinetuneTask`'s (the model folder, the scheduler's objective, caption dropout) but
 what is trained: a ControlNet that starts as a copy of the UNet's encoder with zero convolutions
-(or from ``controlnet.pretrained``, a diffusers `ControlNetModel` folder), while the UNet, the VAE
+(or from ``controlnet.pretrained``, a diffusers `ControlNetModel` folder or hub id), while the
+UNet, the VAE
 and the text encoder stay frozen, as diffusers' ``train_controlnet.py`` trains one. The data give
 a conditioning image beside each image and caption (``data.conditioning_column`` of a folder,
 ``data.conditioning_key`` of a tfds set, ``data.conditioning`` of the shapes).
@@ -24,7 +25,8 @@ from flax import nnx
 
 from jaxdiff import images
 from jaxdiff.atomic_write import atomic_path
-from jaxdiff.convert.components import from_diffusers, write_component
+from jaxdiff.convert.components import write_component
+from jaxdiff.convert.pipeline_components import load_component
 from jaxdiff.errors import UserError, require
 from jaxdiff.models.controlnet import CHANNEL_ORDERS, ControlNet, check_steers
 from jaxdiff.models.text_to_image import TextToImageModel
@@ -129,7 +131,7 @@ class ControlNetTask(FinetuneTask):
         if not source:
             model.controlnet.copy_encoder(model.unet)
             return
-        loaded = from_diffusers(source, param_dtype=model.controlnet.conv_in.kernel.dtype)
+        loaded = load_component(source, param_dtype=model.controlnet.conv_in.kernel.dtype)
         if not isinstance(loaded, ControlNet):
             raise UserError(
                 f"controlnet.pretrained {source!r} holds a {type(loaded).__name__}; accepted: a "

@@ -13,10 +13,10 @@ from flax import nnx
 
 from jaxdiff.convert import convert, from_diffusers, load_pipeline_components
 from jaxdiff.convert.diffusers import CONTROLNET_CONFIG, UNET_CONFIG, VAE_CONFIG
-from jaxdiff.convert.pipeline_components import hub_patterns
+from jaxdiff.convert.pipeline_components import hub_patterns, load_component
 from jaxdiff.convert.safetensors_io import read_safetensors, write_safetensors
 from jaxdiff.convert.transformers_clip import CLIP_PROJECTION_CONFIG
-from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, UNet
+from jaxdiff.models import AutoencoderKL, CLIPTextTransformer, ControlNet, UNet
 
 
 def _check_components(parts, folder):
@@ -60,6 +60,23 @@ def test_hub_id_resolves_through_the_offline_cache(saved_pipeline, tmp_path, mon
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     _check_components(load_pipeline_components("tiny-org/tiny-sd"), saved_pipeline)
+
+
+def test_component_hub_id_resolves_through_the_offline_cache(
+    saved_controlnets, tmp_path, monkeypatch
+):
+    """A ControlNet's repository holds one network at its top."""
+    import huggingface_hub.constants as hub
+
+    _, folder = saved_controlnets["sd1"]
+    _fill_hub_cache(tmp_path / "hub", "tiny-org/tiny-controlnet", folder)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    loaded = load_component("tiny-org/tiny-controlnet")
+    assert isinstance(loaded, ControlNet)
+    same = jax.tree.map(np.array_equal, nnx.state(loaded), nnx.state(from_diffusers(folder)))
+    assert all(jax.tree.leaves(same))
 
 
 def test_hub_patterns_take_one_weights_variant():

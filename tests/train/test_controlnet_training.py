@@ -24,6 +24,8 @@ from lora_runs import LATENT_TOLERANCE, PROMPTS, TOLERANCE, diffusers_run, error
 from tiny_finetune import controlnet_config
 
 from jaxdiff.cli import main
+from jaxdiff.configuration import load_config
+from jaxdiff.convert import from_diffusers
 from jaxdiff.convert.diffusers import unet_table
 from jaxdiff.convert.name_tables import state_dict
 from jaxdiff.convert.pipeline_components import load_pipeline_components
@@ -190,6 +192,25 @@ def test_sample_from_the_run_with_a_control_image(trained, tmp_path):
     text = read_png_text(out)
     assert text["control_image"] == str(control) and "controlnet" not in text
     assert main([*argv, "--out", str(tmp_path / "none.png")]) == 2  # it needs the image
+
+
+def test_a_run_starts_from_a_pretrained_controlnet(trained, tmp_path):
+    workdir, config = trained
+    exported = workdir / EXPORT_DIR
+    settings = [f"pretrained={config.pretrained}", f"data.path={config.data.path}"]
+    start = load_config("sd15_controlnet:tiny", [*settings, f"controlnet.pretrained={exported}"])
+    task = make_task(start)
+    model = task.build_model(nnx.Rngs(0))
+    task.initialize(model, tmp_path / "run")
+    want = state_dict(unet_table(dict(model.controlnet.architecture)), from_diffusers(exported))
+    got = state_dict(unet_table(dict(model.controlnet.architecture)), model.controlnet)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    unet = f"controlnet.pretrained={config.pretrained}/unet"
+    task = make_task(load_config("sd15_controlnet:tiny", [*settings, unet]))
+    with pytest.raises(UserError, match="/unet' holds a UNet; accepted: a diffusers ControlNet"):
+        task.initialize(task.build_model(nnx.Rngs(0)), tmp_path / "other")
 
 
 @pytest.mark.parametrize(
