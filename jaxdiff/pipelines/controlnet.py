@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError, require
-from jaxdiff.models.controlnet import ControlNet
+from jaxdiff.models.controlnet import ControlNet, check_steers
+from jaxdiff.models.unet import UNet
 from jaxdiff.pipelines import image_io
 
 ARGUMENTS = (
@@ -172,16 +173,89 @@ def step_control(control: dict[str, Any], step: jax.Array, steps: int) -> tuple[
     return conditional, unconditional
 
 
-def residuals(
+class ControlNetMixin:
+    """The ControlNet arguments of a `Pipeline` (it comes before `Pipeline` among the bases)
+    whose networks hold its ControlNets: `_take_controlnets` checks them in `__init__`, its
+    `predict` calls `steered`."""
+
+    conditioning_arguments = ARGUMENTS
+    controlnet_architectures: tuple[dict[str, Any], ...] = ()
+
+    def _take_controlnets(
+        self, controlnet: ControlNet | Sequence[ControlNet], unet: UNet, factor: int
+    ) -> tuple[ControlNet, ...]:
+        """`controlnet` (one or several) as a tuple, each checked to fit `unet` and images at
+        `factor` x the latents' size."""
+        controlnets = (controlnet,) if isinstance(controlnet, ControlNet) else tuple(controlnet)
+        for k, net in enumerate(controlnets):
+            name = "controlnet" if len(controlnets) == 1 else f"controlnet[{k}]"
+            require(
+                isinstance(net, ControlNet),
+                f"{name} is a {type(net).__name__}; accepted: a ControlNet",
+            )
+            check_steers(net, unet, name)
+            require(
+                net.conditioning_factor == factor,
+                f"{name} reads control images at {net.conditioning_factor}x the latents' size, "
+                f"the VAE makes images {factor}x; accepted: a ControlNet made for this model",
+            )
+        self.controlnet_architectures = tuple(dict(net.architecture) for net in controlnets)
+        return controlnets
+
+    def conditioning_size(self, arguments: dict[str, Any]) -> tuple[int, int] | None:
+        if not self._controlled(arguments):
+            return None
+        return control_size(arguments, self.controlnet_architectures)
+
+    def conditioning(
+        self,
+        arguments: dict[str, Any],
+        mode: str,
+        prompts: int,
+        repeat: int,
+        size: tuple[int, int],
+    ) -> Any:
+        if not self._controlled(arguments):
+            return None
+        return control_rows(arguments, self.controlnet_architectures, mode, prompts, repeat, size)
+
+    def _controlled(self, arguments: dict[str, Any]) -> bool:
+        """Whether a call runs ControlNets; its ControlNet arguments need some."""
+        if self.controlnet_architectures:
+            return True
+        if arguments:
+            raise UserError(
+                f"{sorted(arguments)[0]} needs a ControlNet; accepted: a pipeline made with "
+                "controlnet= (e.g. StableDiffusion.from_pretrained(..., controlnet=DIR))"
+            )
+        return False
+
+    @staticmethod
+    def step_context(
+        context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
+    ) -> tuple[Any, Any]:
+        """The text contexts as they are, or with each half's control arrays
+        (`step_control`): `(text, control)`."""
+        if conditioning is None:
+            return context, uncontext
+        on, off = step_control(conditioning, step, steps)
+        return (context, on), (uncontext, off)
+
+
+def steered(
+    unet: UNet,
     controlnets: Sequence[ControlNet],
     x_in: jax.Array,
     t: jax.Array,
-    text: jax.Array,
-    control: dict[str, Any],
-) -> tuple[list[jax.Array], jax.Array]:
-    """The summed residuals of every ControlNet for the UNet input `x_in` [B, h, w, c_in] (an
-    inpainting UNet's extra channels are not the ControlNets'), each with its scale
-    (`control["scale"]` [B, nets])."""
+    context: Any,
+) -> jax.Array:
+    """The UNet's output for a text context `[B, T, D]`, or for `(text, control)`
+    (`ControlNetMixin.step_context`) with the summed residuals of every ControlNet, each with
+    its scale (`control["scale"]` [B, nets]). A ControlNet reads the first channels of `x_in`
+    (an inpainting UNet's extra channels are not its)."""
+    if not isinstance(context, tuple):
+        return unet(x_in, t, context)
+    text, control = context
     down: list[jax.Array] = []
     mid: jax.Array | None = None
     for k, net in enumerate(controlnets):
@@ -196,6 +270,4 @@ def residuals(
         )
         down = list(d) if mid is None else [a + b for a, b in zip(down, d, strict=True)]
         mid = m if mid is None else mid + m
-    if mid is None:
-        raise UserError("no ControlNet to compute residuals with")
-    return down, mid
+    return unet(x_in, t, text, down, mid)

@@ -30,27 +30,26 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.diffusion import Diffusion
-from jaxdiff.errors import UserError, require
-from jaxdiff.models.controlnet import ControlNet, check_steers
-from jaxdiff.pipelines import controlnet as control
+from jaxdiff.errors import require
+from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
+from jaxdiff.pipelines.controlnet import ControlNetMixin, steered
 from jaxdiff.pipelines.lora import LoRAMixin
 from jaxdiff.pipelines.prompts import tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 
 
-class StableDiffusion(LoRAMixin, Pipeline):
+class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
     """Text-to-image (`__call__`), `img2img` and `inpaint` with a UNet, a VAE and a CLIP text
     encoder in diffusers' layout; sampling defaults as diffusers' (50 DDIM steps, guidance 7.5),
     the sigmas as the scheduler config's diffusers scheduler lays them out. LoRAs load into the
     UNet and the text encoder (`LoRAMixin`). With ControlNets (`controlnet=`), every call takes
     `control_image`, `controlnet_conditioning_scale`, `guess_mode`, `control_guidance_start` and
-    `control_guidance_end` (`jaxdiff.pipelines.controlnet`)."""
+    `control_guidance_end` (`ControlNetMixin`)."""
 
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"num_inference_steps": 50, "guidance_scale": 7.5, "sampler": "ddim"}
     )
-    conditioning_arguments = control.ARGUMENTS
 
     def __init__(
         self,
@@ -62,21 +61,7 @@ class StableDiffusion(LoRAMixin, Pipeline):
         devices: Sequence[jax.Device] | None = None,
         controlnet: ControlNet | Sequence[ControlNet] = (),
     ):
-        controlnets = (controlnet,) if isinstance(controlnet, ControlNet) else tuple(controlnet)
-        for k, net in enumerate(controlnets):
-            name = "controlnet" if len(controlnets) == 1 else f"controlnet[{k}]"
-            require(
-                isinstance(net, ControlNet),
-                f"{name} is a {type(net).__name__}; accepted: a ControlNet",
-            )
-            check_steers(net, unet, name)
-            require(
-                net.conditioning_factor == vae.downsample_factor,
-                f"{name} reads control images at {net.conditioning_factor}x the latents' size, "
-                f"the VAE makes images {vae.downsample_factor}x; accepted: a ControlNet made for "
-                "this model",
-            )
-        self.controlnet_architectures = tuple(dict(net.architecture) for net in controlnets)
+        controlnets = self._take_controlnets(controlnet, unet, vae.downsample_factor)
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self.scheduler = SchedulerConfig.from_dict(self.scheduler_config)
@@ -129,45 +114,6 @@ class StableDiffusion(LoRAMixin, Pipeline):
             controlnet=controlnets,
         )
 
-    def conditioning_size(self, arguments: dict[str, Any]) -> tuple[int, int] | None:
-        if not self._controlled(arguments):
-            return None
-        return control.control_size(arguments, self.controlnet_architectures)
-
-    def conditioning(
-        self,
-        arguments: dict[str, Any],
-        mode: str,
-        prompts: int,
-        repeat: int,
-        size: tuple[int, int],
-    ) -> Any:
-        if not self._controlled(arguments):
-            return None
-        return control.control_rows(
-            arguments, self.controlnet_architectures, mode, prompts, repeat, size
-        )
-
-    def _controlled(self, arguments: dict[str, Any]) -> bool:
-        """Whether a call runs ControlNets; its ControlNet arguments need some."""
-        if self.controlnet_architectures:
-            return True
-        if arguments:
-            raise UserError(
-                f"{sorted(arguments)[0]} needs a ControlNet; accepted: a pipeline made with "
-                "controlnet= (StableDiffusion.from_pretrained(..., controlnet=DIR))"
-            )
-        return False
-
-    @staticmethod
-    def step_context(
-        context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
-    ) -> tuple[Any, Any]:
-        if conditioning is None:
-            return context, uncontext
-        on, off = control.step_control(conditioning, step, steps)
-        return (context, on), (uncontext, off)
-
     def lora_components(self, networks: Any) -> dict[str, nnx.Module]:
         unet, _, text_encoder, _ = networks
         return {"unet": unet, "text_encoder": text_encoder}
@@ -197,11 +143,7 @@ class StableDiffusion(LoRAMixin, Pipeline):
         """The UNet's output for the text context `[B, T, D]`, or for `(text, control)` with
         the ControlNets' residuals added."""
         unet, _, _, controlnets = networks
-        if not isinstance(context, tuple):
-            return unet(x_in, t, context)
-        text, control_arrays = context
-        down, mid = control.residuals(controlnets, x_in, t, text, control_arrays)
-        return unet(x_in, t, text, down, mid)
+        return steered(unet, controlnets, x_in, t, context)
 
     @staticmethod
     def encode_images(networks: Any, images: jax.Array, keys: jax.Array) -> jax.Array:

@@ -4,7 +4,8 @@ arguments of every pipeline.
 
 The sigmas come from the model's `Diffusion` (`sigma_schedule`, a name in
 `jaxdiff.diffusion.SCHEDULES`, Karras by default, with `sigma_schedule_options`); prompts go
-through the run's own word tokenizer, so an unknown word is a one-line error.
+through the run's own word tokenizer, so an unknown word is a one-line error. A ControlNet
+(`controlnet=`) adds the control arguments of `jaxdiff.pipelines.controlnet`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import numpy as np
 
 from jaxdiff import samplers
 from jaxdiff.diffusion import Diffusion
+from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import encode
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
+from jaxdiff.pipelines.controlnet import ControlNetMixin, steered
+
+Networks = tuple[TextToImageModel, tuple[ControlNet, ...]]  # the model and its ControlNets
 
 
-class TextToImagePipeline(Pipeline):
+class TextToImagePipeline(ControlNetMixin, Pipeline):
     """Samples images for prompts from a :class:`TextToImageModel` (defaults: Heun, 20 steps,
-    guidance 3, Karras sigmas)."""
+    guidance 3, Karras sigmas), steered by ControlNets if given."""
 
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {
@@ -44,16 +49,18 @@ class TextToImagePipeline(Pipeline):
         diffusion: Diffusion,
         image_size: int,
         devices: Sequence[jax.Device] | None = None,
+        controlnet: ControlNet | Sequence[ControlNet] = (),
     ):
         """``image_size``: the default height and width (the size the model was trained at)."""
         self.tokenizer = tokenizer
         autoencoder = model.autoencoder
         self.vae_scale_factor = 1 if autoencoder is None else autoencoder.downsample_factor
+        controlnets = self._take_controlnets(controlnet, model.unet, self.vae_scale_factor)
         architecture = dict(model.unet.architecture)
         self.latent_channels = architecture["out_channels"]
         self.network_in_channels = architecture["in_channels"]
         self.default_size = image_size
-        super().__init__(model, diffusion, devices)
+        super().__init__((model, controlnets), diffusion, devices)
 
     def guided(self, guidance_scale: float) -> bool:
         """Guidance at every scale but 1: 0 samples the unconditional model (the empty prompt),
@@ -73,19 +80,18 @@ class TextToImagePipeline(Pipeline):
         return Grid(sigmas=np.asarray(sigmas), start_std=float(sigmas[0]))
 
     @staticmethod
-    def encode_prompts(networks: TextToImageModel, ids: jax.Array) -> jax.Array:
-        return networks.encode_text(ids)
+    def encode_prompts(networks: Networks, ids: jax.Array) -> jax.Array:
+        return networks[0].encode_text(ids)
 
     @staticmethod
-    def predict(
-        networks: TextToImageModel, x_in: jax.Array, t: jax.Array, context: jax.Array
-    ) -> jax.Array:
-        return networks.unet(x_in, t, context)
+    def predict(networks: Networks, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:
+        model, controlnets = networks
+        return steered(model.unet, controlnets, x_in, t, context)
 
     @staticmethod
-    def encode_images(networks: TextToImageModel, images: jax.Array, keys: jax.Array) -> jax.Array:
-        return networks.encode_images(images, keys).astype(jnp.float32)
+    def encode_images(networks: Networks, images: jax.Array, keys: jax.Array) -> jax.Array:
+        return networks[0].encode_images(images, keys).astype(jnp.float32)
 
     @staticmethod
-    def decode_latents(networks: TextToImageModel, latents: jax.Array) -> jax.Array:
-        return networks.decode_latents(latents)
+    def decode_latents(networks: Networks, latents: jax.Array) -> jax.Array:
+        return networks[0].decode_latents(latents)
