@@ -126,7 +126,7 @@ def build_parser(config_help: bool = False) -> argparse.ArgumentParser:
         action="append",
         type=Path,
         metavar="DIR",
-        help="with --pretrained: a diffusers ControlNetModel folder; repeat for several",
+        help="with --pretrained: a diffusers ControlNetModel folder or hub id; repeat for several",
     )
     sample.add_argument(
         "--control-image",
@@ -487,15 +487,13 @@ def _control_settings(args: argparse.Namespace) -> dict[str, Any]:
     if not args.controlnet and args.workdir is None:
         raise UserError("--control-image goes with --controlnet (or a ControlNet run's --workdir)")
     nets = args.controlnet or [args.workdir]
+    what = f"{len(nets)} --controlnet" if args.controlnet else "the run's ControlNet"
     if len(given) != len(nets):
-        raise UserError(
-            f"{len(given)} --control-image for {len(nets)} --controlnet; give one per --controlnet"
-        )
+        raise UserError(f"{len(given)} --control-image for {what}; give one per ControlNet")
     scales = args.control_scale or []
     if len(scales) not in (0, 1, len(nets)):
         raise UserError(
-            f"{len(scales)} --control-scale for {len(nets)} --controlnet; give one for all or "
-            "one per --controlnet"
+            f"{len(scales)} --control-scale for {what}; give one for all or one per ControlNet"
         )
     for scale in scales:
         if not scale >= 0:
@@ -535,6 +533,14 @@ def _pipeline(args: argparse.Namespace):
 
     task = load_image_task(args.workdir)
     task.text_ids([*args.prompt, *(args.negative_prompt or [])])
+    controlled = task.config.task == "controlnet"
+    if controlled != bool(args.control_image):
+        raise UserError(
+            f"--workdir {str(args.workdir)!r} holds a ControlNet run: give its --control-image"
+            if controlled
+            else f"--control-image needs a ControlNet; --workdir {str(args.workdir)!r} holds a "
+            f"{task.config.task!r} run"
+        )
     return task.pipeline(load_model(task, args.workdir))
 
 

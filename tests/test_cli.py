@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxdiff.cli import main
 from jaxdiff.images import read_png_text
@@ -115,6 +116,14 @@ def test_bad_sampling_input_is_one_line(capsys, t2i_workdir, extra, message):
     err = one_line_error(capsys, ["sample", "--workdir", str(t2i_workdir), *extra])
     assert message in err
     assert sorted(t2i_workdir.rglob("*")) == before
+
+
+def test_a_control_image_needs_a_controlnet_run(capsys, t2i_workdir, tmp_path):
+    control = tmp_path / "control.png"
+    Image.new("RGB", (16, 16)).save(control)
+    argv = ["sample", "--workdir", str(t2i_workdir), "--prompt", "a red circle"]
+    err = one_line_error(capsys, [*argv, "--control-image", str(control)])
+    assert f"--control-image needs a ControlNet; --workdir '{t2i_workdir}' holds a" in err
 
 
 def test_an_unknown_word_lists_the_vocabulary_by_kind(capsys, t2i_workdir):

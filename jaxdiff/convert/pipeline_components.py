@@ -117,8 +117,10 @@ def load_component(
     variant: str | None = None,
 ) -> nnx.Module:
     """One network from its own folder or hub repository (a ControlNet's, e.g.
-    "lllyasviel/sd-controlnet-canny"), in the jaxdiff or the diffusers format."""
-    directory = resolve_model_dir(component_dir_or_hub_id, variant, network_patterns("", variant))
+    "lllyasviel/sd-controlnet-canny"), in the jaxdiff or the diffusers format; without weights
+    of `variant` it reads the default ones (with a warning)."""
+    patterns = network_patterns("", variant) + network_patterns("", None) * bool(variant)
+    directory = resolve_model_dir(component_dir_or_hub_id, variant, patterns)
     return load_network(directory, dtype=dtype, param_dtype=param_dtype, variant=variant)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ from jax.typing import DTypeLike
 
 from jaxdiff.errors import UserError
 from jaxdiff.models.layers import architecture, conv2d
-from jaxdiff.models.unet import UNet, UNetEncoder, encoder_arguments
+from jaxdiff.models.unet import ENCODER_ARGUMENTS, UNet, UNetEncoder, encoder_arguments
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -144,10 +145,10 @@ class ControlNet(UNetEncoder):
     def from_unet(
         cls,
         unet: UNet,
+        *,
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256),
         controlnet_conditioning_channel_order: str = "rgb",
-        *,
         dtype: DTypeLike | None = None,
         param_dtype: DTypeLike | None = None,
         rngs: nnx.Rngs,
@@ -156,17 +157,16 @@ class ControlNet(UNetEncoder):
         embedding, the down and mid blocks), as diffusers' `ControlNetModel.from_unet`: with its
         zero convolutions at zero it leaves the UNet's output as it is. Dtypes default to the
         UNet's."""
-        unet_arguments = dict(unet.architecture)
-        shared = encoder_arguments(unet_arguments)
-        first = unet.conv_in.kernel
         controlnet = cls(
-            **shared,
-            conditioning_channels=conditioning_channels,
-            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
-            controlnet_conditioning_channel_order=controlnet_conditioning_channel_order,
+            **arguments_for(
+                unet,
+                conditioning_channels=conditioning_channels,
+                conditioning_embedding_out_channels=conditioning_embedding_out_channels,
+                controlnet_conditioning_channel_order=controlnet_conditioning_channel_order,
+            ),
             remat=unet.remat,
             dtype=unet.dtype if dtype is None else dtype,
-            param_dtype=first.dtype if param_dtype is None else param_dtype,
+            param_dtype=unet.conv_in.kernel.dtype if param_dtype is None else param_dtype,
             rngs=rngs,
         )
         controlnet.copy_encoder(unet)
@@ -176,7 +176,7 @@ class ControlNet(UNetEncoder):
         """Sets `conv_in`, the time embedding, the down and mid blocks to copies of `unet`'s
         (new arrays, cast to this ControlNet's parameter dtype)."""
         mine, theirs = dict(self.architecture), dict(unet.architecture)
-        for key in _UNET_ARGUMENTS:
+        for key in ENCODER_ARGUMENTS:
             if mine[key] != theirs[key]:
                 raise UserError(
                     f"the ControlNet has {key}={mine[key]!r}, the UNet {theirs[key]!r}; "
@@ -236,6 +236,12 @@ class ControlNet(UNetEncoder):
         if self.global_pool_conditions:
             residuals = [r.mean(axis=(1, 2), keepdims=True) for r in residuals]
         return tuple(residuals[:-1]), residuals[-1]
+
+
+def arguments_for(unet: UNet, **conditioning: Any) -> dict[str, Any]:
+    """The architecture arguments of a ControlNet for `unet`: the UNet's encoder's, and the
+    `conditioning` ones (`conditioning_channels`, ...)."""
+    return {**encoder_arguments(dict(unet.architecture)), **conditioning}
 
 
 def check_steers(controlnet: ControlNet, unet: UNet, name: str = "controlnet") -> None:

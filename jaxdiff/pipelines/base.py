@@ -587,7 +587,7 @@ def compiled_loop(settings: LoopSettings) -> Callable:
             steps = sigmas.shape[0] - 1
 
             def denoise_at(x: jax.Array, sigma: jax.Array) -> jax.Array:
-                # The step whose interval (sigmas[i + 1], sigmas[i]] holds sigma.
+                # The step i with sigmas[i + 1] < sigma <= sigmas[i] (above sigmas[0]: 0).
                 step = jnp.sum(sigmas[1:-1] >= jnp.ravel(sigma)[0])
                 context, uncontext = family.step_context(
                     one_["context"], one_["uncontext"], one_["conditioning"], step, steps

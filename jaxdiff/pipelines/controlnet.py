@@ -13,15 +13,25 @@ A call's control images (one per ControlNet: one image or one per prompt, PIL or
 arrays that ride along the compiled loop as traced values: changing any of them does not
 recompile. At the sampler's step i of n, ControlNet k is on when `start_k <= i / n` and
 `(i + 1) / n <= end_k` (diffusers' `controlnet_keep`); the residuals of several ControlNets are
-summed, each with its scale. In guess mode (or with a `global_pool_conditions` net, as diffusers
-decides it) the residuals ramp from 0.1 to 1 over the UNet's levels, and the unconditional half
-of classifier-free guidance gets none.
+summed, each with its scale. In guess mode the residuals ramp from 0.1 to 1 over the UNet's
+levels and the unconditional half of classifier-free guidance gets none; a
+`global_pool_conditions` net averages its residuals over their positions and turns guess mode on
+(without the ramp), as diffusers decides it. The ControlNets still run on the unconditional half,
+whose residuals are then scaled by 0 (guess mode is traced).
+
+The step of a network evaluation is read from its noise level: sigma belongs to step i when
+`sigmas[i + 1] < sigma <= sigmas[i]` (above `sigmas[0]`: step 0). For a sampler that evaluates
+once per step at the grid's sigmas (DDIM, Euler, DPM++ 2M, UniPC, LMS, ...) that is the step's
+index, as diffusers counts steps. Evaluations at other noise levels (a Heun corrector at
+`sigmas[i + 1]`, churn above `sigmas[i]`) take the window of the step their noise level falls
+in; diffusers' Heun, KDPM2 and PNDM schedulers count their timesteps otherwise, so windows with
+those samplers differ from diffusers'.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -173,6 +183,14 @@ def step_control(control: dict[str, Any], step: jax.Array, steps: int) -> tuple[
     return conditional, unconditional
 
 
+class Steered(NamedTuple):
+    """A network's context with ControlNets: the text context and the control arrays of one
+    half of classifier-free guidance (`step_control`)."""
+
+    text: Any  # [B, T, D]
+    control: dict[str, Any]
+
+
 class ControlNetMixin:
     """The ControlNet arguments of a `Pipeline` (it comes before `Pipeline` among the bases)
     whose networks hold its ControlNets: `_take_controlnets` checks them in `__init__`, its
@@ -182,10 +200,12 @@ class ControlNetMixin:
     controlnet_architectures: tuple[dict[str, Any], ...] = ()
 
     def _take_controlnets(
-        self, controlnet: ControlNet | Sequence[ControlNet], unet: UNet, factor: int
+        self, controlnet: ControlNet | Sequence[ControlNet] | None, unet: UNet, factor: int
     ) -> tuple[ControlNet, ...]:
         """`controlnet` (one or several) as a tuple, each checked to fit `unet` and images at
         `factor` x the latents' size."""
+        if controlnet is None:
+            controlnet = ()
         controlnets = (controlnet,) if isinstance(controlnet, ControlNet) else tuple(controlnet)
         for k, net in enumerate(controlnets):
             name = "controlnet" if len(controlnets) == 1 else f"controlnet[{k}]"
@@ -234,12 +254,11 @@ class ControlNetMixin:
     def step_context(
         context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
     ) -> tuple[Any, Any]:
-        """The text contexts as they are, or with each half's control arrays
-        (`step_control`): `(text, control)`."""
+        """The text contexts as they are, or `Steered` by each half's control arrays."""
         if conditioning is None:
             return context, uncontext
         on, off = step_control(conditioning, step, steps)
-        return (context, on), (uncontext, off)
+        return Steered(context, on), Steered(uncontext, off)
 
 
 def steered(
@@ -249,11 +268,11 @@ def steered(
     t: jax.Array,
     context: Any,
 ) -> jax.Array:
-    """The UNet's output for a text context `[B, T, D]`, or for `(text, control)`
-    (`ControlNetMixin.step_context`) with the summed residuals of every ControlNet, each with
-    its scale (`control["scale"]` [B, nets]). A ControlNet reads the first channels of `x_in`
-    (an inpainting UNet's extra channels are not its)."""
-    if not isinstance(context, tuple):
+    """The UNet's output for a text context `[B, T, D]`, or for a `Steered` one with the summed
+    residuals of every ControlNet, each with its scale (`control["scale"]` [B, nets]). A
+    ControlNet reads the first channels of `x_in` (an inpainting UNet's extra channels are not
+    its)."""
+    if not isinstance(context, Steered):
         return unet(x_in, t, context)
     text, control = context
     down: list[jax.Array] = []

@@ -59,7 +59,7 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
         tokenizer: Any,
         scheduler_config: dict[str, Any],
         devices: Sequence[jax.Device] | None = None,
-        controlnet: ControlNet | Sequence[ControlNet] = (),
+        controlnet: ControlNet | Sequence[ControlNet] | None = None,
     ):
         controlnets = self._take_controlnets(controlnet, unet, vae.downsample_factor)
         self.tokenizer = tokenizer

@@ -49,7 +49,7 @@ class TextToImagePipeline(ControlNetMixin, Pipeline):
         diffusion: Diffusion,
         image_size: int,
         devices: Sequence[jax.Device] | None = None,
-        controlnet: ControlNet | Sequence[ControlNet] = (),
+        controlnet: ControlNet | Sequence[ControlNet] | None = None,
     ):
         """``image_size``: the default height and width (the size the model was trained at)."""
         self.tokenizer = tokenizer

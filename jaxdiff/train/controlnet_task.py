@@ -28,11 +28,17 @@ from jaxdiff.atomic_write import atomic_path
 from jaxdiff.convert.components import write_component
 from jaxdiff.convert.pipeline_components import load_component
 from jaxdiff.errors import UserError, require
-from jaxdiff.models.controlnet import CHANNEL_ORDERS, ControlNet, check_steers
+from jaxdiff.models.controlnet import (
+    CHANNEL_ORDERS,
+    ControlNet,
+    ControlNetConditioningEmbedding,
+    arguments_for,
+    check_steers,
+)
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.pipelines import StableDiffusion
 from jaxdiff.pipelines.sample_png import sample_text
-from jaxdiff.train.finetune_task import FinetuneTask
+from jaxdiff.train.finetune_task import FinetuneTask, zero_module
 from jaxdiff.train.text_to_image_task import caption_dropout_loss
 
 EXPORT_DIR = "controlnet"  # WORKDIR/controlnet: the trained ControlNet in diffusers' format
@@ -104,17 +110,34 @@ class ControlNetTask(FinetuneTask):
         )
 
     def build_model(self, rngs: nnx.Rngs) -> ControlledModel:
-        """The frozen networks (`FinetuneTask`'s) and a ControlNet for their UNet, its new
-        layers drawn from `rngs` (the rest is copied in `initialize`)."""
+        """The frozen networks (`FinetuneTask`'s) and a ControlNet for their UNet: its
+        conditioning embedding drawn from `rngs`, its zero convolutions at zero and the rest
+        zeros too, set in `initialize` (or read from a checkpoint)."""
         model = super().build_model(rngs)
         settings = self.config.controlnet
-        controlnet = ControlNet.from_unet(
+        arguments = arguments_for(
             model.unet,
             conditioning_channels=3,
             conditioning_embedding_out_channels=tuple(settings.conditioning_embedding_out_channels),
             controlnet_conditioning_channel_order=settings.channel_order,
+        )
+        dtype = model.unet.dtype
+        controlnet = zero_module(
+            nnx.eval_shape(
+                lambda: ControlNet(
+                    **arguments, remat=model.unet.remat, dtype=dtype, rngs=nnx.Rngs(0)
+                )
+            )
+        )
+        embedding = ControlNetConditioningEmbedding(
+            arguments["conditioning_channels"],
+            arguments["conditioning_embedding_out_channels"],
+            arguments["block_out_channels"][0],
+            dtype=dtype,
+            param_dtype=model.unet.conv_in.kernel.dtype,
             rngs=rngs,
         )
+        nnx.update(controlnet.controlnet_cond_embedding, nnx.state(embedding))
         return ControlledModel(
             model.text_encoder,
             model.unet,
@@ -138,11 +161,13 @@ class ControlNetTask(FinetuneTask):
                 "diffusers ControlNetModel folder"
             )
         check_steers(loaded, model.unet, f"controlnet.pretrained {source!r}")
-        require(
-            loaded.architecture == model.controlnet.architecture,
-            f"controlnet.pretrained {source!r} has another conditioning embedding or channel "
-            "order than the config's controlnet group; accepted: the same",
-        )
+        theirs, mine = dict(loaded.architecture), dict(model.controlnet.architecture)
+        for key, value in mine.items():
+            require(
+                theirs[key] == value,
+                f"controlnet.pretrained {source!r} has {key}={theirs[key]!r}, the config's "
+                f"ControlNet {value!r}; accepted: the same (the controlnet group)",
+            )
         nnx.update(model.controlnet, nnx.state(loaded, nnx.Param))
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:

@@ -100,7 +100,7 @@ class FinetuneTask:
         (`initialize`) or a checkpoint's, so none is drawn at random."""
         dtype = DTYPES[self.config.model.dtype]
         networks = {
-            name: _zeros(abstract_model(self.configs[name], str(self.source / name), dtype))
+            name: zero_module(abstract_model(self.configs[name], str(self.source / name), dtype))
             for name in NETWORKS
         }
         networks["unet"].remat = self.config.train.remat  # its blocks read it when called
@@ -168,7 +168,7 @@ class FinetuneTask:
         return image_preview(self, model)
 
 
-def _zeros(abstract: nnx.Module) -> nnx.Module:
+def zero_module(abstract: nnx.Module) -> nnx.Module:
     """A module built abstractly (`nnx.eval_shape`) with every variable set to zeros on the host."""
     graphdef, state = nnx.split(abstract)
     return nnx.merge(graphdef, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), state))

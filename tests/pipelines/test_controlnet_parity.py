@@ -63,14 +63,10 @@ def test_text_to_image_matches_diffusers(
     _without_controlnets(want, folder, "__call__", PROMPTS, **options)
 
 
-@pytest.mark.parametrize(
-    ("case", "prediction"), [("ddim", "v_prediction"), ("dpmpp_2m_karras", "epsilon")]
-)
-def test_several_controlnets_with_windows_match_diffusers(
-    sd_folders, controlnet_folders, case, prediction
-):
+def test_several_controlnets_with_windows_match_diffusers(sd_folders, controlnet_folders):
     """Two ControlNets summed, each with its scale and its window of the steps (the second on
     for the first 60%, the first from 20% to 80%); one control image for both prompts."""
+    case, prediction = "dpmpp_2m_karras", "epsilon"
     folder, nets = sd_folders[prediction], controlnet_folders
     pipe = reference("StableDiffusionControlNetPipeline", folder, case, prediction, nets)
     control = _control_images()
@@ -95,6 +91,7 @@ def test_several_controlnets_with_windows_match_diffusers(
 
 
 def test_img2img_matches_diffusers(sd_folders, controlnet_folders, monkeypatch):
+    """Strength 0.6 runs the last 3 of 5 steps; the window is over those 3 (on for the first)."""
     folder, nets = sd_folders["epsilon"], controlnet_folders[1:]
     pipe = reference("StableDiffusionControlNetImg2ImgPipeline", folder, "ddim", "epsilon", nets)
     patched_noise(monkeypatch, "controlnet.pipeline_controlnet_img2img")
@@ -106,14 +103,23 @@ def test_img2img_matches_diffusers(sd_folders, controlnet_folders, monkeypatch):
         image=torch_images(images),
         control_image=torch_images(control),
         strength=0.6,
+        control_guidance_end=0.5,
         **common(),
     )
-    options = dict(jaxdiff_options("ddim"), control_image=control, strength=0.6, **common())
+    options = dict(
+        jaxdiff_options("ddim"),
+        control_image=control,
+        strength=0.6,
+        control_guidance_end=0.5,
+        **common(),
+    )
     wrong = dict(controlnet_conditioning_scale=0.88)  # diffusers' img2img default: 0.8
     assert_parity(
         want, folder, "img2img", PROMPTS, images, wrong=wrong, controlnets=nets, **options
     )
     _without_controlnets(want, folder, "img2img", PROMPTS, images, **options)
+    whole = dict(options, control_guidance_end=1.0)  # the window matters
+    assert_misses(jaxdiff_run(folder, "img2img", PROMPTS, images, controlnets=nets, **whole), want)
 
 
 @pytest.mark.parametrize("nine_channels", [False, True])

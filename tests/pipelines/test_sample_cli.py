@@ -94,7 +94,7 @@ def test_pretrained_defaults_are_diffusers(sd_folders, tmp_path, monkeypatch):
         (["--out", "grid"], "--out 'grid' is neither a .png file nor a folder"),
         (["--control-image", "IMAGE"], "--control-image goes with --controlnet (or a ControlNet"),
         (["--control-scale", "1"], "--control-scale goes with --control-image"),
-        (["--controlnet", "c"], "0 --control-image for 1 --controlnet; give one per --controlnet"),
+        (["--controlnet", "c"], "0 --control-image for 1 --controlnet; give one per ControlNet"),
         (
             ["--controlnet", "c", "--control-image", "IMAGE", "--control-scale", "-1"],
             "--control-scale -1.0 must be >= 0",

@@ -182,7 +182,7 @@ def test_the_exported_controlnet_makes_the_run_images_in_diffusers(trained):
     assert image_error > 10 * TOLERANCE and latent_error > 10 * LATENT_TOLERANCE
 
 
-def test_sample_from_the_run_with_a_control_image(trained, tmp_path):
+def test_sample_from_the_run_with_a_control_image(trained, tmp_path, capsys):
     workdir, config = trained
     control = tmp_path / "control.png"
     shutil.copy(Path(config.data.path) / "conditioning" / "0.png", control)
@@ -191,7 +191,8 @@ def test_sample_from_the_run_with_a_control_image(trained, tmp_path):
     assert main([*argv, "--control-image", str(control), "--out", str(out)]) == 0
     text = read_png_text(out)
     assert text["control_image"] == str(control) and "controlnet" not in text
-    assert main([*argv, "--out", str(tmp_path / "none.png")]) == 2  # it needs the image
+    assert main([*argv, "--out", str(tmp_path / "none.png")]) == 2
+    assert "holds a ControlNet run: give its --control-image" in capsys.readouterr().err
 
 
 def test_a_run_starts_from_a_pretrained_controlnet(trained, tmp_path):
