@@ -48,6 +48,8 @@ SLOW_FILES_FIRST = (
     "tests/train/test_trainer.py",
     "tests/train/test_real_configs.py",
     "tests/train/test_lora_training.py",
+    "tests/pipelines/test_controlnet_parity.py",
+    "tests/train/test_controlnet_training.py",
     "tests/colab/test_notebooks.py",
     "tests/train/test_multiprocess.py",
     "tests/train/test_sharded_step.py",
@@ -55,6 +57,7 @@ SLOW_FILES_FIRST = (
     "tests/pipelines/test_pipeline_batches.py",
     "tests/train/test_lr_ema_remat.py",
     "tests/pipelines/test_sample_cli.py",
+    "tests/pipelines/test_controlnet_pipeline.py",
 )
 
 
