@@ -137,7 +137,9 @@ def test_hutchinson_is_unbiased_with_the_predicted_variance(probe):
     x = g.sample_noised(jax.random.key(3), n, SIGMA_MIN) @ q.T  # [n, D]
     exact = solve(denoise, x, divergence="exact")
     hutch = solve(denoise, x, jax.random.key(4), divergence="hutchinson", probe=probe)
-    np.testing.assert_allclose(hutch.x_end, exact.x_end, rtol=1e-6, atol=1e-4)
+    # One ODE solved by two programs: equal up to float32 rounding accumulated over the steps.
+    scale = float(np.abs(exact.x_end).max())
+    np.testing.assert_allclose(hutch.x_end, exact.x_end, rtol=0, atol=1e-5 * scale)
     diff = np.asarray(hutch.delta_logp - exact.delta_logp, np.float64)  # [n] nats
 
     v = np.asarray(g.variances[0], np.float64)
