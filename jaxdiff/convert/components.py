@@ -208,12 +208,8 @@ def build_model(
     """`cls(**arguments)` built abstractly; an argument it refuses or cannot take is a one-line
     error naming `source`. The same architecture built again is a copy of the first: tracing a
     module's initialisers takes seconds, copying its abstract state milliseconds."""
-    key = (
-        cls,
-        json.dumps(arguments, sort_keys=True, default=repr),
-        jnp.dtype(dtype).name,
-        jnp.dtype(param_dtype).name,
-    )
+    # repr, not JSON: a list and a tuple of the same values are different arguments
+    key = (cls, repr(sorted(arguments.items())), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name)
     if key not in _ABSTRACT_MODELS:
         try:
             model = nnx.eval_shape(
