@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_events import ANY_COMPILE_STEP, compile_events
 from flax import nnx
 from processes import launch, wait
 from reference_models import save_clip_model
@@ -122,17 +123,8 @@ def test_a_second_evaluation_compiles_nothing(run, tmp_path):
     task = load_task(run, overrides)
     evaluator = Evaluator(task, task.config)
     first = evaluator(load_model(task, run))
-    compiles = []
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        if event.startswith("/jax/core/compile/"):  # tracing, lowering, compiling
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compile_events(ANY_COMPILE_STEP) as compiles:
         second = evaluator(load_model(task, run))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
     assert second == first
 

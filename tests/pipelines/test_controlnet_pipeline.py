@@ -7,6 +7,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from compile_events import compile_events
 from flax import nnx
 from PIL import Image
 
@@ -50,14 +51,7 @@ def test_same_images_on_one_and_eight_devices(sd_folders, controlnet_folders):
 
 def test_control_settings_do_not_recompile(pipe):
     first = pipe(PROMPTS, control_image=[_control(1)[0]] * 2, **FAST)
-    compiles = []
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compile_events() as compiles:
         second = pipe(
             PROMPTS,
             control_image=[_control(2)[0], _control(3)[0]],
@@ -67,10 +61,8 @@ def test_control_settings_do_not_recompile(pipe):
             guess_mode=True,
             **FAST,
         )
-        assert compiles == []
-        assert np.abs(first - second).max() > 0.05
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    assert np.abs(first - second).max() > 0.05
 
 
 def test_equal_inputs_give_equal_images(sd_folders, controlnet_folders, pipe):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from compile_events import compile_events
 from conftest import grid_cells, scheduler_config
 from lora_runs import LATENT_TOLERANCE, TOLERANCE, diffusers_run, errors, jaxdiff_run
 from reference_models import assert_far_from_flat
@@ -241,22 +242,6 @@ def test_a_kohya_lora_saved_by_jaxdiff_reads_back_and_loads_into_diffusers(
     assert image_error < TOLERANCE and latent_error < LATENT_TOLERANCE, (image_error, latent_error)
 
 
-class _Compiles:
-    """Counts XLA compilations while active."""
-
-    def __enter__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
 def test_two_adapters_with_weights_and_a_call_scale_match_diffusers(reference, pipe):
     """set_adapters weights and a call's `lora_scale` (diffusers:
     `cross_attention_kwargs={"scale": s}`, which scales the text encoder's adapters too); new
@@ -265,11 +250,11 @@ def test_two_adapters_with_weights_and_a_call_scale_match_diffusers(reference, p
     diffusers_pipe.set_adapters(["p", "ku", "kt"], adapter_weights=[0.7, 1.3, 1.3])
     want = diffusers_run(diffusers_pipe, cross_attention_kwargs={"scale": 0.6})
     pipe.set_adapters(["p", "k"], adapter_weights=[0.7, 1.3])
-    with _Compiles() as compiles:
+    with compile_events() as compiles:
         _assert_parity(pipe, want, plain, lora_scale=0.6)
         pipe.set_adapters(["k", "p"], adapter_weights=[0.2, 1.5])
         jaxdiff_run(pipe, lora_scale=1.7)
-    assert compiles.count == 0
+    assert compiles == []
 
 
 def test_bad_loads_leave_the_pipeline_as_it_was(pipe, lora_files, tmp_path):
@@ -314,10 +299,10 @@ def test_fused_adapters_match_diffusers_and_unfuse_restores_the_weights(referenc
     unfused = jaxdiff_run(pipe)
     before = [np.asarray(a) for a in jax.tree.leaves(pipe._state)]
     pipe.fuse_lora(lora_scale=0.8)
-    with _Compiles() as compiles:
+    with compile_events() as compiles:
         got = jaxdiff_run(pipe)
         ignored = jaxdiff_run(pipe, lora_scale=0.3)  # fused adapters do not scale
-    assert compiles.count == 0
+    assert compiles == []
     assert np.abs(want[1] - plain[1]).max() > MOVED
     image_error, latent_error = errors(got, want)
     assert image_error < TOLERANCE and latent_error < LATENT_TOLERANCE, (image_error, latent_error)

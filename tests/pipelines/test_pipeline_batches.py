@@ -7,6 +7,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from compile_events import compile_events
 
 from jaxdiff.pipelines.stable_diffusion import StableDiffusion
 
@@ -57,14 +58,7 @@ def test_new_prompt_seed_and_guidance_do_not_recompile(sd_folders):
     pipe = _pipe(sd_folders["v_prediction"], 8)
     settings = dict(num_inference_steps=2, sampler="dpmpp_2m")
     first = pipe(["a red cat", "sky"], seed=0, guidance_scale=5.0, **settings)
-    compiles = []
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compile_events() as compiles:
         second = pipe(
             ["a blue dog", "red"], seed=1, guidance_scale=3.0, guidance_rescale=0.5, **settings
         )
@@ -72,5 +66,3 @@ def test_new_prompt_seed_and_guidance_do_not_recompile(sd_folders):
         assert np.abs(first - second).max() > 0.05
         pipe(["a"], seed=1, guidance_scale=3.0, num_inference_steps=3)  # more steps compile
         assert compiles
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
