@@ -79,3 +79,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         }
     )
     return config
+
+
+def adapting(arg: str | None, task: str) -> ml_collections.ConfigDict:
+    """This config for ``task``, which adapts a trained run of it (``base_workdir``, e.g.
+    runs/demo/t2i): the same architecture and noise process, checked against the run's."""
+    config = get_config(arg)
+    config.task = task
+    config.base_workdir = ""  # the trained text-to-image run
+    return config

@@ -50,6 +50,7 @@ SLOW_FILES_FIRST = (
     "tests/train/test_lora_training.py",
     "tests/pipelines/test_controlnet_parity.py",
     "tests/train/test_controlnet_training.py",
+    "tests/train/test_trained_base.py",
     "tests/colab/test_notebooks.py",
     "tests/train/test_multiprocess.py",
     "tests/train/test_sharded_step.py",

@@ -90,6 +90,14 @@ def test_json_round_trip():
         "sd15_finetune.py",
         "sd15_finetune.py:tfds",
         "sd15_finetune.py:tiny",
+        "sd15_lora.py",
+        "sd15_lora.py:tiny",
+        "sd15_controlnet.py",
+        "sd15_controlnet.py:tiny",
+        "shapes_controlnet.py",
+        "shapes_controlnet.py:tiny",
+        "shapes_lora.py",
+        "shapes_lora.py:tiny",
     ],
 )
 def test_every_training_config_holds_the_shared_fields(spec):

@@ -360,6 +360,18 @@ class ShapesDataset:
         value = np.rint(255.0 * np.clip(alpha, 0.0, 1.0)).astype(np.uint8)
         return np.repeat(value[..., None], 3, axis=-1)
 
+    def conditioning_images(
+        self, indices: np.ndarray, attributes: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The conditioning images (`conditioning`) of the examples at `indices`: `[N, S, S, 3]`
+        uint8; with `attributes` `[N, 3]`, those of the same examples (size, jitter) with these
+        attributes instead of their own (a mask that disagrees with the caption)."""
+        if not self.conditioning:
+            raise UserError("data.conditioning is ''; accepted: mask, edges")
+        keys = self._keys(indices)
+        own = self._attributes(keys)
+        return self._conditioning_images(keys, own if attributes is None else attributes)
+
     def _images(self, keys: np.ndarray, attributes: np.ndarray) -> np.ndarray:
         """Renders the examples: `[N, S, S, 3]` uint8."""
         n, size = len(keys), self.image_size

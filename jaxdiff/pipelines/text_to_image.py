@@ -5,7 +5,8 @@ arguments of every pipeline.
 The sigmas come from the model's `Diffusion` (`sigma_schedule`, a name in
 `jaxdiff.diffusion.SCHEDULES`, Karras by default, with `sigma_schedule_options`); prompts go
 through the run's own word tokenizer, so an unknown word is a one-line error. A ControlNet
-(`controlnet=`) adds the control arguments of `jaxdiff.pipelines.controlnet`.
+(`controlnet=`) adds the control arguments of `jaxdiff.pipelines.controlnet`; LoRA adapters load
+as on every pipeline (`jaxdiff.pipelines.lora`: a LoRA run's file, diffusers' or kohya's names).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxdiff import samplers
 from jaxdiff.diffusion import Diffusion
@@ -25,11 +27,12 @@ from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import encode
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
 from jaxdiff.pipelines.controlnet import ControlNetMixin, steered
+from jaxdiff.pipelines.lora import LoRAMixin
 
 Networks = tuple[TextToImageModel, tuple[ControlNet, ...]]  # the model and its ControlNets
 
 
-class TextToImagePipeline(ControlNetMixin, Pipeline):
+class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
     """Samples images for prompts from a :class:`TextToImageModel` (defaults: Heun, 20 steps,
     guidance 3, Karras sigmas), steered by ControlNets if given."""
 
@@ -66,6 +69,10 @@ class TextToImagePipeline(ControlNetMixin, Pipeline):
         """Guidance at every scale but 1: 0 samples the unconditional model (the empty prompt),
         scales between 0 and 1 interpolate towards it."""
         return guidance_scale != 1.0
+
+    def lora_components(self, networks: Networks) -> dict[str, nnx.Module]:
+        model = networks[0]
+        return {"unet": model.unet, "text_encoder": model.text_encoder}
 
     def tokenize(self, prompts: list[str]) -> np.ndarray:
         return encode(self.tokenizer, prompts)

@@ -1,12 +1,13 @@
-"""Training a ControlNet (Zhang et al. 2023) for a pretrained Stable Diffusion model.
+"""Training a ControlNet (Zhang et al. 2023) for a frozen text-to-image model.
 
-Everything is `FinetuneTask`'s (the model folder, the scheduler's objective, caption dropout) but
-what is trained: a ControlNet that starts as a copy of the UNet's encoder with zero convolutions
-(or from ``controlnet.pretrained``, a diffusers `ControlNetModel` folder or hub id), while the
-UNet, the VAE
-and the text encoder stay frozen, as diffusers' ``train_controlnet.py`` trains one. The data give
-a conditioning image beside each image and caption (``data.conditioning_column`` of a folder,
-``data.conditioning_key`` of a tfds set, ``data.conditioning`` of the shapes).
+The ControlNet starts as a copy of the UNet's encoder with zero convolutions (or from
+``controlnet.pretrained``, a diffusers `ControlNetModel` folder or hub id) and is all that
+trains, as diffusers' ``train_controlnet.py`` trains one. The frozen model is a pretrained
+Stable Diffusion (``pretrained``, everything else `FinetuneTask`'s: the scheduler's objective,
+caption dropout) or a trained jaxdiff text-to-image run (``base_workdir``, `TrainedBaseTask`'s:
+the run's noise process and tokenizer). The data give a conditioning image beside each image and
+caption (``data.conditioning_column`` of a folder, ``data.conditioning_key`` of a tfds set,
+``data.conditioning`` of the shapes).
 
 When the run reaches its last step, its ControlNet (EMA weights) is written as a diffusers
 `ControlNetModel` folder, ``WORKDIR/controlnet``, which ``jaxdiff sample --controlnet`` and
@@ -36,10 +37,11 @@ from jaxdiff.models.controlnet import (
     check_steers,
 )
 from jaxdiff.models.text_to_image import TextToImageModel
-from jaxdiff.pipelines import StableDiffusion
+from jaxdiff.pipelines.base import Pipeline
 from jaxdiff.pipelines.sample_png import sample_text
 from jaxdiff.train.finetune_task import FinetuneTask, zero_module
 from jaxdiff.train.text_to_image_task import caption_dropout_loss
+from jaxdiff.train.trained_base import TrainedBaseTask
 
 EXPORT_DIR = "controlnet"  # WORKDIR/controlnet: the trained ControlNet in diffusers' format
 
@@ -64,8 +66,9 @@ class ControlledModel(TextToImageModel):
         return self.unet(x, t, context, *self.controlnet(x, t, context, cond))
 
 
-class ControlNetTask(FinetuneTask):
-    """`FinetuneTask` training a ControlNet for the frozen model."""
+class ControlNetTraining:
+    """What a ControlNet task adds to the task of its frozen model (`FinetuneTask` or
+    `TrainedBaseTask`, the next class in the method order)."""
 
     trainable = nnx.All(nnx.Param, nnx.PathContains("controlnet"))
 
@@ -84,7 +87,7 @@ class ControlNetTask(FinetuneTask):
             "channel counts, one per stage",
         )
         factor = 2 ** (len(stages) - 1)
-        vae_factor = 2 ** (len(self.configs["vae"].get("block_out_channels", (64,))) - 1)
+        vae_factor = self.vae_scale_factor
         require(
             factor == vae_factor,
             f"controlnet.conditioning_embedding_out_channels has {len(stages)} stages: the "
@@ -92,7 +95,7 @@ class ControlNetTask(FinetuneTask):
             f"{len(f'{vae_factor:b}')} stages (the VAE's factor {vae_factor})",
         )
         require(
-            not config.train.cache_encodings,
+            not config.train.get("cache_encodings", False),
             "train.cache_encodings keeps no conditioning images; accepted: "
             "train.cache_encodings=False",
         )
@@ -142,7 +145,7 @@ class ControlNetTask(FinetuneTask):
             model.text_encoder,
             model.unet,
             model.autoencoder,
-            model.autoencoder.scaling_factor,
+            model.latent_scale[...],
             controlnet,
         )
 
@@ -190,15 +193,8 @@ class ControlNetTask(FinetuneTask):
             batch["conditioning_image"],
         )
 
-    def pipeline(self, model: ControlledModel) -> StableDiffusion:
-        return StableDiffusion(
-            model.unet,
-            model.autoencoder,
-            model.text_encoder,
-            self.tokenizer,
-            self.scheduler_config,
-            controlnet=model.controlnet,
-        )
+    def pipeline(self, model: ControlledModel) -> Pipeline:
+        return super().pipeline(model, controlnet=model.controlnet)
 
     def preview(self, model: ControlledModel) -> tuple[np.ndarray, dict[str, Any]]:
         """The first preview examples of the data: their conditioning images above samples for
@@ -225,3 +221,11 @@ class ControlNetTask(FinetuneTask):
             return
         with atomic_path(workdir / EXPORT_DIR, directory=True) as partial:
             write_component(model.controlnet, partial)
+
+
+class ControlNetTask(ControlNetTraining, FinetuneTask):
+    """A ControlNet for a pretrained Stable Diffusion model (``pretrained``)."""
+
+
+class RunControlNetTask(ControlNetTraining, TrainedBaseTask):
+    """A ControlNet for a trained jaxdiff text-to-image run (``base_workdir``)."""

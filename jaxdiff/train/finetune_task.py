@@ -27,6 +27,7 @@ from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import require
 from jaxdiff.models import lora
+from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.pipelines import StableDiffusion
 from jaxdiff.pipelines.prompts import tokenize
@@ -89,6 +90,7 @@ class FinetuneTask:
             encoding_cache.check_cacheable(config)
         vae = self.configs["vae"]
         factor = 2 ** (len(vae.get("block_out_channels", (64,))) - 1)
+        self.vae_scale_factor = factor  # image pixels per latent pixel
         size = config.data.image_size
         require(
             size % factor == 0,
@@ -158,9 +160,16 @@ class FinetuneTask:
         unconditional = self.cache.unconditional if cached else self.unconditional_ids
         return caption_dropout_loss(self.diffusion, rate, unconditional, model, batch)
 
-    def pipeline(self, model: TextToImageModel) -> StableDiffusion:
+    def pipeline(
+        self, model: TextToImageModel, controlnet: ControlNet | None = None
+    ) -> StableDiffusion:
         return StableDiffusion(
-            model.unet, model.autoencoder, model.text_encoder, self.tokenizer, self.scheduler_config
+            model.unet,
+            model.autoencoder,
+            model.text_encoder,
+            self.tokenizer,
+            self.scheduler_config,
+            controlnet=controlnet,
         )
 
     def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, Any]]:

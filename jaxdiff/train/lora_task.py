@@ -1,8 +1,9 @@
-"""Training LoRA adapters (Hu et al. 2021) on a pretrained Stable Diffusion model.
+"""Training LoRA adapters (Hu et al. 2021) on a frozen text-to-image model.
 
-Everything is `FinetuneTask`'s (the model folder, the data, the scheduler's objective, cached
-encodings) except what is trained: adapters of rank ``lora.rank`` and scale
-``lora.alpha / lora.rank`` on the layers whose reference module path (diffusers' UNet,
+The frozen model is a pretrained Stable Diffusion (``pretrained``, everything else
+`FinetuneTask`'s: the data, the scheduler's objective, cached encodings) or a trained jaxdiff
+text-to-image run (``base_workdir``, `TrainedBaseTask`'s). Adapters of rank ``lora.rank`` and
+scale ``lora.alpha / lora.rank`` go on the layers whose reference module path (diffusers' UNet,
 transformers' CLIP) matches ``lora.unet_targets`` / ``lora.text_encoder_targets`` as peft's
 ``target_modules`` match (the whole path, or its end after a "."), their inputs dropped at
 ``lora.dropout`` in training (each example's masks from its own key). The base weights stay
@@ -29,13 +30,15 @@ from jaxdiff.errors import check_choice, require
 from jaxdiff.models import lora
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.train.finetune_task import FinetuneTask
+from jaxdiff.train.trained_base import TrainedBaseTask
 
 ADAPTER = "default"  # the adapter's name in the model, as peft names a single adapter
 DROPOUT_STREAM = 0x10BA  # folded into an example's key for its adapters' dropout masks
 
 
-class LoRATask(FinetuneTask):
-    """`FinetuneTask` training LoRA adapters on a frozen model."""
+class LoRATraining:
+    """What a LoRA task adds to the task of its frozen model (`FinetuneTask` or
+    `TrainedBaseTask`, the next class in the method order)."""
 
     trainable = nnx.LoRAParam
 
@@ -62,7 +65,7 @@ class LoRATask(FinetuneTask):
             "names to adapt, e.g. --config.lora.unet_targets=to_q,to_k,to_v,to_out.0",
         )
         require(
-            not (settings.text_encoder_targets and config.train.cache_encodings),
+            not (settings.text_encoder_targets and config.train.get("cache_encodings", False)),
             "train.cache_encodings keeps the text encoder's outputs, which its LoRA changes; "
             "accepted: lora.text_encoder_targets=() or train.cache_encodings=False",
         )
@@ -99,6 +102,14 @@ class LoRATask(FinetuneTask):
             return
         networks = {"unet": model.unet, "text_encoder": model.text_encoder}
         save_lora(workdir / WEIGHT_NAME, networks, ADAPTER, self.config.lora.save_format)
+
+
+class LoRATask(LoRATraining, FinetuneTask):
+    """LoRA adapters on a pretrained Stable Diffusion model (``pretrained``)."""
+
+
+class RunLoRATask(LoRATraining, TrainedBaseTask):
+    """LoRA adapters on a trained jaxdiff text-to-image run (``base_workdir``)."""
 
 
 def add_adapters(

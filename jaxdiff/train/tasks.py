@@ -8,6 +8,7 @@ is `load_task`'s, its weights `load_model`'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -127,9 +128,9 @@ def validate_sample(config: ml_collections.ConfigDict) -> None:
 
 def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = None) -> Task:
     """The task named by ``config.task``, with the config validated."""
-    from jaxdiff.train.controlnet_task import ControlNetTask
+    from jaxdiff.train.controlnet_task import ControlNetTask, RunControlNetTask
     from jaxdiff.train.finetune_task import FinetuneTask
-    from jaxdiff.train.lora_task import LoRATask
+    from jaxdiff.train.lora_task import LoRATask, RunLoRATask
     from jaxdiff.train.text_to_image_task import TextToImageTask
     from jaxdiff.train.vae_task import VAETask
 
@@ -137,8 +138,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = No
         "vae": VAETask,
         "text_to_image": TextToImageTask,
         "finetune": FinetuneTask,
-        "lora": LoRATask,
-        "controlnet": ControlNetTask,
+        "lora": _by_base(LoRATask, RunLoRATask),
+        "controlnet": _by_base(ControlNetTask, RunControlNetTask),
     }
     check_choice("task", config.task, tuple(sorted(tasks)))
     validate_common(config)
@@ -146,6 +147,16 @@ def make_task(config: ml_collections.ConfigDict, workdir: str | Path | None = No
     if config_groups.metric_names(config.eval):
         require_image_task(task, "eval.metrics")
     return task
+
+
+def _by_base(pretrained: type[Task], run: type[Task]) -> Callable[..., Task]:
+    """A task that adapts a frozen model: ``run``'s for a trained jaxdiff run (the config has
+    a ``base_workdir`` field), ``pretrained``'s for a Stable Diffusion model folder."""
+
+    def make(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
+        return (run if "base_workdir" in config else pretrained)(config, workdir)
+
+    return make
 
 
 def require_image_task(task: Task, what: str) -> ImageTask:

@@ -24,6 +24,7 @@ from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion, make_process
 from jaxdiff.errors import UserError, require
 from jaxdiff.models.clip_text import CLIPTextTransformer
+from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import (
     build_tokenizer,
@@ -75,6 +76,7 @@ class TextToImageTask:
             f"data.image_size {size} is not divisible by the autoencoder's downsampling factor "
             f"{factor}; use a multiple of {factor}",
         )
+        self.vae_scale_factor = factor  # image pixels per latent pixel
         channels = 3 if self.autoencoder_config is None else self.autoencoder_config.latent_channels
         self.latent_shape = (size // factor, size // factor, channels)
         unet_factor = 2 ** (len(config.model.unet.block_out_channels) - 1)
@@ -124,9 +126,7 @@ class TextToImageTask:
 
     def initialize(self, model: TextToImageModel, workdir: Path) -> None:
         """Saves the tokenizer; loads the trained autoencoder and measures the latent scale."""
-        if jax.process_index() == 0:
-            with atomic_path(workdir / TOKENIZER_DIR, directory=True) as partial:
-                save_tokenizer(self.tokenizer, partial)
+        self.save_description(workdir)
         if model.autoencoder is None:
             if jax.process_index() == 0:
                 print(PIXEL_SPACE_NOTE, flush=True)
@@ -135,7 +135,15 @@ class TextToImageTask:
         sample = self.data.batch(np.arange(LATENT_SCALE_IMAGES))["image"]
         latents, _ = model.autoencoder.encode(jnp.asarray(sample))  # the posterior means
         model.latent_scale.set_value(1.0 / jnp.std(latents))
-        if jax.process_index() == 0:
+
+    def save_description(self, workdir: Path) -> None:
+        """Writes what the run's task is made from beside its checkpoints: the tokenizer and the
+        frozen autoencoder's architecture (a latent model's)."""
+        if jax.process_index() != 0:
+            return
+        with atomic_path(workdir / TOKENIZER_DIR, directory=True) as partial:
+            save_tokenizer(self.tokenizer, partial)
+        if self.autoencoder_config is not None:
             write_atomically(
                 workdir / AUTOENCODER_FILE,
                 json.dumps(self.autoencoder_config.to_dict(), indent=2, default=list),
@@ -156,9 +164,15 @@ class TextToImageTask:
     def prepare(self, model: TextToImageModel, workdir: Path) -> None:
         del model, workdir  # nothing to compute from the weights
 
-    def pipeline(self, model: TextToImageModel) -> TextToImagePipeline:
+    def pipeline(
+        self, model: TextToImageModel, controlnet: ControlNet | None = None
+    ) -> TextToImagePipeline:
         return TextToImagePipeline(
-            model, self.tokenizer, self.diffusion, self.config.data.image_size
+            model,
+            self.tokenizer,
+            self.diffusion,
+            self.config.data.image_size,
+            controlnet=controlnet,
         )
 
     def preview(self, model: TextToImageModel) -> tuple[np.ndarray, dict[str, Any]]:

@@ -7,8 +7,9 @@ import pytest
 from scipy import ndimage
 
 from jaxdiff.data import shapes
-from jaxdiff.data.shapes import ShapesDataset
+from jaxdiff.data.shapes import SHAPES, ShapesDataset
 from jaxdiff.errors import UserError
+from jaxdiff.evaluation.shape_attributes import read_attributes
 
 
 @pytest.mark.parametrize("background", ["plain", "textured"])
@@ -220,3 +221,22 @@ def test_conditioning_images_trace_the_shape(conditioning: str) -> None:
         assert not (on & ~near).any()
     with pytest.raises(UserError, match=r"conditioning='depth' .*accepted: '' \(none\), mask"):
         ShapesDataset(conditioning="depth")
+
+
+def test_conditioning_images_for_other_attributes() -> None:
+    """A mask of another shape in the same place (the example's own jitter and size), read back
+    as that shape; the examples' own attributes give their records' masks."""
+    data = ShapesDataset(image_size=32, seed=3, background="plain", conditioning="mask")
+    indices = np.arange(30)
+    own = data.attributes(indices)
+    np.testing.assert_array_equal(
+        data.conditioning_images(indices), np.rint(255 * data.batch(indices)["conditioning_image"])
+    )
+    other = own.copy()
+    other[:, 0] = (own[:, 0] + 1) % len(SHAPES)
+    masks = data.conditioning_images(indices, other)  # [N, 32, 32, 3] white on black
+    coloured = np.where(masks > 127, np.array([225, 45, 45], np.uint8), np.uint8(90))
+    read = read_attributes(coloured)
+    np.testing.assert_array_equal(read[:, [0, 2]], other[:, [0, 2]])
+    with pytest.raises(UserError, match=r"data\.conditioning is ''; accepted: mask, edges"):
+        ShapesDataset().conditioning_images(indices)
