@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from demo_adapters import train_on_demo  # noqa: E402
+from demo_runs import train_on_demo  # noqa: E402
 
 from jaxdiff import images  # noqa: E402
 from jaxdiff.data.pipeline import make_source  # noqa: E402
@@ -53,9 +53,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="ControlNet config overrides key=value")
     args = parser.parse_args()
     base_dir, run_dir = args.workdir / "t2i", args.workdir / "controlnet"
-    config, summary, train_seconds = train_on_demo(
-        args.config, args.workdir, "controlnet", args.overrides
-    )
+    config, training = train_on_demo(args.config, args.workdir, "controlnet", args.overrides)
 
     data = make_source(config.data)  # the shapes with their masks, no combination held out
     indices = FIRST_EXAMPLE + np.arange(args.examples)
@@ -98,10 +96,9 @@ def main() -> None:
         "examples": args.examples,
         "sampling": sampling,
         "training": {
-            "steps": summary["steps"],
+            **training,
             "batch_size": config.train.batch_size,
             "learning_rate": config.train.learning_rate,
-            "seconds": round(train_seconds, 1),
         },
         "sampling_seconds": round(sample_seconds, 1),
     }
@@ -138,9 +135,9 @@ def _report(metrics: dict) -> str:
     t, s = metrics["training"], metrics["sampling"]
     return f"""# A ControlNet for the shapes model
 
-Trained {t["steps"]} steps, batch {t["batch_size"]}, learning rate {t["learning_rate"]}, in
-{t["seconds"]:.0f} s. {metrics["examples"]} images per row, sampler `{s["sampler"]}`,
-{s["num_inference_steps"]} steps, guidance {s["guidance_scale"]}.
+Trained {t["steps"]} steps, batch {t["batch_size"]}, learning rate {t["learning_rate"]}; this
+call trained {t["trained"]} of them in {t["seconds"]:.0f} s. {metrics["examples"]} images per
+row, sampler `{s["sampler"]}`, {s["num_inference_steps"]} steps, guidance {s["guidance_scale"]}.
 
 | model | shape | colour | position | all correct |
 |---|---|---|---|---|

@@ -20,26 +20,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo_runs import train_or_exit  # noqa: E402
+
 from jaxdiff import images  # noqa: E402
 from jaxdiff.configuration import load_config  # noqa: E402
 from jaxdiff.data.shapes import SHAPES, combinations, parse_holdout, prompt  # noqa: E402
 from jaxdiff.evaluation import prompt_adherence  # noqa: E402
 from jaxdiff.evaluation.shape_attributes import read_attributes  # noqa: E402
-from jaxdiff.train.stopping import exit_code, stop_report  # noqa: E402
 from jaxdiff.train.tasks import generator, load_trained  # noqa: E402
-from jaxdiff.train.trainer import train  # noqa: E402
 from jaxdiff.train.vae_task import PREVIEW_INDEX, reconstruct  # noqa: E402
-from jaxdiff.workdir import checkpoint_folder  # noqa: E402
-
-
-def _train_or_exit(config, workdir: Path) -> dict[str, float]:
-    """Trains (or resumes) one stage; a Ctrl-C or SIGTERM ends the demo after the checkpoint."""
-    result = train(config, workdir)
-    if result["signal"]:
-        checkpoint = checkpoint_folder(workdir, result["steps"])
-        print(stop_report(result["signal"], result["steps"], config.train.steps, checkpoint))
-        sys.exit(exit_code(result["signal"]))
-    return result
 
 
 def main() -> None:
@@ -58,12 +47,12 @@ def main() -> None:
 
     started = time.perf_counter()
     vae_config = load_config(args.vae_config)
-    vae_metrics = _train_or_exit(vae_config, workdir / "vae")
+    vae_metrics = train_or_exit(vae_config, workdir / "vae")
     seconds["train_vae"] = time.perf_counter() - started
 
     started = time.perf_counter()
     t2i_config = load_config(args.t2i_config, [f"vae_workdir={workdir / 'vae'}", *args.overrides])
-    t2i_metrics = _train_or_exit(t2i_config, workdir / "t2i")
+    t2i_metrics = train_or_exit(t2i_config, workdir / "t2i")
     seconds["train_text_to_image"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from demo_adapters import train_on_demo  # noqa: E402
+from demo_runs import train_on_demo  # noqa: E402
 
 from jaxdiff.convert.lora_files import WEIGHT_NAME  # noqa: E402
 from jaxdiff.data.shapes import combinations, parse_holdout  # noqa: E402
@@ -39,11 +39,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="LoRA config overrides key=value")
     args = parser.parse_args()
     base_dir, run_dir = args.workdir / "t2i", args.workdir / "lora"
-    config, summary, train_seconds = train_on_demo(
-        args.config, args.workdir, "lora", args.overrides
-    )
+    config, training = train_on_demo(args.config, args.workdir, "lora", args.overrides)
 
     unseen = set(parse_holdout(saved_config(base_dir).data.holdout))
+    trained_on = set(combinations()) - set(parse_holdout(config.data.holdout))
+    if trained_on != unseen:
+        sys.exit(
+            f"the LoRA trains on {sorted(trained_on)}, but the base run held out "
+            f"{sorted(unseen)}; give the LoRA config data.holdout=... to match"
+        )
     every = combinations()
     is_unseen = np.repeat([c in unseen for c in every], args.samples_per_prompt)
     results = {}
@@ -68,10 +72,9 @@ def main() -> None:
             "file_bytes": (run_dir / WEIGHT_NAME).stat().st_size,
         },
         "training": {
-            "steps": summary["steps"],
+            **training,
             "batch_size": config.train.batch_size,
             "learning_rate": config.train.learning_rate,
-            "seconds": round(train_seconds, 1),
         },
     }
     (run_dir / "adherence.json").write_text(json.dumps(metrics, indent=2))
@@ -90,10 +93,10 @@ def _report(metrics: dict) -> str:
     return f"""# A LoRA on the shapes model's held-out combinations
 
 Rank {lora["rank"]} (alpha {lora["alpha"]}) on {", ".join(lora["unet_targets"])}; trained
-{t["steps"]} steps, batch {t["batch_size"]}, learning rate {t["learning_rate"]}, in
-{t["seconds"]:.0f} s, on {"; ".join(metrics["held_out"])} alone; file {lora["file_bytes"]:,}
-bytes. {metrics["samples_per_prompt"]} images per prompt, sampler `{s["sampler"]}`, {s["steps"]}
-steps, guidance {s["guidance"]}.
+{t["steps"]} steps (this call: {t["trained"]} in {t["seconds"]:.0f} s), batch {t["batch_size"]},
+learning rate {t["learning_rate"]}, on {"; ".join(metrics["held_out"])} alone; file
+{lora["file_bytes"]:,} bytes. {metrics["samples_per_prompt"]} images per prompt, sampler
+`{s["sampler"]}`, {s["steps"]} steps, guidance {s["guidance"]}.
 
 | model | combinations | images | shape | colour | position | all correct |
 |---|---|---|---|---|---|---|

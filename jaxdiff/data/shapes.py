@@ -369,8 +369,19 @@ class ShapesDataset:
         if not self.conditioning:
             raise UserError("data.conditioning is ''; accepted: mask, edges")
         keys = self._keys(indices)
-        own = self._attributes(keys)
-        return self._conditioning_images(keys, own if attributes is None else attributes)
+        if attributes is None:
+            return self._conditioning_images(keys, self._attributes(keys))
+        attributes = np.asarray(attributes)
+        sizes = np.array([len(SHAPES), len(COLOURS), len(POSITIONS)])
+        if (
+            attributes.shape != (len(keys), 3)
+            or not ((attributes >= 0) & (attributes < sizes)).all()
+        ):
+            raise UserError(
+                f"attributes of shape {attributes.shape}; accepted: [{len(keys)}, 3] (shape, "
+                "colour, position) ids, one row per index"
+            )
+        return self._conditioning_images(keys, attributes)
 
     def _images(self, keys: np.ndarray, attributes: np.ndarray) -> np.ndarray:
         """Renders the examples: `[N, S, S, 3]` uint8."""

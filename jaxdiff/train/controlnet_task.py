@@ -10,8 +10,9 @@ caption (``data.conditioning_column`` of a folder, ``data.conditioning_key`` of 
 ``data.conditioning`` of the shapes).
 
 When the run reaches its last step, its ControlNet (EMA weights) is written as a diffusers
-`ControlNetModel` folder, ``WORKDIR/controlnet``, which ``jaxdiff sample --controlnet`` and
-diffusers' ``ControlNetModel.from_pretrained`` load.
+`ControlNetModel` folder, ``WORKDIR/controlnet``: for a Stable Diffusion base, ``jaxdiff sample
+--pretrained MODEL --controlnet`` and diffusers' ``ControlNetModel.from_pretrained`` load it; a
+run on either base samples with ``jaxdiff sample --workdir RUN --control-image``.
 """
 
 from __future__ import annotations
@@ -88,11 +89,15 @@ class ControlNetTraining:
         )
         factor = 2 ** (len(stages) - 1)
         vae_factor = self.vae_scale_factor
+        accepted = (
+            "1 stage (a pixel-space model)"
+            if vae_factor == 1
+            else f"{len(f'{vae_factor:b}')} stages (the VAE's factor {vae_factor})"
+        )
         require(
             factor == vae_factor,
             f"controlnet.conditioning_embedding_out_channels has {len(stages)} stages: the "
-            f"conditioning images at {factor}x the latents' size; accepted: "
-            f"{len(f'{vae_factor:b}')} stages (the VAE's factor {vae_factor})",
+            f"conditioning images at {factor}x the latents' size; accepted: {accepted}",
         )
         require(
             not config.train.get("cache_encodings", False),
@@ -113,7 +118,7 @@ class ControlNetTraining:
         )
 
     def build_model(self, rngs: nnx.Rngs) -> ControlledModel:
-        """The frozen networks (`FinetuneTask`'s) and a ControlNet for their UNet: its
+        """The frozen networks (the base task's) and a ControlNet for their UNet: its
         conditioning embedding drawn from `rngs`, its zero convolutions at zero and the rest
         zeros too, set in `initialize` (or read from a checkpoint)."""
         model = super().build_model(rngs)

@@ -12,7 +12,8 @@ weights once.
 
 When the run reaches its last step, its adapters (EMA weights) are written to
 ``WORKDIR/pytorch_lora_weights.safetensors`` in ``lora.save_format``: "peft" (diffusers'
-``load_lora_weights`` reads it) or "kohya" (A1111, ComfyUI).
+``load_lora_weights`` reads it) or "kohya" (A1111, ComfyUI); a jaxdiff base run's pipeline loads
+either (``task.pipeline(model).load_lora_weights``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class LoRATraining:
         return model
 
     def loss(self, model: TextToImageModel, batch: dict) -> tuple[jax.Array, dict]:
-        """`FinetuneTask`'s loss, the adapters' inputs dropped at ``lora.dropout`` with masks
+        """The base task's loss, the adapters' inputs dropped at ``lora.dropout`` with masks
         from each example's key."""
         keys = jax.vmap(lambda key: jax.random.fold_in(key, DROPOUT_STREAM))(batch["key"])
         with lora.dropout_keys(keys):

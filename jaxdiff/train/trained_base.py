@@ -1,8 +1,9 @@
 """A trained jaxdiff text-to-image run (``base_workdir``) as the frozen base of a task that adapts
-it (a ControlNet).
+it (a ControlNet, LoRA adapters).
 
 The config repeats the base run's architecture (``model.text``, ``model.unet``) and noise process
-(``diffusion``), checked against the run's own; the tokenizer, the autoencoder's architecture, the
+(``diffusion.process``, its options and the parameterization), checked against the run's own (the
+loss weighting may differ); the tokenizer, the autoencoder's architecture, the
 latent scale and the weights (the run's EMA weights) come from the run. A fresh run saves the
 tokenizer and the autoencoder's architecture beside its checkpoints, which hold every weight, so
 that resuming and sampling need only its own workdir.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 from flax import nnx
@@ -24,8 +26,14 @@ from jaxdiff.train.finetune_task import zero_module
 from jaxdiff.train.text_to_image_task import TOKENIZER_DIR, TextToImageTask
 from jaxdiff.workdir import checkpoint_step, require_trained, restore_weights, saved_config_dict
 
-SHARED_GROUPS = ("model.text", "model.unet", "diffusion")
-"""The config groups an adapting run shares with its base run."""
+SHARED_FIELDS = (
+    "model.text",
+    "model.unet",
+    "diffusion.process",
+    "diffusion.process_options",
+    "diffusion.parameterization",
+)
+"""The config fields an adapting run shares with its base run."""
 
 
 class TrainedBaseTask(TextToImageTask):
@@ -68,7 +76,8 @@ class TrainedBaseTask(TextToImageTask):
 
 def check_base(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
     """Refuses, in one line, a base run that is not text-to-image, or whose architecture or
-    noise process differs from ``config``'s, or a config that names its own autoencoder."""
+    noise process differs from ``config``'s (`SHARED_FIELDS`), or a config that names its own
+    autoencoder."""
     where = f"base_workdir {config.base_workdir!r}"
     require(
         base.task == "text_to_image",
@@ -78,19 +87,25 @@ def check_base(config: ml_collections.ConfigDict, base: ml_collections.ConfigDic
         not config.vae_workdir,
         f"vae_workdir={config.vae_workdir!r}: the base run's autoencoder is used; accepted: ''",
     )
-    for group in SHARED_GROUPS:
-        ours, theirs = _plain(config, group), _plain(base, group)
+    for field in SHARED_FIELDS:
+        ours, theirs = _plain(config, field), _plain(base, field)
+        if not isinstance(ours, dict) or not isinstance(theirs, dict):
+            ours, theirs = {"": ours}, {"": theirs}
         for key in sorted(set(ours) | set(theirs)):
+            name = f"{field}.{key}" if key else field
             require(
                 ours.get(key) == theirs.get(key),
-                f"{group}.{key}={ours.get(key)!r} but {where} was trained with "
-                f"{theirs.get(key)!r}; accepted: the base run's value",
+                f"{name}={ours.get(key)!r} but {where} was trained with {theirs.get(key)!r}; "
+                "accepted: the base run's value",
             )
 
 
-def _plain(config: ml_collections.ConfigDict, group: str) -> dict:
-    """A config group as JSON values (tuples as lists), as a saved config holds it."""
+def _plain(config: ml_collections.ConfigDict, field: str) -> Any:
+    """A config field as JSON values (groups as dicts, tuples as lists), as a saved config
+    holds it."""
     node = config
-    for part in group.split("."):
+    for part in field.split("."):
         node = node[part]
-    return json.loads(json.dumps(node.to_dict(), default=list))
+    if isinstance(node, ml_collections.ConfigDict):
+        node = node.to_dict()
+    return json.loads(json.dumps(node, default=list))

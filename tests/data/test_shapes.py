@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from jaxdiff.data import shapes
-from jaxdiff.data.shapes import SHAPES, ShapesDataset
+from jaxdiff.data.shapes import COLOURS, SHAPES, ShapesDataset
 from jaxdiff.errors import UserError
 from jaxdiff.evaluation.shape_attributes import read_attributes
 
@@ -238,5 +238,10 @@ def test_conditioning_images_for_other_attributes() -> None:
     coloured = np.where(masks > 127, np.array([225, 45, 45], np.uint8), np.uint8(90))
     read = read_attributes(coloured)
     np.testing.assert_array_equal(read[:, [0, 2]], other[:, [0, 2]])
+    with pytest.raises(UserError, match=r"attributes of shape \(30, 2\); accepted: \[30, 3\]"):
+        data.conditioning_images(indices, other[:, :2])
+    other[0, 1] = len(COLOURS)
+    with pytest.raises(UserError, match=r"attributes of shape \(30, 3\); accepted: \[30, 3\] \("):
+        data.conditioning_images(indices, other)
     with pytest.raises(UserError, match=r"data\.conditioning is ''; accepted: mask, edges"):
         ShapesDataset().conditioning_images(indices)

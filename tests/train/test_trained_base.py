@@ -22,6 +22,7 @@ from jaxdiff.convert.lora_files import WEIGHT_NAME
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.errors import UserError
 from jaxdiff.images import read_png_text, save_png, to_uint8
+from jaxdiff.train import trained_base
 from jaxdiff.train.controlnet_task import EXPORT_DIR, RunControlNetTask
 from jaxdiff.train.lora_task import RunLoRATask
 from jaxdiff.train.tasks import load_task, load_trained, make_task
@@ -116,6 +117,29 @@ def test_sample_the_run_without_its_base(runs, tmp_path):
     argv += ["--num-images", "2"]
     assert main([*argv, "--control-image", str(control), "--out", str(out)]) == 0
     assert read_png_text(out)["control_image"] == str(control)
+
+
+def test_a_run_resumes_without_its_base(runs, tmp_path, monkeypatch):
+    """A crash after step 1's checkpoint: the rerun reads its own workdir alone (the base run is
+    never opened) and ends with the uninterrupted run's weights."""
+    _, workdir, config = runs
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "2")
+    shutil.rmtree(copy / EXPORT_DIR)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base run was read")
+
+    monkeypatch.setattr(trained_base, "check_base", refuse)
+    monkeypatch.setattr(trained_base, "restore_weights", refuse)
+    assert train(config, copy, progress=False)["trained"] == 1
+    for use_ema in (False, True):
+        resumed = nnx.state(load_trained(copy, use_ema)[1], nnx.Param)
+        uninterrupted = nnx.state(load_trained(workdir, use_ema)[1], nnx.Param)
+        for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert (copy / EXPORT_DIR / "config.json").is_file()
 
 
 def test_bad_bases_are_one_line_errors(base_run, tmp_path):
