@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxdiff import parallel
 from jaxdiff.configuration import load_config
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.unet import UNET_PRESETS, UNet
 from jaxdiff.train.lora_task import add_adapters
 from jaxdiff.train.state import per_device_bytes, total_bytes
@@ -38,7 +39,7 @@ def train_state(trainable: nnx.filterlib.Filter, rank: int = 0, alpha: float = 1
             add_adapters(unet, targets, rank, alpha, nnx.Rngs(1))
         return unet, nnx.Optimizer(unet, optax.adamw(1e-4), wrt=trainable)
 
-    unet, optimizer = nnx.eval_shape(create)
+    unet, optimizer = eval_shape(create)
     return nnx.state((unet, optimizer)), nnx.state(unet, trainable)
 
 

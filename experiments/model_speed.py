@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jaxdiff.convert import from_diffusers  # noqa: E402
+from jaxdiff.models.abstract import eval_shape  # noqa: E402
 from jaxdiff.models.unet import UNET_PRESETS, UNet  # noqa: E402
 
 TRAIN_UNET: dict[str, Any] = dict(
@@ -88,7 +89,7 @@ def nnx_copy_of(torch_model: torch.nn.Module) -> UNet:
 
 def random_unet(config: dict[str, Any], seed: int = 0) -> UNet:
     """`UNet(**config)` built abstractly and filled with fan-in scaled numpy normals."""
-    model = nnx.eval_shape(lambda: UNet(**config, rngs=nnx.Rngs(0)))
+    model = eval_shape(lambda: UNet(**config, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(seed)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = rng.standard_normal(var.shape, dtype=np.float32)

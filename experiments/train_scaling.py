@@ -28,6 +28,7 @@ from flax import nnx
 
 from jaxdiff import parallel
 from jaxdiff.configuration import load_config
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.unet import UNET_PRESETS, UNet
 from jaxdiff.train.optim import make_optimizer
 from jaxdiff.train.state import build_layout, initial_state, per_device_bytes, total_bytes
@@ -45,7 +46,7 @@ def fsdp_memory(devices: int = 8) -> dict:
         unet = UNet(**UNET_PRESETS["sd15"], rngs=nnx.Rngs(0))
         return unet, nnx.Optimizer(unet, optax.adamw(1e-4), wrt=nnx.Param)
 
-    unet, optimizer = nnx.eval_shape(create)
+    unet, optimizer = eval_shape(create)
     abstract = (nnx.state((unet, optimizer)), nnx.state(unet, nnx.Param))
     rules = parallel.check_rules(parallel.FSDP_RULES)
     shardings = tuple(parallel.state_shardings(s, mesh, rules) for s in abstract)

@@ -88,8 +88,10 @@ class Checkpointer:
     ) -> dict[str, Any]:
         """Restores the items named in ``templates`` (pytrees of arrays or ``ShapeDtypeStruct``
         giving shapes, dtypes and the shardings to restore into), and the run record if
-        ``record``."""
-        self._check_shapes(step, templates)
+        ``record``. An array of another shape than its template's, or missing, is a one-line
+        error naming it: the restored arrays are compared with their templates, and the saved
+        ones, from their metadata, when orbax refuses a template (reading every array's metadata
+        costs more than the restore itself, so it is read only then)."""
         abstract = {
             name: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
             for name, tree in templates.items()
@@ -102,7 +104,12 @@ class Checkpointer:
         }
         if record:
             args[RUN_RECORD] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception:
+            self._check_shapes(step, templates, self._manager.item_metadata(step))
+            raise
+        self._check_shapes(step, templates, restored)
         return {name: restored[name] for name in args}
 
     def restore_latest(
@@ -151,11 +158,14 @@ class Checkpointer:
         multihost_utils.sync_global_devices("jaxdiff checkpoints set aside")
         self._manager.reload()
 
-    def _check_shapes(self, step: int, templates: Mapping[str, Any]) -> None:
-        """A checkpoint of another model: a one-line error naming the first differing array."""
-        metadata = self._manager.item_metadata(step)
+    def _check_shapes(
+        self, step: int, templates: Mapping[str, Any], found: Mapping[str, Any]
+    ) -> None:
+        """A checkpoint of another model: a one-line error naming the first array of
+        ``templates`` that ``found`` (the step's items: arrays or their metadata) lacks or holds
+        in another shape."""
         for name, tree in templates.items():
-            saved = metadata[name]
+            saved = found[name]
             if saved is None:
                 raise ValueError(f"item {name!r} has no metadata")
             saved_leaves = {_names(p): leaf for p, leaf in _flatten(saved)}

@@ -225,6 +225,53 @@ def controlnet_inputs(config: dict, batch: int = 2, size: int = 8, seed: int = 1
     return x, t, context, cond
 
 
+# A learned-variance DiT (out_channels = 2 x in_channels, as the released ones) with 1,000 classes:
+# diffusers' DiTPipeline takes class 1000 as the null class.
+DIT_CONFIG = dict(
+    num_attention_heads=2,
+    attention_head_dim=8,
+    in_channels=4,
+    out_channels=8,
+    num_layers=2,
+    sample_size=8,
+    patch_size=2,
+    num_embeds_ada_norm=1000,
+)
+DIT_CONFIGS = {
+    "learned_variance": DIT_CONFIG,
+    # The other options: exact gelu, a feed-forward norm with parameters, no query / key / value
+    # bias, attention products in float32, 4x4 patches, the output as wide as the input.
+    "options": dict(
+        DIT_CONFIG,
+        out_channels=None,
+        patch_size=4,
+        activation_fn="gelu",
+        norm_elementwise_affine=True,
+        attention_bias=False,
+        upcast_attention=True,
+    ),
+}
+
+
+def build_dit(config: dict = DIT_CONFIG):
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(5)
+    model = DiTTransformer2DModel(**config).eval()
+    perturb(model, seed=5)
+    return model
+
+
+def dit_inputs(size: int, batch: int = 3, seed: int = 0):
+    """(x [B, H, W, 4], timesteps [B], class labels [B], the last the null class) as numpy."""
+    rng = np.random.RandomState(seed)
+    x = rng.randn(batch, size, size, 4).astype(np.float32)
+    t = rng.uniform(0, 1000, batch).astype(np.float32)
+    labels = np.array([*rng.randint(0, 1000, batch - 1), 1000])
+    return x, t, labels
+
+
 def build_vae(config: dict):
     import torch
     from diffusers import AutoencoderKL

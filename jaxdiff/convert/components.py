@@ -31,8 +31,10 @@ from jaxdiff.models import (
     CLIPTextTransformer,
     CLIPVisionTransformer,
     ControlNet,
+    DiT,
     UNet,
 )
+from jaxdiff.models.abstract import eval_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,14 @@ FORMATS: dict[str, ComponentFormat] = {
             diffusers.controlnet_arguments,
             _diffusers_config("ControlNetModel", diffusers.controlnet_config),
             diffusers.unet_table,
+        ),
+        ComponentFormat(
+            "DiTTransformer2DModel",
+            DiT,
+            _DIFFUSERS_WEIGHTS,
+            diffusers.dit_arguments,
+            _diffusers_config("DiTTransformer2DModel", diffusers.dit_config),
+            diffusers.dit_table,
         ),
         ComponentFormat(
             "AutoencoderKL",
@@ -212,7 +222,7 @@ def build_model(
     key = (cls, repr(sorted(arguments.items())), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name)
     if key not in _ABSTRACT_MODELS:
         try:
-            model = nnx.eval_shape(
+            model = eval_shape(
                 lambda: cls(**arguments, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
             )
         except UserError as error:
@@ -236,7 +246,7 @@ def model_format(model: nnx.Module) -> ComponentFormat:
         if isinstance(model, fmt.model):
             return fmt
     raise UserError(
-        f"a {type(model).__name__} has no diffusers format; accepted: UNet, ControlNet, "
+        f"a {type(model).__name__} has no diffusers format; accepted: UNet, ControlNet, DiT, "
         "AutoencoderKL, CLIPTextTransformer, CLIPVisionTransformer"
     )
 

@@ -1,5 +1,5 @@
-"""diffusers' `UNet2DConditionModel`, `ControlNetModel` and `AutoencoderKL`: config options and
-name tables.
+"""diffusers' `UNet2DConditionModel`, `ControlNetModel`, `AutoencoderKL` and
+`DiTTransformer2DModel`: config options and name tables.
 
 Verified against diffusers 0.42 (the tests compare `defaults` with the constructors' signatures
 and every converted model's output with diffusers' own).
@@ -60,6 +60,26 @@ def vae_table(arguments: dict[str, Any]) -> NameTable:
             (r"\.value$", ".to_v"),
             (r"\.proj_attn$", ".to_out.0"),
         ),
+    )
+
+
+_DIT_LINEAR = (
+    r"(.+\.)?(linear_1|linear_2|linear|to_q|to_k|to_v|to_out\.0|ff\.net\.0\.proj|ff\.net\.2"
+    r"|proj_out_1|proj_out_2)"
+)
+
+
+def dit_table(arguments: dict[str, Any]) -> NameTable:
+    """The DiT's table (its norms have parameters only with `norm_elementwise_affine`)."""
+    del arguments
+    return NameTable(
+        rules=(
+            Rule(r"pos_embed\.proj", "weight", "kernel", Layout.CONV),
+            Rule(r".+\.embedding_table", "weight", "embedding"),
+            Rule(_DIT_LINEAR, "weight", "kernel", Layout.LINEAR),
+            Rule(r".+\.norm3", "weight", "scale"),
+            Rule(r".+", "bias", "bias"),
+        )
     )
 
 
@@ -211,6 +231,44 @@ VAE_CONFIG = ReferenceConfig(
     ),
 )
 
+DIT_CONFIG = ReferenceConfig(
+    class_name="DiTTransformer2DModel",
+    defaults={
+        "num_attention_heads": 16,
+        "attention_head_dim": 72,
+        "in_channels": 4,
+        "out_channels": None,
+        "num_layers": 28,
+        "dropout": 0.0,
+        "norm_num_groups": 32,
+        "attention_bias": True,
+        "sample_size": 32,
+        "patch_size": 2,
+        "activation_fn": "gelu-approximate",
+        "num_embeds_ada_norm": 1000,
+        "upcast_attention": False,
+        "norm_type": "ada_norm_zero",
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-05,
+    },
+    arguments=(
+        "num_attention_heads",
+        "attention_head_dim",
+        "in_channels",
+        "out_channels",
+        "num_layers",
+        "sample_size",
+        "patch_size",
+        "num_embeds_ada_norm",
+        "activation_fn",
+        "attention_bias",
+        "upcast_attention",
+        "norm_elementwise_affine",
+        "norm_eps",
+    ),
+    ignored=("norm_num_groups",),  # a DiTTransformer2DModel option that nothing uses
+)
+
 # diffusers lets these be one value per level; jaxdiff's UNet takes one value for all levels.
 _UNIFORM_PER_LEVEL = (
     "layers_per_block",
@@ -262,6 +320,16 @@ def vae_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
                 f"{block} for each of the {levels} levels"
             )
     return arguments
+
+
+def dit_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`DiT` arguments of a diffusers `DiTTransformer2DModel` config."""
+    return DIT_CONFIG.to_arguments(config, source)
+
+
+def dit_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A complete diffusers `DiTTransformer2DModel` config for `DiT` arguments."""
+    return DIT_CONFIG.to_config(arguments)
 
 
 def unet_config(arguments: dict[str, Any]) -> dict[str, Any]:

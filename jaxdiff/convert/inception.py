@@ -26,6 +26,7 @@ from jaxdiff.convert.name_tables import Layout, NameTable, Rule, load_into
 from jaxdiff.convert.safetensors_io import read_safetensors
 from jaxdiff.convert.weight_files import read_torch_bin
 from jaxdiff.errors import UserError
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.inception import VARIANTS, InceptionV3
 
 _STATS = r".+\.running_(mean|var)"
@@ -110,7 +111,7 @@ def inception_from_torch(
     else:
         source = str(path_or_state_dict)
         tensors = read_state_dict(path_or_state_dict)
-    model = nnx.eval_shape(
+    model = eval_shape(
         lambda: InceptionV3(variant, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
     )
     load_into(INCEPTION_TABLE, tensors, model, source)

@@ -1,5 +1,5 @@
-"""Flax NNX models: the conditional UNet and its ControlNet, the KL autoencoder and the CLIP text
-encoder.
+"""Flax NNX models: the conditional UNet and its ControlNet, the class-conditional DiT, the KL
+autoencoder and the CLIP text encoder.
 
 Module trees follow diffusers' `UNet2DConditionModel` / `AutoencoderKL` and transformers'
 `CLIPTextModel`, in NHWC layout; size variants are the named `*_PRESETS`.
@@ -12,6 +12,7 @@ from jaxdiff.models.clip_text import (
 )
 from jaxdiff.models.clip_vision import CLIP_VISION_PRESETS, CLIPVisionOutput, CLIPVisionTransformer
 from jaxdiff.models.controlnet import ControlNet
+from jaxdiff.models.dit import DIT_PRESETS, DiT
 from jaxdiff.models.layers import LOGICAL_AXES
 from jaxdiff.models.unet import DOWN_BLOCK_TYPES, UNET_PRESETS, UP_BLOCK_TYPES, UNet
 from jaxdiff.models.vae import VAE_PRESETS, AutoencoderKL
@@ -19,6 +20,7 @@ from jaxdiff.models.vae import VAE_PRESETS, AutoencoderKL
 __all__ = [
     "CLIP_TEXT_PRESETS",
     "CLIP_VISION_PRESETS",
+    "DIT_PRESETS",
     "DOWN_BLOCK_TYPES",
     "LOGICAL_AXES",
     "UNET_PRESETS",
@@ -30,5 +32,6 @@ __all__ = [
     "CLIPVisionOutput",
     "CLIPVisionTransformer",
     "ControlNet",
+    "DiT",
     "UNet",
 ]

@@ -95,11 +95,40 @@ class GEGLU(nnx.Module):
         return a * jax.nn.gelu(gate, approximate=False)
 
 
-class FeedForward(nnx.Module):
-    """diffusers `FeedForward` (activation "geglu", mult 4): `net = [GEGLU, Dropout, Linear]`.
+class GELU(nnx.Module):
+    """diffusers `GELU`: `proj`, then gelu (exact, or its tanh approximation)."""
 
-    The dropout has rate 0, as in every Stable Diffusion UNet; it keeps diffusers' indices
-    (`net[0]`, `net[2]`).
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        *,
+        approximate: bool = False,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.approximate = approximate
+        self.proj = dense(
+            dim_in, dim_out, ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., dim_in] -> [..., dim_out]."""
+        return jax.nn.gelu(self.proj(x), approximate=self.approximate)
+
+
+FEED_FORWARD_ACTIVATIONS = ("geglu", "gelu", "gelu-approximate")
+"""diffusers' `activation_fn` values the feed-forward takes."""
+
+
+class FeedForward(nnx.Module):
+    """diffusers `FeedForward` (mult 4): `net = [activation, Dropout, Linear]`, the activation one
+    of `FEED_FORWARD_ACTIVATIONS` (GEGLU in every Stable Diffusion UNet, tanh-approximated GELU in
+    DiT).
+
+    The dropout has rate 0, as in every model converted; it keeps diffusers' indices (`net[0]`,
+    `net[2]`).
     """
 
     def __init__(
@@ -107,14 +136,23 @@ class FeedForward(nnx.Module):
         dim: int,
         *,
         mult: int = 4,
+        activation_fn: str = "geglu",
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        if activation_fn not in FEED_FORWARD_ACTIVATIONS:
+            raise UserError(
+                f"activation_fn={activation_fn!r}; accepted: {', '.join(FEED_FORWARD_ACTIVATIONS)}"
+            )
         inner = dim * mult
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if activation_fn == "geglu":
+            activation = GEGLU(dim, inner, **kw)
+        else:
+            activation = GELU(dim, inner, approximate=activation_fn == "gelu-approximate", **kw)
         self.net = nnx.List(
-            [GEGLU(dim, inner, **kw), nnx.Dropout(0.0), dense(inner, dim, ("mlp", "embed"), **kw)]
+            [activation, nnx.Dropout(0.0), dense(inner, dim, ("mlp", "embed"), **kw)]
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -13,7 +13,8 @@ either group to one mesh axis (FSDP) and the rest to None gives valid specs for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,18 +54,21 @@ def dense(
     axes: tuple[str | None, str | None],
     *,
     use_bias: bool = True,
+    zero_init: bool = False,
     dtype: DTypeLike = jnp.float32,
     param_dtype: DTypeLike = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
-    """`torch.nn.Linear` equivalent: kernel [in, out] named `axes`, bias [out] named `axes[1]`."""
+    """`torch.nn.Linear` equivalent: kernel [in, out] named `axes`, bias [out] named `axes[1]`.
+    `zero_init`: the kernel starts at zero (DiT's adaLN-Zero), else LeCun-normal."""
+    kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.lecun_normal()
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=partitioned(nnx.initializers.lecun_normal(), axes),
+        kernel_init=partitioned(kernel_init, axes),
         bias_init=partitioned(nnx.initializers.zeros_init(), (axes[1],)),
         rngs=rngs,
     )
@@ -159,19 +163,23 @@ class GroupNorm(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """`torch.nn.LayerNorm` (Ba et al. 2016) over the last axis, computed in float32."""
+    """`torch.nn.LayerNorm` (Ba et al. 2016) over the last axis, computed in float32; without
+    `scale` and `bias` parameters when not `elementwise_affine`."""
 
     def __init__(
         self,
         num_features: int,
         eps: float = 1e-5,
         *,
+        elementwise_affine: bool = True,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
     ):
         self.eps = eps
         self.dtype = dtype
-        self.scale, self.bias = _norm_params(num_features, param_dtype)
+        self.scale, self.bias = (
+            _norm_params(num_features, param_dtype) if elementwise_affine else (None, None)
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., D] -> [..., D] in the compute dtype."""
@@ -179,7 +187,8 @@ class LayerNorm(nnx.Module):
         mean = xf.mean(axis=-1, keepdims=True)
         var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
         y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        if self.scale is not None:
+            y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype)
 
 
@@ -283,6 +292,23 @@ class Upsample2D(nnx.Module):
             b, 2 * h, 2 * w, c
         )
         return self.conv(x)
+
+
+def block_runner(remat: bool) -> Callable[..., Any]:
+    """How a model calls one of its blocks, `run(block, *args)`: directly, or (`remat`) in a
+    `jax.checkpoint` of a pure function of the block's state, so that its activations are
+    recomputed in the backward pass instead of kept. (`nnx.remat` refuses a block holding
+    variables that the enclosing gradient does not differentiate, such as a LoRA's frozen base.)"""
+    return _rematerialized if remat else _called
+
+
+def _called(block: nnx.Module, *args: Any) -> Any:
+    return block(*args)
+
+
+def _rematerialized(block: nnx.Module, *args: Any) -> Any:
+    graphdef, state = nnx.split(block)
+    return jax.checkpoint(lambda state, *args: nnx.merge(graphdef, state)(*args))(state, *args)
 
 
 Architecture = tuple[tuple[str, object], ...]

@@ -26,6 +26,7 @@ from jaxdiff.models.layers import (
     ResnetBlock2D,
     Upsample2D,
     architecture,
+    block_runner,
     conv2d,
 )
 
@@ -329,7 +330,7 @@ class UNetEncoder(nnx.Module):
     ) -> tuple[jax.Array, list[jax.Array]]:
         """conv_in's output h [B, H, W, C0] -> (the mid block's output [B, h, w, C], the skip
         activations of the up path: conv_in's, then each down block's)."""
-        run = _rematerialized if self.remat else _run_block
+        run = block_runner(self.remat)
         skips = [h]
         for block in self.down_blocks:
             h, block_skips = run(block, h, temb, context)
@@ -452,25 +453,13 @@ class UNet(UNetEncoder):
             skips = [s + r for s, r in zip(skips, down_block_additional_residuals, strict=True)]
         if mid_block_additional_residual is not None:
             h = h + mid_block_additional_residual
-        run = _rematerialized if self.remat else _run_block
+        run = block_runner(self.remat)
         for block in self.up_blocks:
             n = len(block.resnets)
             h = run(block, h, skips[-n:], temb, context)
             skips = skips[:-n]
         h = jax.nn.silu(self.conv_norm_out(h))
         return self.conv_out(h)  # [B, H, W, Cout]
-
-
-def _run_block(block: nnx.Module, *args: Any) -> Any:
-    return block(*args)
-
-
-def _rematerialized(block: nnx.Module, *args: Any) -> Any:
-    """`block(*args)` in a `jax.checkpoint` of a pure function of the block's state: its
-    activations are recomputed in the backward pass. (`nnx.remat` refuses a block holding
-    variables that the enclosing gradient does not differentiate, such as a LoRA's frozen base.)"""
-    graphdef, state = nnx.split(block)
-    return jax.checkpoint(lambda state, *args: nnx.merge(graphdef, state)(*args))(state, *args)
 
 
 def _check_block_types(

@@ -200,6 +200,15 @@ class Pipeline(abc.ABC):
     def tokenize(self, prompts: list[str]) -> np.ndarray:
         """Token ids `[N, T]` int32 of prompts."""
 
+    def prompt_ids(self, prompt: Any, negative_prompt: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The ids `[N, T]` of a call's N prompts and of their negative prompts (one each; None:
+        the empty prompt): what `encode_prompts` takes. A family whose prompts are not text
+        (class labels) says here what they are."""
+        prompts = prompt_list(prompt)
+        negatives = negative_prompt_list(negative_prompt, len(prompts))
+        ids = self.tokenize(prompts + negatives)  # unknown words fail before sampling
+        return ids[: len(prompts)], ids[len(prompts) :]
+
     @abc.abstractmethod
     def grid(self, sampling: Sampling) -> Grid:
         """The sigmas and settings the call's sampler runs along."""
@@ -386,15 +395,15 @@ class Pipeline(abc.ABC):
         mask: Any = None,
         strength: float = 1.0,
     ) -> np.ndarray | list:
-        prompts = prompt_list(prompt)
-        negatives = negative_prompt_list(negative_prompt, len(prompts))
+        ids, negative_ids = self.prompt_ids(prompt, negative_prompt)  # [N, T] each
+        prompts = len(ids)
         repeat = sampling.num_images_per_prompt
-        count = len(prompts) * repeat
+        count = prompts * repeat
         check_first_index(sampling.first_index, count)
         images = masks = None
         if mode != "text":
             require(0.0 < strength <= 1.0, f"strength={strength} must be in (0, 1]")
-            images = image_io.image_batch(image, len(prompts), self.vae_scale_factor)
+            images = image_io.image_batch(image, prompts, self.vae_scale_factor)
             if mask is not None:
                 masks = np.repeat(image_io.mask_batch(mask, images), repeat, axis=0)  # [B, H, W, 1]
             images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3]
@@ -403,8 +412,7 @@ class Pipeline(abc.ABC):
                 images.shape[2] // self.vae_scale_factor,
             )
         size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
-        conditioning = self.conditioning(extra, mode, len(prompts), repeat, size)
-        ids = self.tokenize(prompts + negatives)  # [2N, T]; unknown words fail before sampling
+        conditioning = self.conditioning(extra, mode, prompts, repeat, size)
         grid = self.grid(sampling)
         sigmas = _run_sigmas(grid.sigmas, strength, mode)
         keys = item_keys(sampling.root_key, count, sampling.first_index)  # [B]
@@ -425,8 +433,8 @@ class Pipeline(abc.ABC):
         )
         batch = parallel.split_rows(
             dict(
-                ids=np.repeat(ids[: len(prompts)], repeat, axis=0),  # [B, T]
-                negative_ids=np.repeat(ids[len(prompts) :], repeat, axis=0),  # [B, T]
+                ids=np.repeat(ids, repeat, axis=0),  # [B, T]
+                negative_ids=np.repeat(negative_ids, repeat, axis=0),  # [B, T]
                 keys=keys,
                 noise=noise,
                 images=images,

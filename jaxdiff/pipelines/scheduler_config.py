@@ -34,8 +34,8 @@ import numpy as np
 
 from jaxdiff.diffusion.processes import VPDiscrete
 from jaxdiff.diffusion.schedules import discrete, karras
-from jaxdiff.errors import UserError
-from jaxdiff.pipelines.base import Grid
+from jaxdiff.errors import UserError, require
+from jaxdiff.pipelines.base import Grid, Sampling
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 SIGMA_SCHEDULES = ("discrete", "karras")
@@ -155,6 +155,16 @@ class SchedulerConfig:
         if counterpart.clip is not None and clips:
             return self.clip_sample_range, None
         return None, None
+
+    def call_grid(self, sampling: Sampling) -> Grid:
+        """The grid of a pipeline call: its sampler, step count and `sigma_schedule`, which
+        takes no options."""
+        require(
+            not sampling.sigma_schedule_options,
+            "sigma_schedule_options: a scheduler config's sigma schedules take none "
+            "(sigma_schedule: None, 'discrete' or 'karras')",
+        )
+        return self.grid(sampling.sampler, sampling.num_inference_steps, sampling.sigma_schedule)
 
     def grid(self, sampler: str, n: int, sigma_schedule: str | None = None) -> Grid:
         """The sigmas `sampler` runs along for `n` steps and how, as the matching diffusers

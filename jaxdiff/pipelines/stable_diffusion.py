@@ -30,8 +30,8 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.diffusion import Diffusion
-from jaxdiff.errors import require
 from jaxdiff.models.controlnet import ControlNet
+from jaxdiff.pipelines import vae_latents
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
 from jaxdiff.pipelines.controlnet import ControlNetMixin, steered
 from jaxdiff.pipelines.lora import LoRAMixin
@@ -124,14 +124,7 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
         return tokenize(self.tokenizer, prompts)
 
     def grid(self, sampling: Sampling) -> Grid:
-        require(
-            not sampling.sigma_schedule_options,
-            "sigma_schedule_options: Stable Diffusion's sigma schedules take none "
-            "(sigma_schedule: None, 'discrete' or 'karras')",
-        )
-        return self.scheduler.grid(
-            sampling.sampler, sampling.num_inference_steps, sampling.sigma_schedule
-        )
+        return self.scheduler.call_grid(sampling)
 
     @staticmethod
     def encode_prompts(networks: Any, ids: jax.Array) -> jax.Array:
@@ -149,13 +142,8 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
     def encode_images(networks: Any, images: jax.Array, keys: jax.Array) -> jax.Array:
         """Scaled latents sampled from the VAE posterior, as diffusers' pipelines encode
         images."""
-        _, vae, _, _ = networks
-        mean, logvar = vae.encode(images)  # [B, h, w, c] each
-        mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-        eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(keys)
-        return (mean + jnp.exp(0.5 * logvar) * eps) * vae.scaling_factor
+        return vae_latents.sample_latents(networks[1], images, keys)
 
     @staticmethod
     def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
-        _, vae, _, _ = networks
-        return vae.decode(latents / vae.scaling_factor).astype(jnp.float32)
+        return vae_latents.decode_latents(networks[1], latents)

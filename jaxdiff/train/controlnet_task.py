@@ -30,6 +30,7 @@ from jaxdiff.atomic_write import atomic_path
 from jaxdiff.convert.components import write_component
 from jaxdiff.convert.pipeline_components import load_component
 from jaxdiff.errors import UserError, require
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.controlnet import (
     CHANNEL_ORDERS,
     ControlNet,
@@ -131,7 +132,7 @@ class ControlNetTraining:
         )
         dtype = model.unet.dtype
         controlnet = zero_module(
-            nnx.eval_shape(
+            eval_shape(
                 lambda: ControlNet(
                     **arguments, remat=model.unet.remat, dtype=dtype, rngs=nnx.Rngs(0)
                 )

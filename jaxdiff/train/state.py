@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxdiff import parallel
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.train.tasks import Task
 
 
@@ -40,7 +41,7 @@ def build_layout(
         model = task.build_model(nnx.Rngs(0))
         return model, nnx.Optimizer(model, optimizer, wrt=task.trainable)
 
-    model, opt = nnx.eval_shape(create)
+    model, opt = eval_shape(create)
     graphdef, abstract = nnx.split((model, opt))
     abstract_ema = nnx.state(model, task.trainable)
     return StateLayout(

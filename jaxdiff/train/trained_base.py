@@ -21,6 +21,7 @@ from flax import nnx
 from jaxdiff.configuration import from_dict
 from jaxdiff.errors import require
 from jaxdiff.models import lora
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.train.finetune_task import zero_module
 from jaxdiff.train.text_to_image_task import TOKENIZER_DIR, TextToImageTask
@@ -58,7 +59,7 @@ class TrainedBaseTask(TextToImageTask):
         """The base run's networks with zero weights (none drawn from ``rngs``): `initialize`
         or a checkpoint sets them."""
         del rngs
-        return zero_module(nnx.eval_shape(lambda: TextToImageTask.build_model(self, nnx.Rngs(0))))
+        return zero_module(eval_shape(lambda: TextToImageTask.build_model(self, nnx.Rngs(0))))
 
     def initialize(self, model: TextToImageModel, workdir: Path) -> None:
         """Saves the base run's description and sets the networks and the latent scale to its

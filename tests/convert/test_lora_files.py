@@ -12,6 +12,7 @@ from jaxdiff.convert.lora_files import read_lora
 from jaxdiff.convert.safetensors_io import write_safetensors
 from jaxdiff.errors import UserError
 from jaxdiff.models import CLIP_TEXT_PRESETS, UNET_PRESETS, CLIPTextTransformer, UNet
+from jaxdiff.models.abstract import eval_shape
 
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 CONV = "down_blocks.0.resnets.0.conv1"  # 3x3, 32 -> 32
@@ -25,8 +26,8 @@ Q_PROJ = "encoder.layers.1.self_attn.q_proj"
 def models():
     """The tiny UNet and text encoder, abstract."""
     return {
-        "unet": nnx.eval_shape(lambda: UNet(**UNET_PRESETS["tiny"], rngs=nnx.Rngs(0))),
-        "text_encoder": nnx.eval_shape(
+        "unet": eval_shape(lambda: UNet(**UNET_PRESETS["tiny"], rngs=nnx.Rngs(0))),
+        "text_encoder": eval_shape(
             lambda: CLIPTextTransformer(**CLIP_TEXT_PRESETS["tiny"], rngs=nnx.Rngs(0))
         ),
     }

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxdiff.models.abstract import eval_shape
+
 
 def _random_model(factory: Callable[[], nnx.Module], seed: int = 0) -> nnx.Module:
     """Builds `factory()` abstractly and fills it with numpy random weights.
@@ -15,7 +17,7 @@ def _random_model(factory: Callable[[], nnx.Module], seed: int = 0) -> nnx.Modul
     Skips the per-shape XLA compilation of the real initializers (seconds per model on a small
     CPU); weights are fan-in scaled normals, norm scales near 1, biases and shifts near 0.
     """
-    model = nnx.eval_shape(factory)
+    model = eval_shape(factory)
     rng = np.random.RandomState(seed)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         shape = var.shape

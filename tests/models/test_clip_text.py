@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxdiff.errors import UserError
 from jaxdiff.models import CLIP_TEXT_PRESETS, CLIPTextTransformer
+from jaxdiff.models.abstract import eval_shape
 
 TINY = CLIP_TEXT_PRESETS["tiny"]  # eos_token_id 98, vocabulary 99
 EOS = TINY["eos_token_id"]
@@ -102,7 +103,7 @@ def test_bad_calls_raise_user_error(encoder, call, match):
 )
 def test_bad_configuration_raises_user_error(overrides, match):
     with pytest.raises(UserError, match=match):
-        nnx.eval_shape(lambda: CLIPTextTransformer(**{**TINY, **overrides}, rngs=nnx.Rngs(0)))
+        eval_shape(lambda: CLIPTextTransformer(**{**TINY, **overrides}, rngs=nnx.Rngs(0)))
 
 
 def test_real_initialization_and_logical_axes(check_logical_axes):
@@ -120,7 +121,7 @@ def test_real_initialization_and_logical_axes(check_logical_axes):
 def test_clip_vit_l14_has_the_reference_parameter_count(
     preset, projection_dim, expected, count_params
 ):
-    encoder = nnx.eval_shape(
+    encoder = eval_shape(
         lambda: CLIPTextTransformer(
             **CLIP_TEXT_PRESETS[preset], projection_dim=projection_dim, rngs=nnx.Rngs(0)
         )

@@ -28,6 +28,7 @@ from jaxdiff.evaluation.clip_score import (
 )
 from jaxdiff.evaluation.clip_score import load_clip_tokenizer as load_tokenizer
 from jaxdiff.models import CLIP_VISION_PRESETS, CLIPVisionTransformer
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.clip_vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess
 
 CAPTIONS = ["a red circle", "there", "a blue square on the left", "re re re"]
@@ -214,7 +215,7 @@ def test_real_initialization_and_logical_axes(check_logical_axes):
 
 
 def test_clip_vit_b32_has_the_reference_parameter_count(count_params):
-    encoder = nnx.eval_shape(
+    encoder = eval_shape(
         lambda: CLIPVisionTransformer(**CLIP_VISION_PRESETS["clip_vit_b32"], rngs=nnx.Rngs(0))
     )
     assert count_params(encoder) == 87_849_216  # transformers, CLIPVisionModelWithProjection
@@ -260,7 +261,7 @@ def test_bad_pixel_values_and_folders_raise_user_error(clip, saved_vision, tmp_p
     )
     _one_line_error(lambda: load_tokenizer(tmp_path), "no usable tokenizer")
     _one_line_error(
-        lambda: nnx.eval_shape(
+        lambda: eval_shape(
             lambda: CLIPVisionTransformer(**{**CLIP_VISION, "patch_size": 5}, rngs=nnx.Rngs(0))
         ),
         "patch_size=5 does not divide image_size=32",

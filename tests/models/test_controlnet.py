@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxdiff.errors import UserError
 from jaxdiff.models import UNET_PRESETS, ControlNet, UNet
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.controlnet import check_steers
 
 TINY = UNET_PRESETS["tiny"]
@@ -102,7 +103,7 @@ def test_residual_count_must_fit_the_unet(copied):
 def test_bad_configuration(overrides, match):
     arguments = {k: v for k, v in TINY.items() if k not in ("out_channels", "up_block_types")}
     with pytest.raises(UserError, match=match):
-        nnx.eval_shape(lambda: ControlNet(**{**arguments, **overrides}, rngs=nnx.Rngs(0)))
+        eval_shape(lambda: ControlNet(**{**arguments, **overrides}, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize(
@@ -114,8 +115,8 @@ def test_bad_configuration(overrides, match):
     ],
 )
 def test_a_controlnet_for_another_unet(overrides, match):
-    unet = nnx.eval_shape(lambda: UNet(**TINY, rngs=nnx.Rngs(0)))
+    unet = eval_shape(lambda: UNet(**TINY, rngs=nnx.Rngs(0)))
     arguments = {k: v for k, v in TINY.items() if k not in ("out_channels", "up_block_types")}
-    other = nnx.eval_shape(lambda: ControlNet(**{**arguments, **overrides}, rngs=nnx.Rngs(0)))
+    other = eval_shape(lambda: ControlNet(**{**arguments, **overrides}, rngs=nnx.Rngs(0)))
     with pytest.raises(UserError, match=match):
         check_steers(other, unet)

@@ -8,6 +8,7 @@ import torch
 from flax import nnx
 
 from jaxdiff.errors import UserError
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.attention import attention
 from jaxdiff.models.embeddings import timestep_embedding
 from jaxdiff.models.layers import (
@@ -155,7 +156,7 @@ def test_fsdp_rule_groups_give_valid_specs_for_every_model(group):
     ]
     rules = tuple((name, "fsdp" if name in group else None) for name in LOGICAL_AXES)
     for factory in models:
-        state = nnx.state(nnx.eval_shape(factory), nnx.Param)
+        state = nnx.state(eval_shape(factory), nnx.Param)
         with nnx.logical_axis_rules(rules):
             specs = jax.tree.leaves(nnx.get_partition_spec(state))
         assert specs

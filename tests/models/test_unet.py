@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxdiff.errors import UserError
 from jaxdiff.models import UNET_PRESETS, UNet
+from jaxdiff.models.abstract import eval_shape
 
 TINY = UNET_PRESETS["tiny"]
 
@@ -96,7 +97,7 @@ def test_jit_through_split_merge_gives_finite_grads(tiny):
 
 def test_bf16_compute_with_fp32_params_is_close_to_fp32(tiny):
     unet, inputs, expected = tiny
-    bf16 = nnx.eval_shape(lambda: UNet(**TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    bf16 = eval_shape(lambda: UNet(**TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
     nnx.update(bf16, nnx.state(unet))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
     out = _forward(bf16, *inputs)
@@ -106,8 +107,8 @@ def test_bf16_compute_with_fp32_params_is_close_to_fp32(tiny):
 
 
 def test_every_parameter_has_logical_axes(check_logical_axes):
-    check_logical_axes(nnx.eval_shape(lambda: UNet(**TINY, rngs=nnx.Rngs(0))))
-    check_logical_axes(nnx.eval_shape(lambda: UNet(**VARIANT, rngs=nnx.Rngs(0))))
+    check_logical_axes(eval_shape(lambda: UNet(**TINY, rngs=nnx.Rngs(0))))
+    check_logical_axes(eval_shape(lambda: UNet(**VARIANT, rngs=nnx.Rngs(0))))
 
 
 @pytest.mark.parametrize(
@@ -123,11 +124,11 @@ def test_every_parameter_has_logical_axes(check_logical_axes):
 )
 def test_bad_configuration_raises_user_error(overrides, match):
     with pytest.raises(UserError, match=match):
-        nnx.eval_shape(lambda: UNet(**{**TINY, **overrides}, rngs=nnx.Rngs(0)))
+        eval_shape(lambda: UNet(**{**TINY, **overrides}, rngs=nnx.Rngs(0)))
 
 
 def test_spatial_size_must_divide_by_the_downsampling():
-    unet = nnx.eval_shape(lambda: UNet(**TINY, rngs=nnx.Rngs(0)))
+    unet = eval_shape(lambda: UNet(**TINY, rngs=nnx.Rngs(0)))
     x, t, ctx = _inputs(size=7)
     with pytest.raises(UserError, match="7x7; accepted: multiples of 2"):
         unet(x, t, ctx)
@@ -135,7 +136,7 @@ def test_spatial_size_must_divide_by_the_downsampling():
 
 def test_shapes_preset_denoises_8x8x4_latents():
     latent, context = (2, 8, 8, 4), (2, 16, 128)
-    unet = nnx.eval_shape(lambda: UNet(**UNET_PRESETS["shapes"], rngs=nnx.Rngs(0)))
+    unet = eval_shape(lambda: UNet(**UNET_PRESETS["shapes"], rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(unet)
     out = jax.eval_shape(
         lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c),
@@ -151,5 +152,5 @@ def test_shapes_preset_denoises_8x8x4_latents():
 def test_stable_diffusion_presets_have_the_reference_parameter_count(
     preset, expected, count_params
 ):
-    unet = nnx.eval_shape(lambda: UNet(**UNET_PRESETS[preset], rngs=nnx.Rngs(0)))
+    unet = eval_shape(lambda: UNet(**UNET_PRESETS[preset], rngs=nnx.Rngs(0)))
     assert count_params(unet) == expected

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxdiff.models import VAE_PRESETS, AutoencoderKL
+from jaxdiff.models.abstract import eval_shape
 
 TINY = VAE_PRESETS["tiny"]
 
@@ -41,7 +42,7 @@ def test_encode_decode_shapes_and_downsample_factor():
 
 @pytest.mark.parametrize(("preset", "factor"), [("shapes", 4), ("sd_vae", 8)])
 def test_presets_map_images_to_latents(preset, factor):
-    vae = nnx.eval_shape(lambda: AutoencoderKL(**VAE_PRESETS[preset], rngs=nnx.Rngs(0)))
+    vae = eval_shape(lambda: AutoencoderKL(**VAE_PRESETS[preset], rngs=nnx.Rngs(0)))
     assert vae.downsample_factor == factor
     graphdef, state = nnx.split(vae)
     image = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
@@ -61,19 +62,17 @@ def test_logvar_is_clamped(random_model):
 
 
 def test_mid_block_attention_is_optional():
-    vae = nnx.eval_shape(
-        lambda: AutoencoderKL(**TINY, mid_block_add_attention=False, rngs=nnx.Rngs(0))
-    )
+    vae = eval_shape(lambda: AutoencoderKL(**TINY, mid_block_add_attention=False, rngs=nnx.Rngs(0)))
     assert len(vae.encoder.mid_block.attentions) == 0
     assert len(vae.decoder.mid_block.attentions) == 0
     assert len(vae.decoder.up_blocks[0].resnets) == TINY["layers_per_block"] + 1
 
 
 def test_every_parameter_has_logical_axes(check_logical_axes):
-    check_logical_axes(nnx.eval_shape(lambda: AutoencoderKL(**TINY, rngs=nnx.Rngs(0))))
+    check_logical_axes(eval_shape(lambda: AutoencoderKL(**TINY, rngs=nnx.Rngs(0))))
 
 
 def test_sd_vae_preset_has_the_reference_parameter_count(count_params):
-    vae = nnx.eval_shape(lambda: AutoencoderKL(**VAE_PRESETS["sd_vae"], rngs=nnx.Rngs(0)))
+    vae = eval_shape(lambda: AutoencoderKL(**VAE_PRESETS["sd_vae"], rngs=nnx.Rngs(0)))
     assert count_params(vae) == 83_653_863
     assert vae.scaling_factor == 0.18215

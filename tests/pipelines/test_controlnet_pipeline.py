@@ -14,6 +14,7 @@ from PIL import Image
 from jaxdiff.convert import from_diffusers
 from jaxdiff.errors import UserError
 from jaxdiff.models import ControlNet
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.pipelines.stable_diffusion import StableDiffusion
 
 PROMPTS = ["a red cat", "sky"]
@@ -151,7 +152,7 @@ def test_control_arguments_need_a_controlnet(sd_folders):
 
 def _other(controlnet: ControlNet, **changes) -> ControlNet:
     arguments = {**dict(controlnet.architecture), **changes}
-    return nnx.eval_shape(lambda: ControlNet(**arguments, rngs=nnx.Rngs(0)))
+    return eval_shape(lambda: ControlNet(**arguments, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def _raises(match: str):
         (lambda p: p("a", sigma_schedule="cosine"), r"unknown sigma_schedule 'cosine'"),
         (
             lambda p: p("a", sigma_schedule_options={"rho": 3.0}),
-            r"sigma_schedule_options: Stable Diffusion's sigma schedules take none",
+            r"sigma_schedule_options: a scheduler config's sigma schedules take none",
         ),
         (lambda p: p("a", output_type="pt"), r"output_type='pt'; accepted: np, pil, latent"),
         (

@@ -13,6 +13,7 @@ from tiny_finetune import finetune_config
 
 from configs import common
 from jaxdiff.configuration import load_config
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.unet import UNET_PRESETS, UNet
 from jaxdiff.train.ema import make_ema_decay
 from jaxdiff.train.optim import learning_rate_schedule
@@ -94,7 +95,7 @@ def test_remat_checkpoints_every_block_of_the_gradient():
     """`remat=True` puts each down / mid / up block in a `jax.checkpoint` (its activations are
     recomputed in the backward pass); `remat=False` puts none."""
     on, off = (
-        nnx.eval_shape(lambda r=remat: UNet(**ONE_LEVEL, remat=r, rngs=nnx.Rngs(0)))
+        eval_shape(lambda r=remat: UNet(**ONE_LEVEL, remat=r, rngs=nnx.Rngs(0)))
         for remat in (True, False)
     )
     assert _gradient_remat_calls(on) == _blocks(on) == 3
@@ -119,7 +120,7 @@ def test_train_remat_reaches_the_unet(make_config, tmp_path):
     config = make_config(tmp_path)
     config.train.remat = True
     task = make_task(config, tmp_path / "run")
-    unet = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))).unet
+    unet = eval_shape(lambda: task.build_model(nnx.Rngs(0))).unet
     assert _gradient_remat_calls(unet) == _blocks(unet)
 
 
@@ -127,7 +128,7 @@ def test_remat_gives_the_same_gradients():
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
     context = jax.random.normal(jax.random.key(1), (2, 3, 32))
     (graphdef_on, state), (graphdef_off, _) = (
-        nnx.split(nnx.eval_shape(lambda r=remat: UNet(**ONE_LEVEL, remat=r, rngs=nnx.Rngs(0))))
+        nnx.split(eval_shape(lambda r=remat: UNet(**ONE_LEVEL, remat=r, rngs=nnx.Rngs(0))))
         for remat in (True, False)
     )
     rng = np.random.RandomState(0)  # numpy weights: no initializer is compiled

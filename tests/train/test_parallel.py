@@ -8,6 +8,7 @@ from flax import nnx
 
 from jaxdiff import parallel
 from jaxdiff.errors import UserError
+from jaxdiff.models.abstract import eval_shape
 from jaxdiff.models.unet import UNET_PRESETS, UNet
 from jaxdiff.train.state import per_device_bytes, total_bytes
 
@@ -74,7 +75,7 @@ def test_one_process_reads_every_row():
 
 def test_fsdp_specs_split_what_divides_and_replicate_the_rest():
     mesh = parallel.make_mesh({"fsdp": 8})
-    unet = nnx.eval_shape(lambda: UNet(**UNET_PRESETS["tiny"], rngs=nnx.Rngs(0)))
+    unet = eval_shape(lambda: UNet(**UNET_PRESETS["tiny"], rngs=nnx.Rngs(0)))
     shardings = parallel.state_shardings(nnx.state(unet), mesh, fsdp_rules())
     spec = {
         "/".join(map(str, path)): tuple(v.get_value().spec)
@@ -96,7 +97,7 @@ def test_sd15_train_state_per_device_bytes_under_fsdp():
         unet = UNet(**UNET_PRESETS["sd15"], rngs=nnx.Rngs(0))
         return unet, nnx.Optimizer(unet, optax.adamw(1e-4), wrt=nnx.Param)
 
-    unet, optimizer = nnx.eval_shape(create)
+    unet, optimizer = eval_shape(create)
     abstract = (nnx.state((unet, optimizer)), nnx.state(unet, nnx.Param))  # EMA: the parameters
     shardings = tuple(parallel.state_shardings(s, mesh, fsdp_rules()) for s in abstract)
     total = total_bytes(abstract)
