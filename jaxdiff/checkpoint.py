@@ -176,7 +176,7 @@ class Checkpointer:
                         f"checkpoint step {step} in {self.directory} was written by a different "
                         f"model: it has no {where}"
                     )
-                shape, want = tuple(saved_leaves[_names(path)].shape), tuple(leaf.shape)
+                shape, want = _shape(saved_leaves[_names(path)]), _shape(leaf)
                 if shape != want:
                     raise UserError(
                         f"checkpoint step {step} in {self.directory} was written by a different "
@@ -206,6 +206,11 @@ def _array_handlers(min_slice_bytes: int) -> list[tuple[type, Any]]:
 
 def _flatten(tree: Any) -> list[tuple[tuple, Any]]:
     return jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+
+
+def _shape(leaf: Any) -> tuple[int, ...]:
+    """The shape of an array, of its metadata, or of a Python scalar (())."""
+    return tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
 
 
 def _names(path: tuple) -> tuple[str, ...]:

@@ -95,6 +95,14 @@ FORMATS: dict[str, ComponentFormat] = {
             _diffusers_config("DiTTransformer2DModel", diffusers.dit_config),
             diffusers.dit_table,
         ),
+        ComponentFormat(  # written back as a DiTTransformer2DModel (model_format)
+            "Transformer2DModel",
+            DiT,
+            _DIFFUSERS_WEIGHTS,
+            diffusers.legacy_dit_arguments,
+            _diffusers_config("DiTTransformer2DModel", diffusers.dit_config),
+            diffusers.dit_table,
+        ),
         ComponentFormat(
             "AutoencoderKL",
             AutoencoderKL,
@@ -183,7 +191,8 @@ def from_diffusers(
     Args:
       component_dir: a folder with `config.json` and safetensors (or `.bin`) weights, e.g.
         `stable-diffusion-v1-5/unet`: a `UNet2DConditionModel` becomes a `UNet`, a
-        `ControlNetModel` a `ControlNet`, an
+        `ControlNetModel` a `ControlNet`, a `DiTTransformer2DModel` (or the
+        `Transformer2DModel` with adaLN-Zero of the first DiT checkpoints) a `DiT`, an
         `AutoencoderKL` an `AutoencoderKL`, a `CLIPTextModel[WithProjection]` a
         `CLIPTextTransformer`.
       dtype, param_dtype: compute and parameter dtypes (weights are cast to `param_dtype`).

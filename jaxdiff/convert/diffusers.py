@@ -269,6 +269,43 @@ DIT_CONFIG = ReferenceConfig(
     ignored=("norm_num_groups",),  # a DiTTransformer2DModel option that nothing uses
 )
 
+# The class name and options DiT checkpoints were first saved with (facebook/DiT-XL-2-256):
+# diffusers' `Transformer2DModel`, which it loads as a `DiTTransformer2DModel` when its norm is
+# adaLN-Zero. Its own defaults fill the options a config leaves out; the options a DiT lacks must
+# hold the values that make it one.
+LEGACY_DIT_CONFIG = ReferenceConfig(
+    class_name="Transformer2DModel",
+    defaults={
+        "num_attention_heads": 16,
+        "attention_head_dim": 88,
+        "in_channels": None,
+        "out_channels": None,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "norm_num_groups": 32,
+        "cross_attention_dim": None,
+        "attention_bias": False,
+        "sample_size": None,
+        "num_vector_embeds": None,
+        "patch_size": None,
+        "activation_fn": "geglu",
+        "num_embeds_ada_norm": None,
+        "use_linear_projection": False,
+        "only_cross_attention": False,
+        "double_self_attention": False,
+        "upcast_attention": False,
+        "norm_type": "ada_norm_zero",  # Transformer2DModel's default is "layer_norm": not a DiT
+        "norm_elementwise_affine": True,
+        "norm_eps": 1e-05,
+        "attention_type": "default",
+        "caption_channels": None,
+        "interpolation_scale": None,
+        "use_additional_conditions": None,
+    },
+    arguments=DIT_CONFIG.arguments,
+    ignored=DIT_CONFIG.ignored,
+)
+
 # diffusers lets these be one value per level; jaxdiff's UNet takes one value for all levels.
 _UNIFORM_PER_LEVEL = (
     "layers_per_block",
@@ -325,6 +362,11 @@ def vae_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
 def dit_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
     """`DiT` arguments of a diffusers `DiTTransformer2DModel` config."""
     return DIT_CONFIG.to_arguments(config, source)
+
+
+def legacy_dit_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`DiT` arguments of a DiT checkpoint's `Transformer2DModel` config."""
+    return LEGACY_DIT_CONFIG.to_arguments(config, source)
 
 
 def dit_config(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -34,8 +34,6 @@ def sincos_positions(
     """diffusers `get_2d_sincos_pos_embed` of a height x width grid: [H * W, dim] float32, the
     tokens in row-major order; the first half of each row encodes the column, the second the
     row, each a [sin, cos] embedding of its coordinate scaled to `base_size` cells."""
-    if dim % 4:
-        raise UserError(f"a DiT's width {dim} must be a multiple of 4 for its 2-D positions")
     rows = np.arange(height, dtype=np.float32) / np.float32(height / base_size)
     cols = np.arange(width, dtype=np.float32) / np.float32(width / base_size)
     rows, cols = rows / np.float32(interpolation_scale), cols / np.float32(interpolation_scale)
@@ -61,14 +59,11 @@ class PatchEmbed(nnx.Module):
         in_channels: int,
         embed_dim: int,
         *,
-        interpolation_scale: float = 1.0,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.patch_size = patch_size
         self.base_size = sample_size // patch_size
-        self.interpolation_scale = interpolation_scale
         self.proj = conv2d(
             in_channels,
             embed_dim,
@@ -84,13 +79,14 @@ class PatchEmbed(nnx.Module):
         """x [B, H, W, C] -> tokens [B, H/p * W/p, D]."""
         h = self.proj(x)  # [B, H/p, W/p, D]
         b, rows, cols, dim = h.shape
-        positions = sincos_positions(dim, rows, cols, self.base_size, self.interpolation_scale)
+        positions = sincos_positions(dim, rows, cols, self.base_size, interpolation_scale=1.0)
         return (h.reshape(b, rows * cols, dim) + positions).astype(h.dtype)
 
 
 class LabelEmbedding(nnx.Module):
     """diffusers `LabelEmbedding`: `embedding_table` of `num_classes` rows plus one, the null
-    class (label `num_classes`) that classifier-free guidance and label dropout use."""
+    class (label `num_classes`): the unconditional branch of classifier-free guidance, which a
+    model learns from the labels its training replaces with it."""
 
     def __init__(
         self,
@@ -273,6 +269,17 @@ class DiT(nnx.Module):
                 "a positive divisor"
             )
         dim = num_attention_heads * attention_head_dim
+        if dim % 4:
+            raise UserError(
+                f"a DiT {dim} wide (num_attention_heads x attention_head_dim); accepted: a "
+                "multiple of 4 (its 2-D positions take a quarter each)"
+            )
+        for name, value in (
+            ("num_layers", num_layers),
+            ("num_embeds_ada_norm", num_embeds_ada_norm),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{name}={value!r}; accepted: a positive integer")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
         self.remat = remat

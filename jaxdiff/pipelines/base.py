@@ -203,7 +203,8 @@ class Pipeline(abc.ABC):
     def prompt_ids(self, prompt: Any, negative_prompt: Any) -> tuple[np.ndarray, np.ndarray]:
         """The ids `[N, T]` of a call's N prompts and of their negative prompts (one each; None:
         the empty prompt): what `encode_prompts` takes. A family whose prompts are not text
-        (class labels) says here what they are."""
+        (class labels) says here what they are. Checked first, before the call's images and
+        conditioning."""
         prompts = prompt_list(prompt)
         negatives = negative_prompt_list(negative_prompt, len(prompts))
         ids = self.tokenize(prompts + negatives)  # unknown words fail before sampling

@@ -177,17 +177,16 @@ class DiT(Pipeline):
 
     def _class_ids(self, labels: Any, what: str) -> np.ndarray:
         """Class ids `[N, 1]` of one label or a non-empty sequence of them (ids or names)."""
-        given = [labels] if isinstance(labels, str | int | np.integer) else list(labels)
+        given = [labels] if isinstance(labels, str) or np.ndim(labels) == 0 else list(labels)
         require(len(given) > 0, f"no {what} given; pass a class id or name, or a list of them")
         ids = []
         for label in given:
             if isinstance(label, str):
                 ids.append(int(self.tokenize([label])[0, 0]))
                 continue
+            integer = not isinstance(label, bool) and np.asarray(label).dtype.kind in "iu"
             require(
-                isinstance(label, int | np.integer)
-                and not isinstance(label, bool)
-                and 0 <= label < self.num_classes,
+                integer and np.ndim(label) == 0 and 0 <= int(label) < self.num_classes,
                 f"{what} {label!r}; accepted: class ids in [0, {self.num_classes}) or names",
             )
             ids.append(int(label))

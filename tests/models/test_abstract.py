@@ -37,13 +37,20 @@ def test_no_walk_over_the_traced_operations_while_building(monkeypatch):
     assert not walks
 
 
-def test_tracer_errors_keep_their_origin_after_a_build_and_after_a_failed_one():
-    original = partial_eval.DynamicJaxprTracer._origin_msg
+def test_tracer_errors_keep_their_origin_outside_a_build_and_after_a_failed_one():
+    def origin() -> str:
+        """The origin a tracer error names, outside any build."""
+        try:
+            jax.jit(lambda x: bool(x > 0))(1.0)
+        except jax.errors.TracerBoolConversionError as error:
+            return str(error)
+        raise AssertionError("no tracer error")
 
     def fails() -> UNet:
         raise ValueError("no module")
 
+    assert "The error occurred while tracing the function" in origin()
     eval_shape(build)
     with pytest.raises(ValueError, match="no module"):
         eval_shape(fails)
-    assert partial_eval.DynamicJaxprTracer._origin_msg is original
+    assert "The error occurred while tracing the function" in origin()

@@ -113,9 +113,43 @@ def test_adaln_zero_starts_every_block_as_the_identity_and_predicts_zero():
     np.testing.assert_array_equal(dit(x, t, labels), np.zeros((3, 8, 8, 8), np.float32))
 
 
+def test_first_dit_checkpoints_transformer2d_config_loads_as_a_dit(reference, tmp_path):
+    """The config facebook/DiT-XL-2-256 was saved with: diffusers' `Transformer2DModel` with
+    adaLN-Zero and that class's other options."""
+    import shutil
+
+    _, folder = reference
+    legacy = tmp_path / "legacy"
+    shutil.copytree(folder, legacy)
+    config = json.loads((legacy / "config.json").read_text())
+    config.update(
+        _class_name="Transformer2DModel",
+        cross_attention_dim=None,
+        num_vector_embeds=None,
+        use_linear_projection=False,
+        only_cross_attention=False,
+        double_self_attention=False,
+    )
+    (legacy / "config.json").write_text(json.dumps(config))
+    dit, expected = from_diffusers(legacy), from_diffusers(folder)
+    assert dit.architecture == expected.architecture
+    leaves = jax.tree.leaves(nnx.state(dit)), jax.tree.leaves(nnx.state(expected))
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(a, b)
+    config["cross_attention_dim"] = 32
+    (legacy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"Transformer2DModel option cross_attention_dim=32 is not"):
+        from_diffusers(legacy)
+
+
 def test_bad_sizes_are_one_line_errors():
     with pytest.raises(UserError, match=r"patch_size=3 does not divide sample_size=8"):
         eval_shape(lambda: DiT(**{**DIT_CONFIG, "patch_size": 3}, rngs=nnx.Rngs(0)))
+    with pytest.raises(UserError, match=r"a DiT 6 wide .*; accepted: a multiple of 4"):
+        eval_shape(lambda: DiT(**{**DIT_CONFIG, "attention_head_dim": 3}, rngs=nnx.Rngs(0)))
+    for option in ("num_layers", "num_embeds_ada_norm"):
+        with pytest.raises(UserError, match=rf"{option}=0; accepted: a positive integer"):
+            eval_shape(lambda o=option: DiT(**{**DIT_CONFIG, o: 0}, rngs=nnx.Rngs(0)))
     with pytest.raises(UserError, match=r"activation_fn='swish'; accepted: geglu, gelu"):
         eval_shape(lambda: DiT(**{**DIT_CONFIG, "activation_fn": "swish"}, rngs=nnx.Rngs(0)))
     dit = DiT(**{**DIT_CONFIG, "num_layers": 1}, rngs=nnx.Rngs(0))

@@ -88,8 +88,10 @@ def test_matches_diffusers_dit_pipeline(folder, pipe, monkeypatch, sampler, sche
 def test_class_names_and_negative_classes(pipe):
     assert pipe.get_label_ids(["golden retriever", "Galeocerdo cuvieri"]) == [207, 3]
     by_id, _ = jaxdiff_run(pipe)
-    by_name, _ = jaxdiff_run(pipe, labels=["golden retriever", "tiger shark", 999])
+    by_name, _ = jaxdiff_run(pipe, labels=["golden retriever", "tiger shark", np.int64(999)])
     np.testing.assert_array_equal(by_name, by_id)
+    one, _ = jaxdiff_run(pipe, labels=np.array(207), latents=noise().permute(0, 2, 3, 1)[:1])
+    np.testing.assert_array_equal(one, by_id[:1])
     # away from class 3 instead of the null class; class 999 as its own negative is unguided
     away, _ = jaxdiff_run(pipe, negative_prompt=[3, 3, 999])
     assert np.abs(away[:2] - by_id[:2]).max() > 0.1 * np.abs(by_id).max()

@@ -261,3 +261,15 @@ def test_checkpoint_of_another_model_names_the_array(tmp_path, template, message
     ):
         reader.restore_latest({"model": {"conv": template}})
     reader.close()
+
+
+def test_python_scalars_restore_beside_arrays(tmp_path):
+    tree = {"kernel": np.ones((2, 3), np.float32), "count": 3}
+    writer = Checkpointer(tmp_path, ["model"])
+    writer.save(1, {"model": tree}, {})
+    writer.close()
+    reader = Checkpointer(tmp_path, ["model"])
+    _, restored = reader.restore_latest({"model": tree})
+    reader.close()
+    np.testing.assert_array_equal(restored["model"]["kernel"], tree["kernel"])
+    assert restored["model"]["count"] == 3
