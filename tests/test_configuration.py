@@ -98,6 +98,8 @@ def test_json_round_trip():
         "shapes_controlnet.py:tiny",
         "shapes_lora.py",
         "shapes_lora.py:tiny",
+        "shapes_flow.py",
+        "shapes_flow.py:tiny",
     ],
 )
 def test_every_training_config_holds_the_shared_fields(spec):

@@ -12,6 +12,9 @@ k-diffusion's wrapper classes:
   `v = alpha * eps - sigma_vp * x0` on the VP latent `z = alpha * x`.
 - "edm" (Karras et al. 2022, eq. 7 and Table 1): the same `c_skip` and `c_out` with a plus sign,
   so F = -v.
+- "velocity" (rectified flow / flow matching, Liu et al. 2023, Lipman et al. 2023): F predicts
+  `eps - x0`, the velocity `d x_t / d t` of `x_t = (1 - t) x0 + t eps`; from
+  `x = (1 + sigma) x0 + sigma F`, `c_skip = 1 / (1 + sigma)`, `c_out = -sigma / (1 + sigma)`.
 
 The network's input scaling `c_in` and noise conditioning belong to the process.
 """
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxdiff.errors import check_choice
 
-PARAMETERIZATIONS: tuple[str, ...] = ("eps", "v", "x0", "edm")
+PARAMETERIZATIONS: tuple[str, ...] = ("eps", "v", "x0", "edm", "velocity")
 
 
 def scalings(
@@ -37,6 +40,8 @@ def scalings(
         return jnp.ones_like(sigma), -sigma
     if parameterization == "x0":
         return jnp.zeros_like(sigma), jnp.ones_like(sigma)
+    if parameterization == "velocity":
+        return 1.0 / (1.0 + sigma), -sigma / (1.0 + sigma)
     c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
     c_out = sigma * sigma_data * jax.lax.rsqrt(sigma**2 + sigma_data**2)
     return c_skip, (-c_out if parameterization == "v" else c_out)
@@ -79,11 +84,14 @@ def network_target(
 
     Written in closed form per parameterization, so no cancellation at small sigma: eps -> noise,
     x0 -> x0, v -> `(sigma_data^2 * noise - sigma * x0) / (sigma_data * sqrt(sigma^2 +
-    sigma_data^2))`, edm -> minus that. `sigma` broadcasts against `x0`. Same shape as `x0`.
+    sigma_data^2))`, edm -> minus that, velocity -> `noise - x0`. `sigma` broadcasts against
+    `x0`. Same shape as `x0`.
     """
     check_choice("parameterization", parameterization, PARAMETERIZATIONS)
     if parameterization == "eps":
         return noise
+    if parameterization == "velocity":
+        return noise - x0
     if parameterization == "x0":
         return x0
     v = (sigma_data**2 * noise - sigma * x0) / (sigma_data * jnp.sqrt(sigma**2 + sigma_data**2))

@@ -295,6 +295,75 @@ class EDM(Process):
         return jnp.clip(jnp.exp(log_sigma), self.sigma_min, self.sigma_max)
 
 
+@dataclasses.dataclass(frozen=True)
+class RectifiedFlow(Process):
+    """Rectified flow / flow matching (Liu et al. 2023; Lipman et al. 2023; Esser et al. 2024,
+    SD3): `x_t = (1 - t) x0 + t eps`, a straight line from the data (t = 0) to the noise (t = 1).
+
+    In the contract's form `x = x_t / (1 - t) = x0 + sigma eps`, so `sigma = t / (1 - t)` and the
+    network sees `c_in(sigma) x = x_t` with `c_in = 1 / (1 + sigma)`; its time input is
+    `time_scale * t` (1000 as SD3 and Flux, 1 as SiT). Time is limited to `[t_min, t_max]`, as the
+    VP cosine process's: t = 1 is sigma = infinity.
+
+    Training draws t from `time_sampling`: "uniform", or "logit_normal" (SD3:
+    `t = sigmoid(logit_mean + logit_std * n)`), then shifts it towards the noise by `shift`
+    (`t -> shift t / (1 + (shift - 1) t)`, SD3's resolution shift; 1 leaves it), clipped into
+    `[t_min, t_max]`. The matching network output is the velocity `eps - x0`
+    (parameterization "velocity").
+    """
+
+    t_min: float = 1e-4
+    t_max: float = 0.999
+    time_scale: float = 1000.0
+    time_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+
+    TIME_SAMPLINGS: ClassVar[tuple[str, ...]] = ("uniform", "logit_normal")
+
+    def __post_init__(self) -> None:
+        check_choice("time_sampling", self.time_sampling, self.TIME_SAMPLINGS)
+        if not 0.0 < self.t_min < self.t_max < 1.0:
+            raise UserError(
+                f"t_min={self.t_min}, t_max={self.t_max} must satisfy 0 < t_min < t_max < 1"
+            )
+        for name in ("time_scale", "logit_std", "shift"):
+            if not getattr(self, name) > 0.0:
+                raise UserError(f"{name}={getattr(self, name)} must be > 0")
+
+    @property
+    def sigma_min(self) -> float:
+        return self.t_min / (1.0 - self.t_min)
+
+    @property
+    def sigma_max(self) -> float:
+        return self.t_max / (1.0 - self.t_max)
+
+    @property
+    def sigma_data(self) -> float:
+        return 1.0
+
+    def c_in(self, sigma: jax.Array) -> jax.Array:
+        return 1.0 / (1.0 + _as_float(sigma))
+
+    def sigma_to_t(self, sigma: jax.Array) -> jax.Array:
+        sigma = _as_float(sigma)
+        return self.time_scale * sigma / (1.0 + sigma)
+
+    def t_to_sigma(self, t: jax.Array) -> jax.Array:
+        time = _as_float(t) / self.time_scale
+        return time / (1.0 - time)
+
+    def sample_sigma(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        if self.time_sampling == "uniform":
+            t = jax.random.uniform(key, shape, jnp.float32)
+        else:
+            t = jax.nn.sigmoid(self.logit_mean + self.logit_std * jax.random.normal(key, shape))
+        t = self.shift * t / (1.0 + (self.shift - 1.0) * t)
+        return jnp.clip(t / (1.0 - t), self.sigma_min, self.sigma_max).astype(jnp.float32)
+
+
 def _check_sigma_range(sigma_min: float, sigma_max: float, sigma_data: float) -> None:
     if not 0.0 < sigma_min < sigma_max:
         raise UserError(
@@ -309,11 +378,13 @@ PROCESSES: dict[str, type[Process]] = {
     "vp_cosine": VPCosine,
     "ve": VE,
     "edm": EDM,
+    "rectified_flow": RectifiedFlow,
 }
 
 
 def make_process(name: str, **kwargs: Any) -> Process:
-    """Build a process by name ("vp_discrete", "vp_cosine", "ve", "edm") from its fields."""
+    """Build a process by name ("vp_discrete", "vp_cosine", "ve", "edm", "rectified_flow") from
+    its fields."""
     check_choice("process", name, PROCESSES)
     cls = PROCESSES[name]
     accepted = [f.name for f in dataclasses.fields(cls)]

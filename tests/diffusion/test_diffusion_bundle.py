@@ -33,7 +33,7 @@ def _ideal_output(parameterization, sigma, sigma_data):
     k_x0 = S**2 / (S**2 + sigma**2)
     k_eps = sigma / (S**2 + sigma**2)
     v = (sigma_data**2 * k_eps - sigma * k_x0) / (sigma_data * np.sqrt(sigma**2 + sigma_data**2))
-    return {"eps": k_eps, "x0": k_x0, "v": v, "edm": -v}[parameterization]
+    return {"eps": k_eps, "x0": k_x0, "v": v, "edm": -v, "velocity": k_eps - k_x0}[parameterization]
 
 
 @pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)

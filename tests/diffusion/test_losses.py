@@ -59,7 +59,7 @@ def test_edm_weighting_matches_karras_et_al(x64):
 
 @pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
-@pytest.mark.parametrize("process", ["edm", "vp_discrete"])
+@pytest.mark.parametrize("process", ["edm", "vp_discrete", "rectified_flow"])
 def test_target_space_loss_equals_weighted_x0_loss(parameterization, weighting, process, x64):
     """loss = lambda(sigma) * mean((D(x, sigma) - x0)^2) for any network."""
     diffusion = Diffusion(make_process(process), parameterization, weighting, GAMMA)

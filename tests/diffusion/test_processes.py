@@ -8,10 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.diffusion import EDM, VE, VPCosine, VPDiscrete, make_process
+from jaxdiff.diffusion import EDM, VE, RectifiedFlow, VPCosine, VPDiscrete, make_process
 from jaxdiff.errors import UserError
 
-ALL = [VPDiscrete(), VPDiscrete(beta_schedule="linear"), VPCosine(), VE(), EDM()]
+ALL = [
+    VPDiscrete(),
+    VPDiscrete(beta_schedule="linear"),
+    VPCosine(),
+    VE(),
+    EDM(),
+    RectifiedFlow(),
+    RectifiedFlow(time_sampling="uniform", shift=3.0, time_scale=1.0),
+]
 
 
 @pytest.fixture
@@ -111,6 +119,43 @@ def test_vp_cosine_matches_nichol_dhariwal(x64):
     assert process.sigma_max == pytest.approx(80, rel=0.01)
 
 
+def test_rectified_flow_is_the_straight_line_from_data_to_noise(x64):
+    """`c_in(sigma) * (x0 + sigma * eps) = (1 - t) x0 + t eps` with the time input 1000 t."""
+    process = RectifiedFlow()
+    t = jnp.array([1e-3, 0.2, 0.5, 0.9, 0.998])
+    sigma = process.t_to_sigma(1000 * t)
+    np.testing.assert_allclose(sigma, t / (1 - t), rtol=1e-12)
+    np.testing.assert_allclose(process.sigma_to_t(sigma), 1000 * t, rtol=1e-12)
+    x0, eps = jnp.array([[0.3], [-1.2], [2.0], [0.7], [-0.4]]), jnp.array([[1.1]] * 5)
+    np.testing.assert_allclose(
+        process.c_in(sigma)[:, None] * (x0 + sigma[:, None] * eps),
+        (1 - t)[:, None] * x0 + t[:, None] * eps,
+        rtol=1e-12,
+    )
+    assert process.sigma_max == pytest.approx(999.0) and process.sigma_min == pytest.approx(
+        1e-4, rel=1e-3
+    )
+
+
+def test_rectified_flow_training_times():
+    """Logit-normal times have the logit's mean and std; uniform ones are uniform; the shift maps
+    each draw t to shift t / (1 + (shift - 1) t)."""
+    key = jax.random.key(2)
+    logit_normal = RectifiedFlow(logit_mean=0.5, logit_std=0.8)
+    t = np.asarray(logit_normal.sample_sigma(key, (20000,)), np.float64)
+    t = t / (1 + t)
+    logits = np.log(t / (1 - t))
+    assert logits.mean() == pytest.approx(0.5, abs=0.03)
+    assert logits.std() == pytest.approx(0.8, abs=0.03)
+    uniform = RectifiedFlow(time_sampling="uniform", t_min=1e-6, t_max=1 - 1e-6)
+    u = np.asarray(uniform.sample_sigma(key, (20000,)), np.float64)
+    u = u / (1 + u)
+    assert np.quantile(u, [0.1, 0.5, 0.9]) == pytest.approx([0.1, 0.5, 0.9], abs=0.015)
+    shifted = RectifiedFlow(time_sampling="uniform", t_min=1e-6, t_max=1 - 1e-6, shift=3.0)
+    s = np.asarray(shifted.sample_sigma(key, (20000,)), np.float64)
+    np.testing.assert_allclose(s / (1 + s), 3 * u / (1 + 2 * u), rtol=2e-3)
+
+
 def test_processes_are_hashable_and_static_under_jit():
     a, b = make_process("edm", sigma_data=1.0), make_process("edm", sigma_data=1.0)
     assert a == b and hash(a) == hash(b)
@@ -133,3 +178,11 @@ def test_make_process_errors():
         make_process("vp_discrete", num_train_timesteps=1)
     with pytest.raises(UserError, match=re.escape("t_max=1.0")):
         make_process("vp_cosine", t_max=1.0)
+    with pytest.raises(UserError, match=r"shift=0\.0 must be > 0"):
+        make_process("rectified_flow", shift=0.0)
+    with pytest.raises(UserError, match=r"logit_std=-1\.0 must be > 0"):
+        make_process("rectified_flow", logit_std=-1.0)
+    with pytest.raises(UserError, match="time_sampling='beta' is not supported; accepted: uniform"):
+        make_process("rectified_flow", time_sampling="beta")
+    with pytest.raises(UserError, match=re.escape("t_min=0.0001, t_max=1.0 must satisfy")):
+        make_process("rectified_flow", t_max=1.0)

@@ -34,6 +34,22 @@ def test_cifar10_edm_tiny(tmp_path):
     assert len(losses) == 2 and np.all(np.isfinite(losses))
 
 
+def test_shapes_flow_tiny_trains_and_samples(tmp_path):
+    """Flow matching from its config: the rectified-flow process and the velocity network train,
+    and the preview samples through the pipeline."""
+    config = load_config(
+        f"{CONFIGS / 'shapes_flow.py'}:tiny",
+        ["train.steps=2", "train.log_every=1", "train.preview_every=2"],
+    )
+    assert train(config, tmp_path, progress=False)["steps"] == 2
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    preview = next((tmp_path / "samples").glob("*.png"))
+    assert read_png_text(preview)["sampler"] == "heun"
+    saved = json.loads((tmp_path / "config.json").read_text())["diffusion"]
+    assert (saved["process"], saved["parameterization"]) == ("rectified_flow", "velocity")
+
+
 def test_sd15_finetune_tiny(tmp_path):
     """Two steps on encodings cached from the frozen encoders, a preview, sampling."""
     workdir = tmp_path / "run"
