@@ -147,7 +147,8 @@ def test_latent_text_to_image_on_a_trained_autoencoder(tmp_path, vae_workdir, ca
     scale = float(model.latent_scale[...])
     assert np.isfinite(scale) and scale > 0 and scale != 1.0
     prompts = ["a red circle in the center"] * 2
-    pictures = task.pipeline(model)(prompts, num_inference_steps=3, guidance_scale=2.0)
+    # the preview's settings and batch: its compiled loop is reused
+    pictures = task.pipeline(model)(prompts, num_inference_steps=config.sample.steps)
     assert pictures.shape == (2, 16, 16, 3) and pictures.dtype == np.float32
     task.config.eval.metrics = "bits_per_dim"
     with pytest.raises(UserError, match="'bits_per_dim' needs a pixel-space model; this one"):
