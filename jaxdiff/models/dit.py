@@ -28,15 +28,12 @@ from jaxdiff.models.layers import LayerNorm, architecture, block_runner, conv2d,
 TIME_CHANNELS = 256  # width of the sinusoidal time projection (diffusers' fixed value)
 
 
-def sincos_positions(
-    dim: int, height: int, width: int, base_size: int, interpolation_scale: float
-) -> np.ndarray:
+def sincos_positions(dim: int, height: int, width: int, base_size: int) -> np.ndarray:
     """diffusers `get_2d_sincos_pos_embed` of a height x width grid: [H * W, dim] float32, the
     tokens in row-major order; the first half of each row encodes the column, the second the
     row, each a [sin, cos] embedding of its coordinate scaled to `base_size` cells."""
     rows = np.arange(height, dtype=np.float32) / np.float32(height / base_size)
     cols = np.arange(width, dtype=np.float32) / np.float32(width / base_size)
-    rows, cols = rows / np.float32(interpolation_scale), cols / np.float32(interpolation_scale)
     omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))  # [dim / 4]
 
     def embed(position: np.ndarray) -> np.ndarray:  # [H * W] -> [H * W, dim / 2]
@@ -79,7 +76,7 @@ class PatchEmbed(nnx.Module):
         """x [B, H, W, C] -> tokens [B, H/p * W/p, D]."""
         h = self.proj(x)  # [B, H/p, W/p, D]
         b, rows, cols, dim = h.shape
-        positions = sincos_positions(dim, rows, cols, self.base_size, interpolation_scale=1.0)
+        positions = sincos_positions(dim, rows, cols, self.base_size)
         return (h.reshape(b, rows * cols, dim) + positions).astype(h.dtype)
 
 
