@@ -9,6 +9,10 @@ KDPM2). Either way the model sees `scale_model_input(state, t) = z` and the time
 maps t to sigma through the scheduler's own `alphas_cumprod` (interpolating log sigma at fractional
 t, as diffusers' `_sigma_to_t` does), forms `x = z * sqrt(1 + sigma^2)` and returns
 `eps = (x - D(x, sigma)) / sigma`, all in float64.
+
+A flow scheduler (`FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`, DPM-Solver
+or UniPC with `use_flow_sigmas`) holds `x_t` and sees the denoiser as a velocity model
+(`VelocityModel`, `run_flow_scheduler`), from t = 1 (sigma = inf) where it starts there.
 """
 
 from __future__ import annotations
@@ -132,3 +136,43 @@ def run_scheduler(
         sample = scheduler.step(eps, t, sample, **(step_kwargs or {}), return_dict=False)[0]
     out = sample.double().numpy()
     return (out if ve_state else out * np.sqrt(1.0 + sigma_end**2)), model.sigmas
+
+
+class VelocityModel:
+    """`model(x_t [B, d] torch, timestep) -> v [B, d] torch`: a flow-matching model from a
+    float64 denoiser. The scheduler's call `i` is at flow time `scheduler.sigmas[i]` (diffusers'
+    flow schedulers name times "sigmas"); there `x = x_t / (1 - t)` at `sigma = t / (1 - t)`, or
+    at t = 1 the state `x_t` at sigma = inf, and `v = eps_hat - D`. Records every call's time in
+    `self.times`."""
+
+    def __init__(self, scheduler, denoise: NumpyDenoise):
+        self.scheduler = scheduler
+        self.denoise = denoise
+        self.times: list[float] = []
+
+    def __call__(self, x_t, timestep):
+        torch = reference_library("torch")
+        t = float(self.scheduler.sigmas[len(self.times)])
+        self.times.append(t)
+        state = x_t.double().numpy()
+        if t == 1.0:
+            return torch.from_numpy(state - self.denoise(state, np.inf))
+        sigma = t / (1.0 - t)
+        x = state / (1.0 - t)
+        denoised = self.denoise(x, sigma)
+        return torch.from_numpy((x - denoised) / sigma - denoised)
+
+
+def run_flow_scheduler(
+    scheduler, denoise: NumpyDenoise, x_t: np.ndarray
+) -> tuple[np.ndarray, list[float]]:
+    """Run the denoising loop of a flow scheduler (`FlowMatchEulerDiscreteScheduler`,
+    `FlowMatchHeunDiscreteScheduler`, or DPM-Solver / UniPC with `use_flow_sigmas`) whose
+    `set_timesteps` has been called, from `x_t [B, d]` (float64). Returns the final `x_t` (at
+    t = 0, the sample) and the flow time of every model call."""
+    torch = reference_library("torch")
+    sample = torch.from_numpy(np.array(x_t, np.float64))
+    model = VelocityModel(scheduler, denoise)
+    for t in scheduler.timesteps:
+        sample = scheduler.step(model(sample, t), t, sample, return_dict=False)[0]
+    return sample.double().numpy(), model.times

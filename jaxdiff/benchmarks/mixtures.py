@@ -51,12 +51,17 @@ class GaussianMixture:
         return self._component_stats(x, jnp.asarray(sigma, x.dtype))[0]
 
     def denoise(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
-        """The exact denoiser `E[x0 | x0 + sigma * eps = x]`. x: [B, d], sigma: [] -> [B, d]"""
+        """The exact denoiser `E[x0 | x0 + sigma * eps = x]`. x: [B, d], sigma: [] -> [B, d]
+
+        At sigma = inf, where a sampler's state is the unit noise (`jaxdiff.samplers.base`), the
+        limit: the data mean, since the noise there carries nothing of x0."""
         sigma = jnp.asarray(sigma, x.dtype)
-        r, var = self._component_stats(x, sigma)
+        at_infinity = jnp.isinf(sigma)
+        r, var = self._component_stats(x, jnp.where(at_infinity, 1.0, sigma))
         shrink = self.variances / var  # [K, d]
         posterior = self.means + shrink * (x[:, None, :] - self.means)  # [B, K, d]
-        return jnp.einsum("bk,bkd->bd", r, posterior)
+        mean = (self.weights @ self.means).astype(x.dtype)  # [d]
+        return jnp.where(at_infinity, mean, jnp.einsum("bk,bkd->bd", r, posterior))
 
     def velocity(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         """PF-ODE velocity `dx/dsigma = (x - D(x, sigma)) / sigma`, finite at 0. [B, d]"""

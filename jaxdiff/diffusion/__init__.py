@@ -5,6 +5,7 @@ Everything is in "variance exploding" form `x = x0 + sigma * eps`, and meets at 
 """
 
 from jaxdiff.diffusion.denoiser import Denoiser, Diffusion, Network
+from jaxdiff.diffusion.flow_schedules import flow_match, flow_solver
 from jaxdiff.diffusion.losses import WEIGHTINGS
 from jaxdiff.diffusion.parameterization import (
     PARAMETERIZATIONS,
@@ -55,6 +56,8 @@ __all__ = [
     "discrete_timesteps",
     "eps_to_x0",
     "exponential",
+    "flow_match",
+    "flow_solver",
     "karras",
     "logsnr_uniform",
     "make_process",

@@ -16,9 +16,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.diffusion.losses import WEIGHTINGS, denoising_loss, target_weight
-from jaxdiff.diffusion.parameterization import PARAMETERIZATIONS, network_target, scalings
+from jaxdiff.diffusion.parameterization import (
+    PARAMETERIZATIONS,
+    network_target,
+    scalings,
+    scalings_at_infinity,
+)
 from jaxdiff.diffusion.processes import Process
 from jaxdiff.diffusion.schedules import make_sigmas
 from jaxdiff.errors import UserError, check_choice
@@ -60,20 +66,43 @@ class Diffusion:
         if not self.min_snr_gamma > 0.0:
             raise UserError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
 
+    def limits_at_infinity(self) -> tuple[float, float, float] | None:
+        """`(sigma * c_in, sigma * c_skip, c_out)` as sigma -> inf, or None where the process
+        or the parameterization has no finite limit there (only a flow's t = 1 has one)."""
+        scale = self.process.input_scale_at_infinity
+        skip_out = scalings_at_infinity(self.parameterization, self.process.sigma_data)
+        return None if scale is None or skip_out is None else (scale, *skip_out)
+
     def _network_io(
         self, net: Network, x: jax.Array, sigma: jax.Array, cond: tuple[Any, ...]
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """`(F, c_skip, c_out)` for x [B, ...] and sigma [] or [B]; scalings shaped [B, 1, ...]."""
+        """`(F, c_skip, c_out)` for x [B, ...] and sigma [] or [B]; scalings shaped [B, 1, ...].
+        Where sigma = inf, x is the sampler state `x / sigma` and the scalings their limits."""
         sigma_b = _per_example(sigma, x)  # [B, 1, ..., 1]
         t = self.process.sigma_to_t(jnp.broadcast_to(sigma, x.shape[:1]))  # [B]
         c_skip, c_out = scalings(self.parameterization, sigma_b, self.process.sigma_data)
-        out = net(self.process.c_in(sigma_b) * x, t, *cond)  # [B, ...]
+        c_in = self.process.c_in(sigma_b)
+        limits = self.limits_at_infinity()
+        if limits is not None:
+            inf = jnp.isinf(sigma_b)
+            c_in, c_skip, c_out = (
+                jnp.where(inf, limit, c)
+                for limit, c in zip(limits, (c_in, c_skip, c_out), strict=True)
+            )
+        elif not isinstance(sigma, jax.core.Tracer) and np.any(np.isinf(np.asarray(sigma))):
+            raise UserError(
+                f"sigma = inf: process {type(self.process).__name__} with parameterization "
+                f"{self.parameterization!r} has no finite limit there; start at its sigma_max "
+                "(a flow process with 'velocity', 'x0', 'v' or 'edm' has one)"
+            )
+        out = net(c_in * x, t, *cond)  # [B, ...]
         return out, c_skip, c_out
 
     def denoiser(self, net: Network) -> Denoiser:
         """The denoiser `D(x, sigma, *cond) -> x0_hat` of `net`; sigma is [] or [B]."""
 
         def denoise(x: jax.Array, sigma: jax.Array, *cond: Any) -> jax.Array:
+            # At sigma = inf (a flow's t = 1) x is the sampler state `x / sigma`.
             out, c_skip, c_out = self._network_io(net, x, sigma, cond)
             return c_skip * x + c_out * out
 

@@ -47,6 +47,21 @@ def scalings(
     return c_skip, (-c_out if parameterization == "v" else c_out)
 
 
+def scalings_at_infinity(
+    parameterization: str, sigma_data: float = 1.0
+) -> tuple[float, float] | None:
+    """The limits of `(sigma * c_skip, c_out)` as sigma -> inf, or None where they are not
+    finite ("eps": `c_out = -sigma`). With the state `x / sigma` there, `D = sigma * c_skip *
+    (x / sigma) + c_out * F`."""
+    check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    return {
+        "x0": (0.0, 1.0),
+        "velocity": (1.0, -1.0),
+        "v": (0.0, -sigma_data),
+        "edm": (0.0, sigma_data),
+    }.get(parameterization)
+
+
 def eps_to_x0(x: jax.Array, sigma: jax.Array, eps: jax.Array) -> jax.Array:
     """x0 from a noise prediction: `x0 = x - sigma * eps`. `sigma` broadcasts against `x`."""
     return x - sigma * eps

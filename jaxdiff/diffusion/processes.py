@@ -32,7 +32,14 @@ def _as_float(a: jax.Array | float) -> jax.Array:
 
 
 class Process(abc.ABC):
-    """A forward process: noise range, time <-> sigma map, input scaling, training sigmas."""
+    """A forward process: noise range, time <-> sigma map, input scaling, training sigmas.
+
+    `input_scale_at_infinity` is the limit of `sigma * c_in(sigma)` as sigma -> inf where the
+    process's noise end is finite there (the flow's t = 1), else None: at sigma = inf the sampler
+    state is `x / sigma` (see `jaxdiff.samplers.base`), and the network sees it times this.
+    """
+
+    input_scale_at_infinity: ClassVar[float | None] = None
 
     @property
     @abc.abstractmethod
@@ -302,8 +309,9 @@ class RectifiedFlow(Process):
 
     In the contract's form `x = x_t / (1 - t) = x0 + sigma eps`, so `sigma = t / (1 - t)` and the
     network sees `c_in(sigma) x = x_t` with `c_in = 1 / (1 + sigma)`; its time input is
-    `time_scale * t` (1000 as SD3 and Flux, 1 as SiT). Time is limited to `[t_min, t_max]`, as the
-    VP cosine process's: t = 1 is sigma = infinity.
+    `time_scale * t` (1000 as SD3 and Flux, 1 as SiT). Training time is limited to
+    `[t_min, t_max]`; sampling may start at t = 1, sigma = inf, where the sampler state is
+    `x / sigma = x_t` and the network sees it unscaled (`input_scale_at_infinity = 1`).
 
     Training draws t from `time_sampling`: "uniform", or "logit_normal" (SD3:
     `t = sigmoid(logit_mean + logit_std * n)`), then shifts it towards the noise by `shift`
@@ -321,6 +329,7 @@ class RectifiedFlow(Process):
     shift: float = 1.0
 
     TIME_SAMPLINGS: ClassVar[tuple[str, ...]] = ("uniform", "logit_normal")
+    input_scale_at_infinity: ClassVar[float | None] = 1.0
 
     def __post_init__(self) -> None:
         check_choice("time_sampling", self.time_sampling, self.TIME_SAMPLINGS)
@@ -349,7 +358,7 @@ class RectifiedFlow(Process):
 
     def sigma_to_t(self, sigma: jax.Array) -> jax.Array:
         sigma = _as_float(sigma)
-        return self.time_scale * sigma / (1.0 + sigma)
+        return self.time_scale * jnp.where(jnp.isinf(sigma), 1.0, sigma / (1.0 + sigma))
 
     def t_to_sigma(self, t: jax.Array) -> jax.Array:
         time = _as_float(t) / self.time_scale

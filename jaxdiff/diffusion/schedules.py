@@ -9,7 +9,8 @@ in float64 from concrete settings and returned as float32 JAX arrays.
 Continuous schedules (`karras`, `exponential`, `polyexponential`, `logsnr_uniform`,
 `vp_uniform_time`) take a sigma range; `linspace` follows a process's own time variable;
 `discrete` reproduces the timestep spacings of diffusers' schedulers for a `VPDiscrete` model,
-with `discrete_timesteps` giving the matching timesteps.
+with `discrete_timesteps` giving the matching timesteps; `flow_match` and `flow_solver` those of
+its flow-matching schedulers (`flow_schedules.py`), from t = 1 (sigma = inf) or just below.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.diffusion.flow_schedules import flow_match, flow_solver
 from jaxdiff.diffusion.processes import Process, VPDiscrete
 from jaxdiff.errors import UserError, check_choice
 
@@ -295,6 +297,8 @@ SCHEDULES: dict[str, Callable[..., jax.Array]] = {
     "vp_uniform_time": vp_uniform_time,
     "linspace": linspace,
     "discrete": discrete,
+    "flow_match": flow_match,
+    "flow_solver": flow_solver,
 }
 
 
@@ -303,7 +307,9 @@ def make_sigmas(name: str, n: int, process: Process, **options: Any) -> jax.Arra
 
     `sigma_min` / `sigma_max` default to the process's range; other options go to the schedule
     function: `rho` ("karras", "polyexponential"), `beta_d`, `beta_min`, `eps_s`
-    ("vp_uniform_time"), `spacing`, `steps_offset`, `convention`, `final_sigma` ("discrete").
+    ("vp_uniform_time"), `spacing`, `steps_offset`, `convention`, `final_sigma` ("discrete"),
+    `shift`, `mu`, `time_shift_type`, `shift_terminal`, `spacing` / `convention`,
+    `num_train_timesteps` ("flow_match" / "flow_solver", which take no sigma range).
     """
     check_choice("schedule", name, SCHEDULES)
     _check_n(n)

@@ -15,6 +15,7 @@ from jaxdiff.samplers.base import (
     names,
     option_defaults,
     register,
+    starts_at_infinity,
 )
 from jaxdiff.samplers.guidance import cfg
 from jaxdiff.samplers.noise import NOISE_KINDS, make_noise
@@ -34,4 +35,5 @@ __all__ = [
     "names",
     "option_defaults",
     "register",
+    "starts_at_infinity",
 ]

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from jaxdiff.samplers.base import Denoise, register
 from jaxdiff.samplers.noise import NoiseSource, stochastic_noise
+from jaxdiff.samplers.ode import euler_step
 
 # step(denoise, x [B, ...], sigma [], sigma_to []) -> x [B, ...] at sigma_to, without noise
 Step = Callable[[Denoise, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -74,8 +75,8 @@ def _derivative(denoise: Denoise, x: jax.Array, sigma: jax.Array) -> jax.Array:
 
 
 def _euler_step(denoise: Denoise, x: jax.Array, sigma: jax.Array, sigma_to: jax.Array) -> jax.Array:
-    """One Euler step of the PF-ODE from `sigma` to `sigma_to`. One denoiser call."""
-    return x + _derivative(denoise, x, sigma) * (sigma_to - sigma)
+    """One Euler step of the PF-ODE from `sigma` (inf too) to `sigma_to`. One denoiser call."""
+    return euler_step(x, denoise(x, sigma), sigma, sigma_to)
 
 
 def _dpm_2_step(denoise: Denoise, x: jax.Array, sigma: jax.Array, sigma_to: jax.Array) -> jax.Array:
@@ -119,7 +120,7 @@ def ancestral_sample(
     return x
 
 
-@register("ddpm")
+@register("ddpm", starts_at_infinity=True)
 def ddpm(
     denoise: Denoise,
     x: jax.Array,
@@ -139,7 +140,7 @@ def ddpm(
     return ancestral_sample(_euler_step, denoise, x, sigmas, noise_fn, 1.0, s_noise)
 
 
-@register("ddim")
+@register("ddim", starts_at_infinity=True)
 def ddim(
     denoise: Denoise,
     x: jax.Array,
@@ -159,7 +160,7 @@ def ddim(
     return ancestral_sample(_euler_step, denoise, x, sigmas, noise_fn, eta, s_noise)
 
 
-@register("euler_ancestral")
+@register("euler_ancestral", starts_at_infinity=True)
 def euler_ancestral(
     denoise: Denoise,
     x: jax.Array,

@@ -18,6 +18,20 @@ keyword-only; `register` wraps it so that every sampler, before it runs:
 - rejects options the sampler does not take with a `UserError` naming the accepted ones;
 - holds its state in at least float32: `x` and `sigmas` are cast up, and the denoiser's output is
   cast to the state dtype, whatever dtype the network computes in (a bf16 state gives NaNs).
+
+Starting at sigma = inf. A flow's noise end, t = 1, is sigma = inf in the form
+`x = x0 + sigma * eps`, where x itself is infinite. The contract carries it by a limit: a
+sampler registered with `starts_at_infinity=True` accepts `sigmas[0] = inf`, its `x` there is
+the unit noise `eps` (the limit of `x / sigma`, and the flow's `x_t` at t = 1), and the
+denoiser is called at sigma = inf with that state and returns the limit of `D` (the network at
+t = 1; see `jaxdiff.diffusion.Diffusion.denoiser`). Its first step is the limit of its own step
+as `sigmas[0] -> inf` (`noise_direction` and `at_sigma` give the two limits every such step is
+made of), so every finite step, and every result from a finite start, is unchanged. A limit is
+used rather than another time variable because changing the variable changes the method (Heun
+in flow time is not Heun in sigma): `flow_heun` is that other method. A sampler whose step has no
+finite limit, or one that needs more than the denoiser's value at infinity, refuses sigma = inf:
+Heun's trapezoid over an infinite interval diverges, and DPM-2's midpoint step tends to a limit
+set by the derivative of D at t = 1. `starts_at_infinity(name)` says which samplers take it.
 """
 
 from __future__ import annotations
@@ -53,17 +67,20 @@ class Sampler(Protocol):
 _REGISTRY: dict[str, Sampler] = {}
 _EVALS_PER_STEP: dict[str, int] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
+_STARTS_AT_INFINITY: set[str] = set()
 
 
-def check_sigmas(sigmas: jax.Array) -> None:
-    """Raise `UserError` unless concrete `sigmas` are 1-D, of length >= 2, finite, non-negative
-    and strictly descending. Traced sigmas are not checked."""
+def check_sigmas(sigmas: jax.Array, infinite_start: bool = False) -> None:
+    """Raise `UserError` unless concrete `sigmas` are 1-D, of length >= 2, finite (but for
+    `sigmas[0] = inf` where `infinite_start`), non-negative and strictly descending. Traced sigmas
+    are not checked."""
     if isinstance(sigmas, jax.core.Tracer):
         return
     s = np.asarray(sigmas)
     if s.ndim != 1 or s.shape[0] < 2:
         raise UserError(f"sigmas must be 1-D with at least 2 entries; got shape {s.shape}")
-    if not np.all(np.isfinite(s)) or np.any(s < 0):
+    finite = s[1:] if infinite_start and s[0] == np.inf else s
+    if not np.all(np.isfinite(finite)) or np.any(s < 0):
         raise UserError(f"sigmas must be finite and non-negative; got {s.tolist()}")
     rising = np.flatnonzero(np.diff(s) >= 0)
     if rising.size:
@@ -81,8 +98,40 @@ def _check_options(name: str, options: dict[str, Any], accepted: tuple[str, ...]
         raise UserError(f"sampler {name!r} does not take option {unknown[0]!r}; {takes}")
 
 
-def register(name: str, evals_per_step: int = 1) -> Callable[[Callable[..., jax.Array]], Sampler]:
-    """Decorator: register a sampler function under `name` (see the module docstring)."""
+def starts_at_infinity(name: str) -> bool:
+    """Whether the sampler `name` accepts `sigmas[0] = inf` (see the module docstring)."""
+    get(name)
+    return name in _STARTS_AT_INFINITY
+
+
+def _check_start(name: str, sigmas: jax.Array) -> None:
+    """Refuse a concrete `sigmas[0] = inf` for a sampler without that limit."""
+    if isinstance(sigmas, jax.core.Tracer) or name in _STARTS_AT_INFINITY:
+        return
+    if np.ndim(sigmas) == 1 and np.size(sigmas) and np.asarray(sigmas)[0] == np.inf:
+        raise UserError(
+            f"sampler {name!r} has no finite step from sigma = inf (t = 1 of a flow); start at a "
+            f"finite sigma, or use one of: {', '.join(sorted(_STARTS_AT_INFINITY))}"
+        )
+
+
+def noise_direction(x: jax.Array, denoised: jax.Array, sigma: jax.Array) -> jax.Array:
+    """`(x - denoised) / sigma`, the noise the state holds; at sigma = inf the state itself (the
+    unit noise, see "Starting at sigma = inf"). [B, ...]"""
+    return jnp.where(jnp.isinf(sigma), x, (x - denoised) / sigma)
+
+
+def at_sigma(denoised: jax.Array, eps: jax.Array, sigma: jax.Array) -> jax.Array:
+    """The state `denoised + sigma * eps` at noise level sigma; at sigma = inf the unit noise
+    `eps`. [B, ...]"""
+    return jnp.where(jnp.isinf(sigma), eps, denoised + sigma * eps)
+
+
+def register(
+    name: str, evals_per_step: int = 1, starts_at_infinity: bool = False
+) -> Callable[[Callable[..., jax.Array]], Sampler]:
+    """Decorator: register a sampler function under `name` (see the module docstring);
+    `starts_at_infinity` says that it takes `sigmas[0] = inf`."""
 
     def decorate(fn: Callable[..., jax.Array]) -> Sampler:
         if name in _REGISTRY:
@@ -100,7 +149,8 @@ def register(name: str, evals_per_step: int = 1) -> Callable[[Callable[..., jax.
             **options: Any,
         ) -> jax.Array:
             _check_options(name, options, accepted)
-            check_sigmas(sigmas)
+            _check_start(name, sigmas)
+            check_sigmas(sigmas, infinite_start=starts_at_infinity)
             x = jnp.asarray(x)
             dtype = jnp.promote_types(x.dtype, jnp.float32)
 
@@ -112,6 +162,8 @@ def register(name: str, evals_per_step: int = 1) -> Callable[[Callable[..., jax.
         _REGISTRY[name] = sampler
         _EVALS_PER_STEP[name] = evals_per_step
         _DEFAULTS[name] = defaults
+        if starts_at_infinity:
+            _STARTS_AT_INFINITY.add(name)
         return sampler
 
     return decorate

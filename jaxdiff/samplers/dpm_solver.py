@@ -48,20 +48,31 @@ def positive_or_half(sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
 
 
 def _exp_step(
-    x: jax.Array,
+    decayed: jax.Array,
     d0: jax.Array,
     h: jax.Array,
     d1: jax.Array | float = 0.0,
     d2: jax.Array | float = 0.0,
     midpoint: bool = False,
 ) -> jax.Array:
-    """DPM-Solver++ update over `h` from `x` [B, ...]: `e^{-h} x + phi_1 d0 + c d1 - phi_3 d2`,
-    `c = phi_1 / 2` ("midpoint") or `phi_2` ("heun" and third order)."""
+    """DPM-Solver++ update over `h` from `decayed = e^{-h} x` [B, ...]:
+    `e^{-h} x + phi_1 d0 + c d1 - phi_3 d2`, `c = phi_1 / 2` ("midpoint") or `phi_2` ("heun" and
+    third order). At h = inf (a step from sigma = inf) the phis are their limits 1, 1, -1/2."""
     phi1 = -jnp.expm1(-h)
     phi2 = 1.0 - phi1 / h
     phi3 = phi2 / h - 0.5
     c1 = 0.5 * phi1 if midpoint else phi2
-    return jnp.exp(-h) * x + phi1 * d0 + c1 * d1 - phi3 * d2
+    return decayed + phi1 * d0 + c1 * d1 - phi3 * d2
+
+
+def decay(
+    x: jax.Array, sigma: jax.Array, sigma_next: jax.Array, h: jax.Array, eta: float = 0.0
+) -> jax.Array:
+    """`e^{-(1 + eta) h} x` for `h = log(sigma / sigma_next)`, the share of the state that a
+    (stochastic, `eta`) DPM-Solver++ step keeps. At sigma = inf, where the state is the unit
+    noise `x / sigma`, its limit: `sigma_next * x` for eta = 0, else 0. [B, ...]"""
+    at_infinity = sigma_next * x if eta == 0 else jnp.zeros_like(x)
+    return jnp.where(jnp.isinf(sigma), at_infinity, jnp.exp(-(1.0 + eta) * h) * x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +120,9 @@ def dpmpp_multistep(
         d = denoise(x, sigma)  # [B, ...]
         h = jnp.log(sigma / positive_or_half(sigma, sigma_next))
         h_eta = (1.0 + eta) * h
+        decayed = decay(x, sigma, sigma_next, h, eta)
+        # After a step from sigma = inf, h_1 or h_2 is inf: r = inf gives that step's
+        # differences weight 0, the limit of these steps.
         r0, r1 = h_1 / h, h_2 / h
         d1_0 = (d - d_1) / r0
         d1_1 = (d_1 - d_2) / r1
@@ -116,13 +130,13 @@ def dpmpp_multistep(
         def third() -> jax.Array:
             d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
             d2 = d2_weight * (d1_0 - d1_1) / (r0 + r1)
-            return _exp_step(x, d, h_eta, d1, d2)
+            return _exp_step(decayed, d, h_eta, d1, d2)
 
         x_next = jax.lax.switch(
             k - 1,
             [
-                lambda: _exp_step(x, d, h_eta),
-                lambda: _exp_step(x, d, h_eta, d1_0, midpoint=midpoint),
+                lambda: _exp_step(decayed, d, h_eta),
+                lambda: _exp_step(decayed, d, h_eta, d1_0, midpoint=midpoint),
                 third,
             ],
         )
@@ -140,7 +154,7 @@ def dpmpp_multistep(
     return x
 
 
-@register("dpmpp_2m")
+@register("dpmpp_2m", starts_at_infinity=True)
 def dpmpp_2m(
     denoise: Denoise,
     x: jax.Array,
@@ -167,7 +181,7 @@ def dpmpp_2m(
     )
 
 
-@register("dpmpp_3m")
+@register("dpmpp_3m", starts_at_infinity=True)
 def dpmpp_3m(
     denoise: Denoise,
     x: jax.Array,
@@ -270,15 +284,16 @@ def dpm_solver(
             r1 = (lam1 - lam0) / h
             d1_0, d1_1 = (d_1 - d0) / r1, (d - d0) / r0
             if midpoint:
-                return _exp_step(x0, d0, h, d1_1)
+                return _exp_step(decayed, d0, h, d1_1)
             d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
-            return _exp_step(x0, d0, h, d1, 2.0 * (d1_1 - d1_0) / (r0 - r1))
+            return _exp_step(decayed, d0, h, d1, 2.0 * (d1_1 - d1_0) / (r0 - r1))
 
+        decayed = jnp.exp(-h) * x0
         x_next = jax.lax.switch(
             k - 1,
             [
-                lambda: _exp_step(x0, d0, h),
-                lambda: _exp_step(x0, d0, h, (d - d0) / r0, midpoint=midpoint),
+                lambda: _exp_step(decayed, d0, h),
+                lambda: _exp_step(decayed, d0, h, (d - d0) / r0, midpoint=midpoint),
                 third,
             ],
         )

@@ -23,7 +23,7 @@ from jaxdiff.samplers.dpm_solver import dpmpp_multistep, positive_or_half
 from jaxdiff.samplers.noise import stochastic_noise
 
 
-@register("dpmpp_2m_sde")
+@register("dpmpp_2m_sde", starts_at_infinity=True)
 def dpmpp_2m_sde(
     denoise: Denoise,
     x: jax.Array,
@@ -56,7 +56,7 @@ def dpmpp_2m_sde(
     )
 
 
-@register("dpmpp_3m_sde")
+@register("dpmpp_3m_sde", starts_at_infinity=True)
 def dpmpp_3m_sde(
     denoise: Denoise,
     x: jax.Array,

@@ -47,3 +47,16 @@ def test_euler_in_sigma_is_the_flow_euler_step_in_t(steps, x64):
     np.testing.assert_allclose(out, x_t, rtol=1e-10, atol=1e-12)
     wrong = samplers.get("euler")(diffusion.denoiser(velocity), x_t / (1 - times[0]), 1.01 * sigmas)
     assert np.abs(np.asarray(wrong) - np.asarray(x_t)).max() > 1e-3
+
+
+def test_the_denoiser_at_sigma_inf_is_its_limit(x64):
+    """At sigma = inf the state is `x / sigma` and D the limit of D(sigma x, sigma): here within
+    1e-4 at sigma = 1e6, converging like 1 / sigma; the finite formula would be NaN there."""
+    denoise = Diffusion(RectifiedFlow(), "velocity").denoiser(velocity)
+    state = jax.random.normal(jax.random.key(2), (3, 5))
+    limit = denoise(state, jnp.inf)
+    gaps = [np.abs(denoise(s * state, s) - limit).max() for s in (1e3, 1e6)]
+    assert np.all(np.isfinite(limit)) and gaps[1] < 1e-4 and gaps[0] > 300 * gaps[1], gaps
+    np.testing.assert_allclose(limit, state - velocity(state, jnp.full((3,), 1000.0)), rtol=1e-12)
+    x0_param = Diffusion(RectifiedFlow(), "x0").denoiser(velocity)
+    np.testing.assert_allclose(x0_param(state, jnp.inf), velocity(state, jnp.full((3,), 1000.0)))

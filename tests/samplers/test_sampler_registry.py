@@ -87,6 +87,6 @@ def test_stochastic_samplers_are_told_apart_by_their_noise_and_eta():
 
 
 def test_every_sampler_registers_its_calls_per_step():
-    two_stage = {"heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"}
+    two_stage = {"heun", "flow_heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"}
     assert {n for n in samplers.names() if samplers.evals_per_step(n) == 2} == two_stage
     assert (samplers.evals_per_step("dpm_adaptive"), samplers.evals_per_step("pndm")) == (3, 4)
