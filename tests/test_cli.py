@@ -227,11 +227,21 @@ def test_console_command_exits_2_without_traceback(tmp_path):
 
 GMM_TINY = f"{CONFIGS / 'compare_samplers_gmm.py'}:tiny"
 SHAPES_COMPARE_TINY = f"{CONFIGS / 'compare_samplers_shapes.py'}:tiny"
+FLOW_COMPARE_TINY = f"{CONFIGS / 'compare_samplers_flow.py'}:tiny"
 
 
-def test_compare_samplers_on_mixtures_writes_csv_report_and_plot(tmp_path):
+@pytest.mark.parametrize(
+    ("config", "twin_line"),
+    [
+        (GMM_TINY, "| EulerDiscreteScheduler:timestep_spacing=trailing | euler | 1.000 | 1.000 |"),
+        (FLOW_COMPARE_TINY, "| FlowMatchHeunDiscreteScheduler:shift=3.0 | flow_heun | 1.000 |"),
+    ],
+    ids=["vp", "flow"],
+)
+def test_compare_samplers_on_mixtures_writes_csv_report_and_plot(config, twin_line, tmp_path):
+    """The flow config starts at t = 1 and runs diffusers' flow scheduler beside its twin."""
     out = tmp_path / "cmp"
-    args = ["compare-samplers", "--config", GMM_TINY, "--out", str(out), "--no-progress"]
+    args = ["compare-samplers", "--config", config, "--out", str(out), "--no-progress"]
     assert main([*args, "--config.num_samples=32", "--config.mixtures.sharp.dim=2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "error_vs_nfe.png",
@@ -240,6 +250,7 @@ def test_compare_samplers_on_mixtures_writes_csv_report_and_plot(tmp_path):
     ]
     report = (out / "report.md").read_text()
     assert "## smooth" in report and "## sharp" in report and "Noise floor" in report
+    assert "Bend of the exact trajectories" in report and twin_line in report
 
 
 def test_compare_samplers_on_a_trained_model(t2i_workdir, tmp_path):

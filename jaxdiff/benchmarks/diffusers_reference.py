@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdiff.diffusion.flow_schedules import times_to_sigmas
 from jaxdiff.errors import UserError
 from jaxdiff.extras import import_optional
 
@@ -36,6 +37,7 @@ SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scale
 # Model calls per step of the two-stage schedulers (the last step, into sigma = 0, makes one).
 _TWO_STAGE = (
     "HeunDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
     "DPMSolverSDEScheduler",
@@ -57,10 +59,13 @@ def make_scheduler(name: str, **options: Any):
     cls = getattr(reference_library("diffusers"), name, None)
     if cls is None or not name.endswith("Scheduler"):
         raise UserError(f"unknown diffusers scheduler {name!r}; expected a diffusers *Scheduler")
-    # SD's configs turn off the clipping of x0 to [-1, 1] that DDIM / DDPM default to.
-    unclipped = {"clip_sample": False} if "clip_sample" in inspect.signature(cls).parameters else {}
+    params = inspect.signature(cls).parameters
+    # SD's configs turn off the clipping of x0 to [-1, 1] that DDIM / DDPM default to; the
+    # flow-matching schedulers have no beta schedule.
+    unclipped = {"clip_sample": False} if "clip_sample" in params else {}
+    schedule = {k: v for k, v in SD_SCHEDULE.items() if k in params}
     try:
-        return cls(**(SD_SCHEDULE | unclipped | options))
+        return cls(**(schedule | unclipped | options))
     except TypeError as error:
         raise UserError(f"diffusers {name} rejects options {options}: {error}") from error
 
@@ -138,6 +143,20 @@ def run_scheduler(
     return (out if ve_state else out * np.sqrt(1.0 + sigma_end**2)), model.sigmas
 
 
+def is_flow(scheduler) -> bool:
+    """Whether the scheduler samples a flow-matching model (it holds `x_t` and its "sigmas"
+    are flow times)."""
+    name = type(scheduler).__name__
+    return name.startswith("FlowMatch") or bool(getattr(scheduler.config, "use_flow_sigmas", 0))
+
+
+def flow_call_sigmas(scheduler) -> np.ndarray:
+    """The sigma `t / (1 - t)` of each model call of a flow scheduler (after `set_timesteps`;
+    inf at t = 1), then 0. [calls + 1]"""
+    times = np.asarray(scheduler.sigmas, np.float64)[: len(scheduler.timesteps)]
+    return times_to_sigmas(times)
+
+
 class VelocityModel:
     """`model(x_t [B, d] torch, timestep) -> v [B, d] torch`: a flow-matching model from a
     float64 denoiser. The scheduler's call `i` is at flow time `scheduler.sigmas[i]` (diffusers'
@@ -164,7 +183,10 @@ class VelocityModel:
 
 
 def run_flow_scheduler(
-    scheduler, denoise: NumpyDenoise, x_t: np.ndarray
+    scheduler,
+    denoise: NumpyDenoise,
+    x_t: np.ndarray,
+    step_kwargs: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, list[float]]:
     """Run the denoising loop of a flow scheduler (`FlowMatchEulerDiscreteScheduler`,
     `FlowMatchHeunDiscreteScheduler`, or DPM-Solver / UniPC with `use_flow_sigmas`) whose
@@ -174,5 +196,6 @@ def run_flow_scheduler(
     sample = torch.from_numpy(np.array(x_t, np.float64))
     model = VelocityModel(scheduler, denoise)
     for t in scheduler.timesteps:
-        sample = scheduler.step(model(sample, t), t, sample, return_dict=False)[0]
+        output = model(sample, t)
+        sample = scheduler.step(output, t, sample, **(step_kwargs or {}), return_dict=False)[0]
     return sample.double().numpy(), model.times

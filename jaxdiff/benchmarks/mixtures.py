@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +82,12 @@ class GaussianMixture:
     def sample_noised(
         self, key: jax.Array, n: int, sigma: float, dtype: jnp.dtype = jnp.float32
     ) -> jax.Array:
-        """Exact samples of the noised mixture `x0 + sigma * eps`. [n, d]"""
+        """Exact samples of the noised mixture `x0 + sigma * eps`; at sigma = inf the sampler
+        state there, the unit noise `eps`. [n, d]"""
         k_data, k_noise = jax.random.split(key)
         x0, _ = self.sample(k_data, n, dtype)
-        return x0 + sigma * jax.random.normal(k_noise, x0.shape, dtype)
+        eps = jax.random.normal(k_noise, x0.shape, dtype)
+        return eps if math.isinf(sigma) else x0 + sigma * eps
 
 
 @jax.jit
@@ -136,6 +139,56 @@ def _flat_velocity(
     return mixture.velocity(y.reshape(shape), sigma).reshape(-1)
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _flat_flow_velocity(
+    mixture: GaussianMixture, y: jax.Array, t: jax.Array, shape: tuple[int, ...]
+) -> jax.Array:
+    """The PF-ODE in flow time: `dx_t/dt = eps_hat - D` for `x_t = x / (1 + sigma)`,
+    `t = sigma / (1 + sigma)`, with `eps_hat = dx/dsigma` from `velocity` (finite at t = 0); at
+    t = 1 (sigma = inf, where `x_t` is the unit noise) its limit `x_t - D`.
+    y: the flattened `x_t [prod(shape)]`."""
+    x_t = y.reshape(shape)
+    finite = t < 1
+    safe = jnp.where(finite, t, 0.5)
+    sigma, x = safe / (1 - safe), x_t / (1 - safe)
+    v = mixture.velocity(x, sigma) - mixture.denoise(x, sigma)
+    at_infinity = x_t - mixture.denoise(x_t, jnp.inf)
+    return jnp.where(finite, v, at_infinity).reshape(-1)
+
+
+def flow_solution(
+    mixture: GaussianMixture,
+    x_t: np.ndarray,
+    t_start: float,
+    times: np.ndarray,
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+) -> tuple[np.ndarray, int]:
+    """Solve the PF-ODE in flow time from `x_t [B, d]` at `t_start` (1 allowed: the unit noise)
+    to each of the descending `times` [m] (the last one 0 allowed), float64 DOP853. Returns
+    `(x_t at each time [m, B, d], number of velocity evaluations)`."""
+    x_t = np.asarray(x_t, np.float64)
+    times = np.asarray(times, np.float64)
+    with jax.enable_x64(True):
+        mix64 = as_dtype(mixture, jnp.float64)
+
+        def rhs(t: float, y: np.ndarray) -> np.ndarray:
+            return np.asarray(_flat_flow_velocity(mix64, jnp.asarray(y), jnp.asarray(t), x_t.shape))
+
+        result = solve_ivp(
+            rhs,
+            (t_start, float(times[-1])),
+            x_t.reshape(-1),
+            method="DOP853",
+            t_eval=times,
+            rtol=rtol,
+            atol=atol,
+        )
+    if not result.success:
+        raise RuntimeError(f"reference flow ODE solve failed: {result.message}")
+    return result.y.T.reshape((len(times), *x_t.shape)), int(result.nfev)
+
+
 def reference_solution(
     mixture: GaussianMixture,
     x: np.ndarray,
@@ -147,12 +200,17 @@ def reference_solution(
     """Solve the PF-ODE from `x [B, d]` at `sigma_start` down to `sigma_end` in float64 with
     DOP853. Returns `(x_end [B, d], number of velocity evaluations)`. All B samples are one
     ODE system; the velocity of each depends only on its own row, so the adaptive step size is
-    set by the hardest sample."""
+    set by the hardest sample. From sigma = inf (x the unit noise) it is solved in flow time
+    (`flow_solution`), where that start is finite."""
     if not 0.0 <= sigma_end < sigma_start:
         raise UserError(
             f"reference solution needs 0 <= sigma_end={sigma_end} < sigma_start={sigma_start}"
         )
     x = np.asarray(x, np.float64)
+    if math.isinf(sigma_start):
+        t_end = sigma_end / (1.0 + sigma_end)
+        x_t, nfev = flow_solution(mixture, x, 1.0, np.array([t_end]), rtol, atol)
+        return x_t[0] * (1.0 + sigma_end), nfev
     with jax.enable_x64(True):
         mix64 = as_dtype(mixture, jnp.float64)
 
@@ -165,3 +223,21 @@ def reference_solution(
     if not result.success:
         raise RuntimeError(f"reference PF-ODE solve failed: {result.message}")
     return result.y[:, -1].reshape(x.shape), int(result.nfev)
+
+
+def straightness(mixture: GaussianMixture, eps: np.ndarray, points: int = 200) -> dict[str, float]:
+    """How far the exact PF-ODE trajectories from the unit noise `eps [B, d]` at t = 1 to the
+    data bend, in two processes' coordinates: the flow's `x_t = x / (1 + sigma)` and the VP
+    `z = x / sqrt(1 + sigma^2)` (both `eps` at sigma = inf, both the sample at 0). Each is
+    `arc length / chord - 1` of the trajectory sampled at `points + 1` flow times (0 for a
+    straight line), mean over the B samples. It does not depend on the time variable: the
+    trajectories are the same curves of x, seen in the state each process's network sees."""
+    times = np.linspace(1.0, 0.0, points + 1)
+    x_t, _ = flow_solution(mixture, eps, 1.0, times)  # [points + 1, B, d]
+    vp_scale = 1.0 / np.sqrt((1.0 - times) ** 2 + times**2)  # x_t -> z
+    result = {}
+    for name, path in (("flow", x_t), ("vp", x_t * vp_scale[:, None, None])):
+        arc = np.linalg.norm(np.diff(path, axis=0), axis=-1).sum(axis=0)  # [B]
+        chord = np.linalg.norm(path[-1] - path[0], axis=-1)  # [B]
+        result[name] = float(np.mean(arc / chord - 1.0))
+    return result

@@ -7,6 +7,9 @@ level a run starts or ends at, down to 0. So every run, whatever its schedule's 
 sigma, starts from exact samples coupled to the same noise, and its coupled RMSE to the reference
 where it ends is its discretization error alone. Distribution metrics compare against fresh exact
 samples noised to the run's last sigma, with the noise floor of two exact sets printed beside them.
+A run may start at sigma = inf (a flow's t = 1, `jaxdiff.samplers.base`): its exact start is the
+unit noise, carried by the reference solved in flow time. Beside the runs, `straightness` gives
+how much the exact trajectories from that noise bend in flow and VP coordinates.
 
 The runs (`runs`) are jaxdiff samplers on each schedule and diffusers schedulers beside
 their jaxdiff twins, at each budget of function evaluations (NFE); every NFE reported is counted
@@ -27,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.benchmarks import metrics
-from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, make_mixture, reference_solution
+from jaxdiff.benchmarks.mixtures import (
+    GaussianMixture,
+    as_dtype,
+    make_mixture,
+    reference_solution,
+    straightness,
+)
 from jaxdiff.benchmarks.runs import Run, plan_runs
 from jaxdiff.diffusion.processes import Process
 
@@ -75,6 +84,15 @@ class MixtureProblem:
         self.reference_drift = float(
             max(np.abs(halved - direct).max(), np.abs(direct - self.flow[0, 0.0]).max())
         )
+
+    def noise(self, seed: int = 0) -> np.ndarray:
+        """The unit noise of `seed`'s samples, the noise the exact samples at sigma_max are
+        drawn with (their state at sigma = inf). [num_samples, d]"""
+        with jax.enable_x64(True):
+            eps = self.mixture.sample_noised(
+                jax.random.key(seed), self.num_samples, math.inf, jnp.float64
+            )
+        return np.asarray(eps)
 
     def at(self, seed: int, sigma: float) -> np.ndarray:
         """The reference solution of `seed` at a prepared level (or sigma_max)."""
@@ -187,9 +205,14 @@ def compare_on_mixtures(
             bar.set_description(f"{problem.name}: reference ODE")
             problem.prepare({level for run in runs for level in (run.sigma_start, run.sigma_end)})
             bandwidth = median_bandwidth(problem.mixture)
-            floors[problem.name] = noise_floor(problem, config.projections, bandwidth) | {
-                "reference_drift": problem.reference_drift
-            }
+            floors[problem.name] = (
+                noise_floor(problem, config.projections, bandwidth)
+                | {"reference_drift": problem.reference_drift}
+                | {
+                    f"bend_{k}": v
+                    for k, v in straightness(problem.mixture, problem.noise()).items()
+                }
+            )
             for run in runs:
                 bar.set_description(f"{problem.name}: {run.method}")
                 rows.append(evaluate(problem, run, config.projections, bandwidth))

@@ -91,12 +91,16 @@ GMM_METRICS = {"sw2": "sliced W2", "mmd": "MMD²", "mode_tv": "mode-weight TV"}
 
 
 def gmm_notes(floors: dict[str, dict[str, float]]) -> dict[str, list[str]]:
-    """Per mixture: the reference's tolerance drift and the exact samples' noise floors."""
+    """Per mixture: the reference's tolerance drift, the exact samples' noise floors and how
+    much the exact trajectories bend in flow and VP coordinates."""
     return {
         name: [
             f"Reference PF-ODE endpoint change when the tolerance is halved: "
             f"{floor['reference_drift']:.1e}. Medians over seeds. Noise floor of exact samples: "
             + ", ".join(f"{label} {floor[m]:.2e}" for m, label in GMM_METRICS.items()),
+            "Bend of the exact trajectories from t = 1 (arc length / chord - 1, mean over "
+            f"samples; 0 is straight): flow coordinates x_t {floor['bend_flow']:.3f}, "
+            f"VP coordinates z {floor['bend_vp']:.3f}.",
         ]
         for name, floor in floors.items()
     }

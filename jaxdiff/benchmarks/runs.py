@@ -236,8 +236,12 @@ def _diffusers_executor(spec: str, steps: int) -> tuple[Execute, np.ndarray]:
     name, options = parse_spec(spec)
     scheduler = diffusers_reference.make_scheduler(name, **options)
     scheduler.set_timesteps(steps)
-    final = diffusers_reference.final_sigma(scheduler)
-    sigmas = diffusers_reference.scheduler_sigmas(scheduler, final_sigma=final)
+    flow = diffusers_reference.is_flow(scheduler)
+    if flow:
+        sigmas = diffusers_reference.flow_call_sigmas(scheduler)
+    else:
+        final = diffusers_reference.final_sigma(scheduler)
+        sigmas = diffusers_reference.scheduler_sigmas(scheduler, final_sigma=final)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 
     def execute(mixture: GaussianMixture, x: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
@@ -250,10 +254,16 @@ def _diffusers_executor(spec: str, steps: int) -> tuple[Execute, np.ndarray]:
             def numpy_denoise(z: np.ndarray, sigma: float) -> np.ndarray:
                 return np.asarray(exact_denoise(mix64, jnp.asarray(z), jnp.asarray(sigma)))
 
-            out, model_sigmas = diffusers_reference.run_scheduler(
+            if flow:  # x_t = x / (1 + sigma); at sigma = inf x is already the unit noise
+                x_t = x if np.isinf(sigmas[0]) else x / (1.0 + sigmas[0])
+                out, calls = diffusers_reference.run_flow_scheduler(
+                    scheduler, numpy_denoise, x_t, step_kwargs
+                )
+                return out * (1.0 + sigmas[-1]), len(calls)
+            out, calls = diffusers_reference.run_scheduler(
                 scheduler, numpy_denoise, x, sigmas[0], sigmas[-1], step_kwargs
             )
-        return out, len(model_sigmas)
+        return out, len(calls)
 
     return execute, sigmas
 

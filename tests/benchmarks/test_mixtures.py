@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.benchmarks.mixtures import GaussianMixture, as_dtype, make_mixture, reference_solution
+from jaxdiff.benchmarks.mixtures import (
+    GaussianMixture,
+    as_dtype,
+    make_mixture,
+    reference_solution,
+    straightness,
+)
 from jaxdiff.errors import UserError
 
 
@@ -65,6 +71,32 @@ def test_reference_solution_matches_the_exact_gaussian_flow():
     np.testing.assert_allclose(
         mid, mu + (x - mu) * np.sqrt(v + 4.0) / np.sqrt(v + 100.0), atol=1e-9
     )
+
+
+def test_reference_solution_from_sigma_inf_is_the_limit_of_the_exact_gaussian_flow():
+    """From x = S eps at S the solution is mu + (S eps - mu) sqrt(v + s^2) / sqrt(v + S^2), which
+    tends to mu + eps sqrt(v + s^2): the run from sigma = inf with the unit noise as its state,
+    solved in flow time. Shifting the noise by 1e-3 moves it by far more than the tolerance."""
+    g = one_gaussian()
+    eps = np.random.default_rng(1).normal(size=(6, 2))
+    mu, v = g.means[0], g.variances[0]
+    for end in (0.0, 2.0):
+        out, nfev = reference_solution(g, eps, np.inf, end)
+        np.testing.assert_allclose(out, mu + eps * np.sqrt(v + end**2), atol=1e-9)
+        assert nfev > 0
+    shifted, _ = reference_solution(g, eps + 1e-3, np.inf, 0.0)
+    assert np.abs(shifted - (mu + eps * np.sqrt(v))).max() > 1e-4
+
+
+def test_straightness_sees_straight_lines_in_each_process_where_the_theory_has_them():
+    """A point mass moves on straight lines in flow coordinates (x_t = (1 - t) mu + t eps) and
+    on arcs in VP ones; data N(mu, I) moves on straight lines in VP coordinates
+    (z = mu / sqrt(1 + sigma^2) + eps) and not in flow ones."""
+    eps = np.random.default_rng(2).normal(size=(64, 2))
+    point = straightness(one_gaussian(var=(1e-8, 1e-8)), eps)
+    unit = straightness(one_gaussian(var=(1.0, 1.0)), eps)
+    assert point["flow"] < 1e-4 < 0.05 < point["vp"], point
+    assert unit["vp"] < 1e-4 < 0.05 < unit["flow"], unit
 
 
 def test_reference_solution_is_stable_when_the_tolerance_is_halved():
