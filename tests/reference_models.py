@@ -272,6 +272,47 @@ def dit_inputs(size: int, batch: int = 3, seed: int = 0):
     return x, t, labels
 
 
+MMDIT_CONFIG = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=4,
+    num_layers=3,
+    attention_head_dim=8,
+    num_attention_heads=2,
+    joint_attention_dim=12,
+    caption_projection_dim=16,
+    pooled_projection_dim=10,
+    out_channels=4,
+    pos_embed_max_size=8,
+)
+MMDIT_CONFIGS = {
+    "sd3": MMDIT_CONFIG,
+    # SD3.5 Medium's options: RMS-normalized queries and keys, a second attention in the first
+    # blocks; and an output of other width.
+    "sd35": dict(MMDIT_CONFIG, qk_norm="rms_norm", dual_attention_layers=(0, 1), out_channels=6),
+}
+
+
+def build_mmdit(config: dict = MMDIT_CONFIG):
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(6)
+    model = SD3Transformer2DModel(**config).eval()
+    perturb(model, seed=6)
+    return model
+
+
+def mmdit_inputs(size: int, batch: int = 3, tokens: int = 5, seed: int = 0):
+    """(x [B, H, W, 4], timesteps [B], context [B, T, 12], pooled [B, 10]) as numpy."""
+    rng = np.random.RandomState(seed)
+    x = rng.randn(batch, size, size, 4).astype(np.float32)
+    t = rng.uniform(0, 1000, batch).astype(np.float32)
+    context = rng.randn(batch, tokens, 12).astype(np.float32)
+    pooled = rng.randn(batch, 10).astype(np.float32)
+    return x, t, context, pooled
+
+
 def build_vae(config: dict):
     import torch
     from diffusers import AutoencoderKL

@@ -32,6 +32,7 @@ from jaxdiff.models import (
     CLIPVisionTransformer,
     ControlNet,
     DiT,
+    MMDiT,
     UNet,
 )
 from jaxdiff.models.abstract import eval_shape
@@ -102,6 +103,14 @@ FORMATS: dict[str, ComponentFormat] = {
             diffusers.legacy_dit_arguments,
             _diffusers_config("DiTTransformer2DModel", diffusers.dit_config),
             diffusers.dit_table,
+        ),
+        ComponentFormat(
+            "SD3Transformer2DModel",
+            MMDiT,
+            _DIFFUSERS_WEIGHTS,
+            diffusers.mmdit_arguments,
+            _diffusers_config("SD3Transformer2DModel", diffusers.mmdit_config),
+            diffusers.mmdit_table,
         ),
         ComponentFormat(
             "AutoencoderKL",
@@ -193,6 +202,7 @@ def from_diffusers(
         `stable-diffusion-v1-5/unet`: a `UNet2DConditionModel` becomes a `UNet`, a
         `ControlNetModel` a `ControlNet`, a `DiTTransformer2DModel` (or the
         `Transformer2DModel` with adaLN-Zero of the first DiT checkpoints) a `DiT`, an
+        `SD3Transformer2DModel` an `MMDiT`, an
         `AutoencoderKL` an `AutoencoderKL`, a `CLIPTextModel[WithProjection]` a
         `CLIPTextTransformer`.
       dtype, param_dtype: compute and parameter dtypes (weights are cast to `param_dtype`).
@@ -256,7 +266,7 @@ def model_format(model: nnx.Module) -> ComponentFormat:
             return fmt
     raise UserError(
         f"a {type(model).__name__} has no diffusers format; accepted: UNet, ControlNet, DiT, "
-        "AutoencoderKL, CLIPTextTransformer, CLIPVisionTransformer"
+        "MMDiT, AutoencoderKL, CLIPTextTransformer, CLIPVisionTransformer"
     )
 
 

@@ -1,5 +1,5 @@
-"""diffusers' `UNet2DConditionModel`, `ControlNetModel`, `AutoencoderKL` and
-`DiTTransformer2DModel`: config options and name tables.
+"""diffusers' `UNet2DConditionModel`, `ControlNetModel`, `AutoencoderKL`,
+`DiTTransformer2DModel` and `SD3Transformer2DModel`: config options and name tables.
 
 Verified against diffusers 0.42 (the tests compare `defaults` with the constructors' signatures
 and every converted model's output with diffusers' own).
@@ -78,6 +78,21 @@ def dit_table(arguments: dict[str, Any]) -> NameTable:
             Rule(r".+\.embedding_table", "weight", "embedding"),
             Rule(_DIT_LINEAR, "weight", "kernel", Layout.LINEAR),
             Rule(r".+\.norm3", "weight", "scale"),
+            Rule(r".+", "bias", "bias"),
+        )
+    )
+
+
+def mmdit_table(arguments: dict[str, Any]) -> NameTable:
+    """The MMDiT's table: every weight but the patch convolution's, the position buffer's and
+    the RMS norms' is a Linear's."""
+    del arguments
+    return NameTable(
+        rules=(
+            Rule(r"pos_embed\.proj", "weight", "kernel", Layout.CONV),
+            Rule(r"pos_embed", "pos_embed", "pos_embed"),
+            Rule(r".+\.norm_(q|k|added_q|added_k)", "weight", "scale"),
+            Rule(r".+", "weight", "kernel", Layout.LINEAR),
             Rule(r".+", "bias", "bias"),
         )
     )
@@ -306,6 +321,27 @@ LEGACY_DIT_CONFIG = ReferenceConfig(
     ignored=DIT_CONFIG.ignored,
 )
 
+_MMDIT_DEFAULTS = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 18,
+    "attention_head_dim": 64,
+    "num_attention_heads": 18,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1152,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 96,
+    "dual_attention_layers": (),
+    "qk_norm": None,
+}
+MMDIT_CONFIG = ReferenceConfig(
+    class_name="SD3Transformer2DModel",
+    defaults=_MMDIT_DEFAULTS,
+    arguments=tuple(_MMDIT_DEFAULTS),
+)
+
 # diffusers lets these be one value per level; jaxdiff's UNet takes one value for all levels.
 _UNIFORM_PER_LEVEL = (
     "layers_per_block",
@@ -367,6 +403,16 @@ def dit_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
 def legacy_dit_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
     """`DiT` arguments of a DiT checkpoint's `Transformer2DModel` config."""
     return LEGACY_DIT_CONFIG.to_arguments(config, source)
+
+
+def mmdit_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`MMDiT` arguments of a diffusers `SD3Transformer2DModel` config."""
+    return MMDIT_CONFIG.to_arguments(config, source)
+
+
+def mmdit_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A complete diffusers `SD3Transformer2DModel` config for `MMDiT` arguments."""
+    return MMDIT_CONFIG.to_config(arguments)
 
 
 def dit_config(arguments: dict[str, Any]) -> dict[str, Any]:

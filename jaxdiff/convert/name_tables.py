@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.errors import UserError
+from jaxdiff.models.layers import Buffer
 
 
 class Layout(enum.Enum):
@@ -107,10 +108,11 @@ class NameTable:
 
 
 def parameters(model: nnx.Module) -> dict[str, nnx.Variable]:
-    """The model's parameters by dotted path ("down_blocks.0.resnets.0.conv1.kernel")."""
+    """The model's parameters and fixed buffers by dotted path
+    ("down_blocks.0.resnets.0.conv1.kernel")."""
     return {
         ".".join(str(p) for p in path): var
-        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        for path, var in nnx.to_flat_state(nnx.state(model, (nnx.Param, Buffer)))
     }
 
 

@@ -1,5 +1,5 @@
-"""Flax NNX models: the conditional UNet and its ControlNet, the class-conditional DiT, the KL
-autoencoder and the CLIP text encoder.
+"""Flax NNX models: the conditional UNet and its ControlNet, the class-conditional DiT, the
+text-conditioned MMDiT (SD3), the KL autoencoder and the CLIP text encoder.
 
 Module trees follow diffusers' `UNet2DConditionModel` / `AutoencoderKL` and transformers'
 `CLIPTextModel`, in NHWC layout; size variants are the named `*_PRESETS`.
@@ -14,6 +14,7 @@ from jaxdiff.models.clip_vision import CLIP_VISION_PRESETS, CLIPVisionOutput, CL
 from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.dit import DIT_PRESETS, DiT
 from jaxdiff.models.layers import LOGICAL_AXES
+from jaxdiff.models.mmdit import MMDIT_PRESETS, MMDiT
 from jaxdiff.models.unet import DOWN_BLOCK_TYPES, UNET_PRESETS, UP_BLOCK_TYPES, UNet
 from jaxdiff.models.vae import VAE_PRESETS, AutoencoderKL
 
@@ -23,6 +24,7 @@ __all__ = [
     "DIT_PRESETS",
     "DOWN_BLOCK_TYPES",
     "LOGICAL_AXES",
+    "MMDIT_PRESETS",
     "UNET_PRESETS",
     "UP_BLOCK_TYPES",
     "VAE_PRESETS",
@@ -33,5 +35,6 @@ __all__ = [
     "CLIPVisionTransformer",
     "ControlNet",
     "DiT",
+    "MMDiT",
     "UNet",
 ]

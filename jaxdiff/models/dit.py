@@ -44,6 +44,22 @@ def sincos_positions(dim: int, height: int, width: int, base_size: int) -> np.nd
     return np.concatenate([embed(col_grid.ravel()), embed(row_grid.ravel())], 1).astype(np.float32)
 
 
+def check_patches(height: int, width: int, patch_size: int, model: str) -> None:
+    """A one-line error unless the input's height and width are multiples of the patch size."""
+    if height % patch_size or width % patch_size:
+        raise UserError(
+            f"a {height}x{width} input to a {model} of patch size {patch_size}; accepted: height "
+            f"and width multiples of {patch_size}"
+        )
+
+
+def unpatchify(tokens: jax.Array, height: int, width: int, patch_size: int) -> jax.Array:
+    """Tokens [B, H/p * W/p, p * p * C] (row-major patches, each row-major) -> [B, H, W, C]."""
+    b, p = tokens.shape[0], patch_size
+    h = tokens.reshape(b, height // p, width // p, p, p, -1)
+    return h.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, h.shape[-1])
+
+
 class PatchEmbed(nnx.Module):
     """diffusers `PatchEmbed` with sine-cosine positions: `proj`, a patch_size-strided convolution,
     plus the position of each patch (computed for the input's grid, scaled to the grid the model
@@ -134,40 +150,48 @@ class CombinedTimestepLabelEmbeddings(nnx.Module):
 
 
 class AdaLayerNormZero(nnx.Module):
-    """diffusers `AdaLayerNormZero`: from the conditioning, `linear` predicts the attention's
-    shift, scale and gate and the feed-forward's; the attention's input is normalized (no
+    """diffusers `AdaLayerNormZero` (and, with 9 chunks, SD3.5's `SD35AdaLayerNormZeroX`): from
+    the conditioning, `linear` predicts the attention's shift, scale and gate and the
+    feed-forward's (and a second attention's); the attention's input is normalized (no
     parameters, eps 1e-6) and modulated. The linear layer starts at zero (adaLN-Zero: each block
-    starts as the identity)."""
+    starts as the identity). With `num_classes`, `emb` is the DiT's own time + class embedder,
+    which gives the conditioning."""
 
     def __init__(
         self,
         dim: int,
-        num_classes: int,
+        num_classes: int | None = None,
         *,
+        chunks: int = 6,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.emb = CombinedTimestepLabelEmbeddings(num_classes, dim, **kw)
-        self.linear = dense(dim, 6 * dim, ("embed", "mlp"), zero_init=True, **kw)
+        if num_classes is not None:
+            self.emb = CombinedTimestepLabelEmbeddings(num_classes, dim, **kw)
+        self.chunks = chunks
+        self.linear = dense(dim, chunks * dim, ("embed", "mlp"), zero_init=True, **kw)
         self.norm = LayerNorm(
             dim, 1e-6, elementwise_affine=False, dtype=dtype, param_dtype=param_dtype
         )
 
     def __call__(
-        self, x: jax.Array, timesteps: jax.Array, labels: jax.Array
+        self, x: jax.Array, conditioning: jax.Array
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        """x [B, N, D] -> (modulated norm of x [B, N, D], (gate_msa, shift_mlp, scale_mlp,
-        gate_mlp), each [B, 1, D])."""
-        emb = self.linear(jax.nn.silu(self.emb(timesteps, labels)))[:, None]  # [B, 1, 6D]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(emb, 6, -1)
-        return self.norm(x) * (1 + scale_msa) + shift_msa, (
-            gate_msa,
-            shift_mlp,
-            scale_mlp,
-            gate_mlp,
+        """x [B, N, D], conditioning [B, D] -> (modulated norm of x [B, N, D], (gate_msa,
+        shift_mlp, scale_mlp, gate_mlp), each [B, 1, D]; with 9 chunks also the second
+        attention's modulated norm of x [B, N, D] and its gate)."""
+        emb = self.linear(jax.nn.silu(conditioning))[:, None]  # [B, 1, chunks * D]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, *second = jnp.split(
+            emb, self.chunks, -1
         )
+        normed = self.norm(x)
+        rest = (gate_msa, shift_mlp, scale_mlp, gate_mlp)
+        if second:
+            shift_msa2, scale_msa2, gate_msa2 = second
+            rest += (normed * (1 + scale_msa2) + shift_msa2, gate_msa2)
+        return normed * (1 + scale_msa) + shift_msa, rest
 
 
 class DiTBlock(nnx.Module):
@@ -212,7 +236,8 @@ class DiTBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, timesteps: jax.Array, labels: jax.Array) -> jax.Array:
         """x [B, N, dim], timesteps [B], labels [B] -> [B, N, dim]."""
-        h, (gate_msa, shift_mlp, scale_mlp, gate_mlp) = self.norm1(x, timesteps, labels)
+        conditioning = self.norm1.emb(timesteps, labels)  # [B, dim]
+        h, (gate_msa, shift_mlp, scale_mlp, gate_mlp) = self.norm1(x, conditioning)
         x = x + gate_msa * self.attn1(h)
         h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
         return x + gate_mlp * self.ff(h)
@@ -313,11 +338,7 @@ class DiT(nnx.Module):
         null class) -> [B, H, W, out_channels]."""
         b, height, width, _ = x.shape
         p = self.patch_size
-        if height % p or width % p:
-            raise UserError(
-                f"a {height}x{width} input to a DiT of patch size {p}; accepted: height and width "
-                f"multiples of {p}"
-            )
+        check_patches(height, width, p, "DiT")
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
         h = self.pos_embed(x.astype(self.dtype))  # [B, N, D]
         run = block_runner(self.remat)
@@ -326,8 +347,7 @@ class DiT(nnx.Module):
         conditioning = self.transformer_blocks[0].norm1.emb(timesteps, class_labels)  # [B, D]
         shift, scale = jnp.split(self.proj_out_1(jax.nn.silu(conditioning))[:, None], 2, -1)
         h = self.proj_out_2(self.norm_out(h) * (1 + scale) + shift)  # [B, N, p * p * Cout]
-        h = h.reshape(b, height // p, width // p, p, p, self.out_channels)
-        return h.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, self.out_channels)
+        return unpatchify(h, height, width, p)
 
 
 DIT_PRESETS: dict[str, dict] = {

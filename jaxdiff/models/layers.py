@@ -162,6 +162,34 @@ class GroupNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
+class Buffer(nnx.Variable):
+    """A fixed tensor stored with a model, as a reference library stores a persistent buffer
+    (SD3's position table): converted and checkpointed with the parameters, never trained."""
+
+
+class RMSNorm(nnx.Module):
+    """diffusers `RMSNorm` with a weight (Zhang & Sennrich 2019): `x / sqrt(mean(x^2) + eps) *
+    scale` over the last axis, computed in float32."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-6,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+    ):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = _norm_params(num_features, param_dtype)[0]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., D] -> [..., D] in the compute dtype."""
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.square(xf).mean(axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
 class LayerNorm(nnx.Module):
     """`torch.nn.LayerNorm` (Ba et al. 2016) over the last axis, computed in float32; without
     `scale` and `bias` parameters when not `elementwise_affine`."""

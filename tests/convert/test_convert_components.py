@@ -12,7 +12,13 @@ import torch
 from flax import nnx
 
 from jaxdiff.convert import convert, from_diffusers, load_pipeline_components
-from jaxdiff.convert.diffusers import CONTROLNET_CONFIG, UNET_CONFIG, VAE_CONFIG
+from jaxdiff.convert.diffusers import (
+    CONTROLNET_CONFIG,
+    DIT_CONFIG,
+    MMDIT_CONFIG,
+    UNET_CONFIG,
+    VAE_CONFIG,
+)
 from jaxdiff.convert.pipeline_components import hub_patterns, load_component
 from jaxdiff.convert.safetensors_io import read_safetensors, write_safetensors
 from jaxdiff.convert.transformers_clip import CLIP_PROJECTION_CONFIG
@@ -157,6 +163,8 @@ def test_half_precision_variant_is_read_when_asked(saved_pipeline, tmp_path):
         (UNET_CONFIG, "UNet2DConditionModel"),
         (CONTROLNET_CONFIG, "ControlNetModel"),
         (VAE_CONFIG, "AutoencoderKL"),
+        (DIT_CONFIG, "DiTTransformer2DModel"),
+        (MMDIT_CONFIG, "SD3Transformer2DModel"),
     ],
 )
 def test_tables_list_every_diffusers_option_with_its_default(table, reference):
