@@ -121,7 +121,8 @@ def _free_run(name: str, options: tuple, sigmas: jax.Array) -> jax.Array:
 
 
 def calls(name: str, options: dict[str, Any], sigmas: np.ndarray) -> int:
-    """Denoiser calls the sampler makes along `sigmas` (also checks its options)."""
+    """Denoiser calls the sampler makes along `sigmas` (also checks its options and start)."""
+    samplers.check_start(name, sigmas, options)
     _COUNTER.read()
     jax.block_until_ready(_free_run(name, tuple(sorted(options.items())), jnp.asarray(sigmas)))
     return _COUNTER.read()

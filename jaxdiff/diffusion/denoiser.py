@@ -150,6 +150,14 @@ class Diffusion:
         """`[n + 1]` descending sampling sigmas from the schedule `schedule`, a name in
         `jaxdiff.diffusion.SCHEDULES` ("karras", "exponential", "discrete", ...), over the
         process's sigma range; `options` go to the schedule (`sigma_min` / `sigma_max` override
-        the range of the continuous ones).
+        the range of the continuous ones). A schedule from sigma = inf needs a parameterization
+        with a limit there (`limits_at_infinity`).
         """
-        return make_sigmas(schedule, n, self.process, **options)
+        sigmas = make_sigmas(schedule, n, self.process, **options)
+        if self.limits_at_infinity() is None and not np.isfinite(sigmas[0]):
+            raise UserError(
+                f"sigma schedule {schedule!r} starts at sigma = inf, where parameterization "
+                f"{self.parameterization!r} has no finite limit; accepted: 'velocity', 'x0', 'v', "
+                "'edm'"
+            )
+        return sigmas

@@ -8,9 +8,10 @@ along, with `t = 1` as sigma = inf (see "Starting at sigma = inf" in `jaxdiff.sa
   shift with `mu`), stretched to end at `shift_terminal`, and re-spaced ("karras",
   "exponential", "beta") over that range. It starts at t = 1.
 - `flow_solver_times`: `DPMSolverMultistepScheduler` ("dpmsolver") and
-  `UniPCMultistepScheduler` ("unipc") with `use_flow_sigmas=True`: n + 1 times from 1 down to
-  `1 / T`, the last ("unipc": first and last) dropped, then shifted; UniPC moves a first time
-  of 1 to `1 - 1e-6`. Neither starts at t = 1.
+  `UniPCMultistepScheduler` ("unipc") with `use_flow_sigmas=True`. DPM-Solver shifts the n + 1
+  times `1 - linspace(1, 1 / T, n + 1)` and drops t = 0, so it starts at the shifted `1 - 1 / T`
+  (0.999 unshifted, 0.9997 at shift 3); UniPC drops `1 / T` from `linspace(1, 1 / T, n + 1)`,
+  shifts, and moves the first time of 1 to `1 - 1e-6`. Neither starts at t = 1.
 
 Each is computed the way diffusers computes it (the training table in float32, the grid in
 float64, the result rounded to float32), so the times are diffusers' to the bit; the sampler

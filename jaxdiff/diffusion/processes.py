@@ -358,7 +358,7 @@ class RectifiedFlow(Process):
 
     def sigma_to_t(self, sigma: jax.Array) -> jax.Array:
         sigma = _as_float(sigma)
-        return self.time_scale * jnp.where(jnp.isinf(sigma), 1.0, sigma / (1.0 + sigma))
+        return jnp.where(jnp.isinf(sigma), self.time_scale, self.time_scale * sigma / (1.0 + sigma))
 
     def t_to_sigma(self, t: jax.Array) -> jax.Array:
         time = _as_float(t) / self.time_scale

@@ -324,4 +324,11 @@ def make_sigmas(name: str, n: int, process: Process, **options: Any) -> jax.Arra
         )
     defaults = {"process": process, "sigma_min": process.sigma_min, "sigma_max": process.sigma_max}
     kwargs = {k: v for k, v in defaults.items() if k in takes} | options
-    return fn(n, **kwargs)
+    sigmas = fn(n, **kwargs)
+    if process.input_scale_at_infinity is None and not np.isfinite(sigmas[0]):
+        raise UserError(
+            f"sigma schedule {name!r} starts at sigma = inf (t = 1), where a "
+            f"{type(process).__name__} process has no finite network input; accepted: a flow "
+            "process (rectified_flow)"
+        )
+    return sigmas

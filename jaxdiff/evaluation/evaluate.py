@@ -340,8 +340,8 @@ def _bits_per_dim_batch(graphdef, diffusion, ode, state, images, ids, keys) -> j
     """Bits/dim `[B]` of uint8 images `[B, H, W, 3]` given their captions' token ids `[B, T]`,
     example b dequantized and probed with ``keys[b]``."""
     model = nnx.merge(graphdef, state)
-    context = model.encode_text(ids)  # [B, T, D]
-    denoiser = diffusion.denoiser(model.unet)
+    context = model.encode_text(ids)  # [B, T, D] (and [B, D] pooled for a transformer)
+    denoiser = diffusion.denoiser(model.network)
     result = likelihood.bits_per_dim(
         lambda x, sigma: denoiser(x, sigma, context), images, keys, ode=ode
     )

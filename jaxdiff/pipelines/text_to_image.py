@@ -1,5 +1,5 @@
-"""jaxdiff's own text-to-image models (`TextToImageModel`: a text encoder, a UNet and an optional
-autoencoder) on the shared pipeline loop: text-to-image, img2img and inpainting with the
+"""jaxdiff's own text-to-image models (`TextToImageModel`: a text encoder, a UNet or an MMDiT, and
+an optional autoencoder) on the shared pipeline loop: text-to-image, img2img and inpainting with the
 arguments of every pipeline.
 
 The sigmas come from the model's `Diffusion` (`sigma_schedule`, a name in
@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxdiff import samplers
 from jaxdiff.diffusion import Diffusion
+from jaxdiff.errors import UserError
 from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import encode
@@ -58,8 +59,10 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
         self.tokenizer = tokenizer
         autoencoder = model.autoencoder
         self.vae_scale_factor = 1 if autoencoder is None else autoencoder.downsample_factor
+        if model.transformer is not None and controlnet is not None:
+            raise UserError("controlnet: a ControlNet steers a UNet; this model's is a transformer")
         controlnets = self._take_controlnets(controlnet, model.unet, self.vae_scale_factor)
-        architecture = dict(model.unet.architecture)
+        architecture = dict(model.denoiser.architecture)
         self.latent_channels = architecture["out_channels"]
         self.network_in_channels = architecture["in_channels"]
         self.default_size = image_size
@@ -72,7 +75,8 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
 
     def lora_components(self, networks: Networks) -> dict[str, nnx.Module]:
         model = networks[0]
-        return {"unet": model.unet, "text_encoder": model.text_encoder}
+        name = "unet" if model.transformer is None else "transformer"
+        return {name: model.denoiser, "text_encoder": model.text_encoder}
 
     def tokenize(self, prompts: list[str]) -> np.ndarray:
         return encode(self.tokenizer, prompts)
@@ -83,6 +87,11 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
             sampling.sigma_schedule or self.defaults["sigma_schedule"],
             **(sampling.sigma_schedule_options or {}),
         )
+        if not np.isfinite(sigmas[0]):
+            raise UserError(
+                f"sigma_schedule {sampling.sigma_schedule!r} starts at sigma = inf (t = 1); the "
+                "pipelines start at a finite sigma: use a schedule over the process's range"
+            )
         samplers.check_sigmas(sigmas)
         return Grid(sigmas=np.asarray(sigmas), start_std=float(sigmas[0]))
 
@@ -93,6 +102,8 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
     @staticmethod
     def predict(networks: Networks, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:
         model, controlnets = networks
+        if model.transformer is not None:
+            return model.network(x_in, t, context)
         return steered(model.unet, controlnets, x_in, t, context)
 
     @staticmethod

@@ -25,8 +25,9 @@ sampler registered with `starts_at_infinity=True` accepts `sigmas[0] = inf`, its
 the unit noise `eps` (the limit of `x / sigma`, and the flow's `x_t` at t = 1), and the
 denoiser is called at sigma = inf with that state and returns the limit of `D` (the network at
 t = 1; see `jaxdiff.diffusion.Diffusion.denoiser`). Its first step is the limit of its own step
-as `sigmas[0] -> inf` (`noise_direction` and `at_sigma` give the two limits every such step is
-made of), so every finite step, and every result from a finite start, is unchanged. A limit is
+as `sigmas[0] -> inf` (`noise_direction` is the state's noise there: the state itself), taken in
+a `jnp.where` beside the finite step, so every finite step, and every result from a finite start,
+is unchanged. A limit is
 used rather than another time variable because changing the variable changes the method (Heun
 in flow time is not Heun in sigma): `flow_heun` is that other method. A sampler whose step has no
 finite limit, or one that needs more than the denoiser's value at infinity, refuses sigma = inf:
@@ -104,14 +105,25 @@ def starts_at_infinity(name: str) -> bool:
     return name in _STARTS_AT_INFINITY
 
 
-def _check_start(name: str, sigmas: jax.Array) -> None:
-    """Refuse a concrete `sigmas[0] = inf` for a sampler without that limit."""
-    if isinstance(sigmas, jax.core.Tracer) or name in _STARTS_AT_INFINITY:
+def check_start(name: str, sigmas: jax.Array, options: dict[str, Any]) -> None:
+    """Raise `UserError` for a concrete `sigmas[0] = inf` when the sampler `name` has no limit
+    there, or its `options` need a finite start (a Brownian noise path lives on `[0,
+    sigmas[0]]`). Every sampler checks this on entry; a caller that jits a sampler with the
+    sigmas as traced values checks them first."""
+    if isinstance(sigmas, jax.core.Tracer):
         return
-    if np.ndim(sigmas) == 1 and np.size(sigmas) and np.asarray(sigmas)[0] == np.inf:
+    s = np.asarray(sigmas)
+    if s.ndim != 1 or not s.size or s[0] != np.inf:
+        return
+    if name not in _STARTS_AT_INFINITY:
         raise UserError(
             f"sampler {name!r} has no finite step from sigma = inf (t = 1 of a flow); start at a "
             f"finite sigma, or use one of: {', '.join(sorted(_STARTS_AT_INFINITY))}"
+        )
+    if options.get("noise") == "brownian":
+        raise UserError(
+            f"sampler {name!r}: noise='brownian' lives on [0, sigmas[0]] and needs a finite "
+            "first sigma; got inf (use noise='independent')"
         )
 
 
@@ -119,12 +131,6 @@ def noise_direction(x: jax.Array, denoised: jax.Array, sigma: jax.Array) -> jax.
     """`(x - denoised) / sigma`, the noise the state holds; at sigma = inf the state itself (the
     unit noise, see "Starting at sigma = inf"). [B, ...]"""
     return jnp.where(jnp.isinf(sigma), x, (x - denoised) / sigma)
-
-
-def at_sigma(denoised: jax.Array, eps: jax.Array, sigma: jax.Array) -> jax.Array:
-    """The state `denoised + sigma * eps` at noise level sigma; at sigma = inf the unit noise
-    `eps`. [B, ...]"""
-    return jnp.where(jnp.isinf(sigma), eps, denoised + sigma * eps)
 
 
 def register(
@@ -149,7 +155,7 @@ def register(
             **options: Any,
         ) -> jax.Array:
             _check_options(name, options, accepted)
-            _check_start(name, sigmas)
+            check_start(name, sigmas, options)
             check_sigmas(sigmas, infinite_start=starts_at_infinity)
             x = jnp.asarray(x)
             dtype = jnp.promote_types(x.dtype, jnp.float32)

@@ -26,7 +26,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdiff.errors import UserError, check_choice
 
@@ -113,11 +112,6 @@ def make_noise(
         raise UserError(f"sampler {sampler!r} adds noise and needs a key")
     if kind == "independent":
         return independent_noise(key, x.shape, x.dtype)
-    if not isinstance(sigmas, jax.core.Tracer) and not np.isfinite(np.asarray(sigmas)[0]):
-        raise UserError(
-            f"sampler {sampler!r}: noise='brownian' lives on [0, sigmas[0]] and needs a finite "
-            f"first sigma; got {float(sigmas[0])} (use noise='independent')"
-        )
     return brownian_noise(key, x.shape, x.dtype, sigmas[0])
 
 

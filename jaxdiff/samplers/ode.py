@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.errors import UserError
-from jaxdiff.samplers.base import Denoise, at_sigma, noise_direction, register
+from jaxdiff.samplers.base import Denoise, noise_direction, register
 
 
 def _step_keys(name: str, key: jax.Array | None, s_churn: float, n: int) -> jax.Array | None:
@@ -60,7 +60,7 @@ def euler_step(
     """Euler's step of the PF-ODE from sigma to sigma_to, `x + (x - D) / sigma * (sigma_to -
     sigma)` (k-diffusion's form), and at sigma = inf its limit `D + sigma_to * eps`. [B, ...]"""
     d = noise_direction(x, denoised, sigma)  # [B, ...]
-    return jnp.where(jnp.isinf(sigma), at_sigma(denoised, d, sigma_to), x + d * (sigma_to - sigma))
+    return jnp.where(jnp.isinf(sigma), denoised + sigma_to * d, x + d * (sigma_to - sigma))
 
 
 @register("euler", starts_at_infinity=True)

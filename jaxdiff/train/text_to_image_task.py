@@ -1,6 +1,7 @@
 """Training a text-conditioned (latent) diffusion model with caption dropout for guidance.
 
-The text encoder and the UNet are trained together from scratch; the autoencoder, when the config
+The text encoder and the denoiser (``model.denoiser``: the UNet of ``model.unet``, or the MMDiT
+transformer of ``model.mmdit``) are trained together from scratch; the autoencoder, when the config
 names a trained one (``vae_workdir``), is frozen and copied into this run's checkpoints, so the
 workdir is self-contained. With ``vae_workdir = ""`` the model works on pixels.
 """
@@ -22,9 +23,10 @@ from jaxdiff.atomic_write import atomic_path, write_atomically
 from jaxdiff.configuration import from_dict, from_json
 from jaxdiff.data.pipeline import make_dataset
 from jaxdiff.diffusion import Diffusion, make_process
-from jaxdiff.errors import UserError, require
+from jaxdiff.errors import UserError, check_choice, require
 from jaxdiff.models.clip_text import CLIPTextTransformer
 from jaxdiff.models.controlnet import ControlNet
+from jaxdiff.models.mmdit import MMDiT
 from jaxdiff.models.text_to_image import TextToImageModel
 from jaxdiff.models.tokenizer import (
     build_tokenizer,
@@ -38,6 +40,17 @@ from jaxdiff.pipelines.text_to_image import TextToImagePipeline
 from jaxdiff.train.tasks import DTYPES, image_preview, split_keys, validate_sample
 from jaxdiff.workdir import checkpoint_step, restore_weights, saved_config_dict
 
+DENOISERS = ("unet", "mmdit")  # model.denoiser: the network configured by model.unet / model.mmdit
+# The MMDiT arguments the task derives from the latents and the text encoder.
+MMDIT_FROM_TASK = (
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "joint_attention_dim",
+    "caption_projection_dim",
+    "pooled_projection_dim",
+    "pos_embed_max_size",
+)
 AUTOENCODER_FILE = "autoencoder.json"  # the frozen autoencoder's architecture, beside its weights
 TOKENIZER_DIR = "tokenizer"
 LATENT_SCALE_IMAGES = 1024  # images encoded to measure the latent standard deviation
@@ -79,12 +92,23 @@ class TextToImageTask:
         self.vae_scale_factor = factor  # image pixels per latent pixel
         channels = 3 if self.autoencoder_config is None else self.autoencoder_config.latent_channels
         self.latent_shape = (size // factor, size // factor, channels)
-        unet_factor = 2 ** (len(config.model.unet.block_out_channels) - 1)
-        require(
-            self.latent_shape[0] % unet_factor == 0,
-            f"the UNet's {len(config.model.unet.block_out_channels)} levels need a latent size "
-            f"divisible by {unet_factor}, got {self.latent_shape[0]}",
-        )
+        # A config without the field trains a UNet (runs saved before the field existed resume).
+        self.denoiser_name = config.model.get("denoiser", "unet")
+        check_choice("model.denoiser", self.denoiser_name, DENOISERS)
+        if self.denoiser_name == "mmdit":
+            for key in sorted(set(config.model.mmdit) & set(MMDIT_FROM_TASK)):
+                raise UserError(
+                    f"model.mmdit.{key} is set by the task from the data and the text encoder; "
+                    f"accepted: MMDiT options other than {', '.join(MMDIT_FROM_TASK)}"
+                )
+        if self.denoiser_name == "unet":
+            levels = len(config.model.unet.block_out_channels)
+            unet_factor = 2 ** (levels - 1)
+            require(
+                self.latent_shape[0] % unet_factor == 0,
+                f"the UNet's {levels} levels need a latent size divisible by {unet_factor}, got "
+                f"{self.latent_shape[0]}",
+            )
         require(
             0.0 <= config.train.caption_dropout < 1.0,
             f"train.caption_dropout must be in [0, 1), got {config.train.caption_dropout}",
@@ -110,19 +134,32 @@ class TextToImageTask:
             rngs=rngs,
         )
         channels = self.latent_shape[-1]
-        unet = UNet(
+        common = dict(
             in_channels=channels,
             out_channels=channels,
-            cross_attention_dim=model.text.hidden_size,
-            **model.unet,
             dtype=dtype,
             remat=self.config.train.remat,
             rngs=rngs,
         )
+        unet = transformer = None
+        if self.denoiser_name == "unet":
+            unet = UNet(cross_attention_dim=model.text.hidden_size, **model.unet, **common)
+        else:
+            size = self.latent_shape[0]
+            width = model.mmdit.num_attention_heads * model.mmdit.attention_head_dim
+            transformer = MMDiT(
+                sample_size=size,
+                joint_attention_dim=model.text.hidden_size,
+                caption_projection_dim=width,
+                pooled_projection_dim=model.text.hidden_size,
+                pos_embed_max_size=size // model.mmdit.patch_size,
+                **model.mmdit,
+                **common,
+            )
         autoencoder = None
         if self.autoencoder_config is not None:
             autoencoder = AutoencoderKL(**self.autoencoder_config, dtype=dtype, rngs=rngs)
-        return TextToImageModel(text_encoder, unet, autoencoder)
+        return TextToImageModel(text_encoder, unet, autoencoder, transformer=transformer)
 
     def initialize(self, model: TextToImageModel, workdir: Path) -> None:
         """Saves the tokenizer; loads the trained autoencoder and measures the latent scale."""
@@ -192,7 +229,7 @@ def caption_dropout_loss(
     """The denoising loss `[B]` of (latent) images conditioned on their captions, each caption
     replaced by the empty prompt with probability ``rate`` so that the model also learns the
     unconditional denoiser (classifier-free guidance). The denoiser network is
-    ``network(x, t, context, *conditioning)`` (default: the model's UNet).
+    ``network(x, t, context, *conditioning)`` (default: the model's denoiser).
 
     ``batch`` holds images and token ids (``unconditional``: the empty prompt's ids `[1, T]`), or
     the frozen encoders' cached ``moments`` and ``context`` (``unconditional``: the empty
@@ -208,7 +245,7 @@ def caption_dropout_loss(
         x0 = model.encode_images(batch["image"], latent_keys)  # [B, h, w, c]
         ids = jnp.where(drop, jnp.asarray(unconditional), batch["ids"])  # [B, T]
         context = model.encode_text(ids)  # [B, T, D]
-    network = model.unet if network is None else network
+    network = model.network if network is None else network
     return diffusion.loss(network, x0.astype(jnp.float32), noise_keys, context, *conditioning), {}
 
 

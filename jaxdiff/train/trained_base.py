@@ -52,7 +52,14 @@ class TrainedBaseTask(TextToImageTask):
             "--config.base_workdir=runs/demo/t2i",
         )
         require_trained(base, "base_workdir")
-        check_base(config, from_dict(saved_config_dict(base)))
+        base_config = from_dict(saved_config_dict(base))
+        denoiser = base_config.model.get("denoiser", "unet")
+        require(
+            denoiser == "unet",
+            f"base_workdir {base!r} trained model.denoiser={denoiser!r}; LoRA and ControlNet "
+            "runs adapt a UNet base",
+        )
+        check_base(config, base_config)
         super().__init__(config, Path(base))
 
     def build_model(self, rngs: nnx.Rngs) -> TextToImageModel:

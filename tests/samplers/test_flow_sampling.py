@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from jaxdiff import samplers
+from jaxdiff.benchmarks import runs
 from jaxdiff.benchmarks.diffusers_reference import run_flow_scheduler
-from jaxdiff.diffusion import EDM, Diffusion
+from jaxdiff.diffusion import EDM, Diffusion, RectifiedFlow, make_sigmas
 from jaxdiff.diffusion.flow_schedules import (
     flow_match_times,
     flow_solver_times,
@@ -203,10 +204,10 @@ def test_the_samplers_with_limit_cases_are_exactly_those_that_start_at_infinity(
 def test_a_run_from_sigma_inf_is_the_limit_of_runs_from_large_sigma(name, options):
     """From `sigma_0 = S` with `x = S eps` the result tends to the run from sigma = inf with the
     state `eps` as S grows. The Euler-type steps converge like 1 / S (measured: 100x per 100x
-    in S); DPM-Solver++'s like
-    1 / log S, since its step after the first weighs the first by `h_1 / h` with
-    `h_1 = log(S / sigma_1)`. A run whose first step used the finite-sigma formula at inf would
-    be NaN, and one that kept S's first step would stay O(1) away."""
+    in S); DPM-Solver++'s like 1 / log S, since its step after the first divides the
+    difference to the first by `r = h_1 / h` with `h_1 = log(S / sigma_1)`. A run whose first
+    step used the finite-sigma formula at inf would be NaN, and one that kept S's first step
+    would stay O(1) away."""
     tail = times_to_sigmas(flow_match_times(6, shift=3.0))[1:]
     key = jax.random.key(5)
     with jax.enable_x64(True):
@@ -255,6 +256,15 @@ def test_infinite_start_errors():
         samplers.get("euler")(jax_denoiser(dtype=jnp.float32), jnp.ones((2, 3)), sigmas[::-1])
     with pytest.raises(UserError, match="EDM with parameterization 'edm' has no finite limit"):
         Diffusion(EDM(), "edm").denoiser(lambda x, t: x)(jnp.ones((2, 3)), jnp.inf)
+    with pytest.raises(UserError, match=r"'flow_match' starts at sigma = inf .* a EDM process"):
+        make_sigmas("flow_match", 4, EDM())
+    with pytest.raises(UserError, match="parameterization 'eps' has no finite limit"):
+        Diffusion(RectifiedFlow(), "eps").sampling_sigmas(4, "flow_match")
+    flow_grid = times_to_sigmas(flow_match_times(4))
+    with pytest.raises(UserError, match="sampler 'heun' has no finite step from sigma = inf"):
+        runs.calls("heun", {}, flow_grid)  # checked before the benchmark's compiled run
+    with pytest.raises(UserError, match="noise='brownian' lives on"):
+        runs.calls("ddpm", {"noise": "brownian"}, flow_grid)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from jaxdiff.configuration import load_config
 from jaxdiff.convert.pipeline_components import load_pipeline_components
 from jaxdiff.errors import UserError
 from jaxdiff.images import read_png_text
-from jaxdiff.train.tasks import load_trained
+from jaxdiff.train.tasks import load_trained, make_task
 from jaxdiff.train.trainer import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -34,11 +34,13 @@ def test_cifar10_edm_tiny(tmp_path):
     assert len(losses) == 2 and np.all(np.isfinite(losses))
 
 
-def test_shapes_flow_tiny_trains_and_samples(tmp_path):
-    """Flow matching from its config: the rectified-flow process and the velocity network train,
-    and the preview samples through the pipeline."""
+@pytest.mark.parametrize(("name", "denoiser"), [("shapes_flow", "unet"), ("shapes_dit", "mmdit")])
+def test_shapes_flow_tiny_trains_and_samples(name, denoiser, tmp_path):
+    """Flow matching from its config: the rectified-flow process and the velocity network (the
+    UNet, or the MMDiT transformer: one config line) train, and the preview samples through the
+    pipeline."""
     config = load_config(
-        f"{CONFIGS / 'shapes_flow.py'}:tiny",
+        f"{CONFIGS / name}.py:tiny",
         ["train.steps=2", "train.log_every=1", "train.preview_every=2"],
     )
     assert train(config, tmp_path, progress=False)["steps"] == 2
@@ -46,8 +48,20 @@ def test_shapes_flow_tiny_trains_and_samples(tmp_path):
     assert len(losses) == 2 and np.all(np.isfinite(losses))
     preview = next((tmp_path / "samples").glob("*.png"))
     assert read_png_text(preview)["sampler"] == "heun"
-    saved = json.loads((tmp_path / "config.json").read_text())["diffusion"]
-    assert (saved["process"], saved["parameterization"]) == ("rectified_flow", "velocity")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    diffusion = saved["diffusion"]
+    assert (diffusion["process"], diffusion["parameterization"]) == ("rectified_flow", "velocity")
+    _, model = load_trained(tmp_path, use_ema=False)
+    assert saved["model"].get("denoiser", "unet") == denoiser
+    assert (model.transformer is None) == (denoiser == "unet")
+
+
+def test_mmdit_options_the_task_sets_are_refused():
+    config = load_config(f"{CONFIGS / 'shapes_dit.py'}:tiny")
+    with config.unlocked():
+        config.model.mmdit.sample_size = 8
+    with pytest.raises(UserError, match=r"model.mmdit.sample_size is set by the task"):
+        make_task(config)
 
 
 def test_sd15_finetune_tiny(tmp_path):

@@ -162,6 +162,13 @@ def test_bad_bases_are_one_line_errors(base_run, tmp_path):
         task(f"vae_workdir={base_run}")
     with pytest.raises(UserError, match="has 2 stages: the conditioning images at 2x the"):
         task("controlnet.conditioning_embedding_out_channels=8,8")
+    transformer_base = tmp_path / "transformer_base"
+    shutil.copytree(base_run, transformer_base)
+    saved = json.loads((transformer_base / "config.json").read_text())
+    saved["model"]["denoiser"] = "mmdit"
+    (transformer_base / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"trained model.denoiser='mmdit'; LoRA and ControlNet"):
+        task(base=transformer_base, name="shapes_lora")
 
 
 def test_only_the_lora_trains_and_its_file_makes_the_run_images(base_run, lora_run):
