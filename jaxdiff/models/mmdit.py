@@ -73,10 +73,14 @@ class CroppedPatchEmbed(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        table = sincos_positions(
-            embed_dim, pos_embed_max_size, pos_embed_max_size, sample_size // patch_size
+        grid = (embed_dim, pos_embed_max_size, pos_embed_max_size, sample_size // patch_size)
+        # A host callback: an abstract build (`eval_shape`) skips the table (SD3.5 Medium's is
+        # 384^2 x 1536 floats); a real one computes it as diffusers does, in float64.
+        table = jax.pure_callback(
+            lambda: sincos_positions(*grid)[None],
+            jax.ShapeDtypeStruct((1, pos_embed_max_size**2, embed_dim), jnp.float32),
         )
-        self.pos_embed = Buffer(jnp.asarray(table[None], param_dtype))  # [1, max^2, D]
+        self.pos_embed = Buffer(table.astype(param_dtype))  # [1, max^2, D]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [B, H, W, C] -> tokens [B, H/p * W/p, D]."""
