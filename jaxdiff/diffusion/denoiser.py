@@ -89,7 +89,8 @@ class Diffusion:
                 jnp.where(inf, limit, c)
                 for limit, c in zip(limits, (c_in, c_skip, c_out), strict=True)
             )
-        elif not isinstance(sigma, jax.core.Tracer) and np.any(np.isinf(np.asarray(sigma))):
+        elif isinstance(sigma, float | np.ndarray | np.floating) and np.any(np.isinf(sigma)):
+            # Host values only: reading a device array back would sync on every eager call.
             raise UserError(
                 f"sigma = inf: process {type(self.process).__name__} with parameterization "
                 f"{self.parameterization!r} has no finite limit there; start at its sigma_max "
