@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         flip=True,
     )
     config.vae_workdir = ""  # pixel space
+    config.pretrained_vae = ""  # or a diffusers AutoencoderKL folder / hub id
     config.model.text = ml_collections.ConfigDict(
         {
             "hidden_size": 32 if tiny else 256,

@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("text_to_image")
     config.data = common.shapes_data(image_size=16 if tiny else 32)
     config.vae_workdir = ""  # "" trains on pixels
+    config.pretrained_vae = ""  # or a diffusers AutoencoderKL folder / hub id
     config.model.text = ml_collections.ConfigDict(
         {
             "hidden_size": 32 if tiny else 128,

@@ -45,6 +45,7 @@ class FolderSource:
     ):
         self.root = Path(path)
         self.name = f"data folder {str(path)!r}"
+        self.class_names = None  # free-form captions
         if not self.root.is_dir():
             raise UserError(f"{self.name} is not a directory")
         present = [name for name in METADATA_FILES if (self.root / name).is_file()]

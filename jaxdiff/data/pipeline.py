@@ -39,6 +39,9 @@ class Source(Protocol):
     """Random access to the records of a data set."""
 
     name: str  # how messages name the data set, e.g. "data folder 'photos'"
+    # The caption of each class label, in label order (a class-conditional model's classes);
+    # None when the records carry no class label.
+    class_names: list[str] | None
 
     def __len__(self) -> int: ...
 

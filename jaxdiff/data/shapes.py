@@ -294,6 +294,7 @@ class ShapesDataset:
     background: str = "textured"
     conditioning: str = ""
     name: ClassVar[str] = "data set 'shapes'"
+    class_names: ClassVar[None] = None  # captions are compositions, not classes
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 16:

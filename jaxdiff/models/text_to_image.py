@@ -1,10 +1,12 @@
 """Latent text-to-image model: a text encoder, a denoiser network (a UNet, or an MMDiT
-transformer) and an optional autoencoder.
+transformer) and an optional autoencoder; or a class-conditional one, a DiT transformer without a
+text encoder.
 
 Rombach et al. 2022 ("High-Resolution Image Synthesis with Latent Diffusion Models"): the
 denoiser works on ``latent_scale * vae.encode(image)``; without an autoencoder it works on
 pixels. The UNet attends to the text encoder's hidden states; the MMDiT (Esser et al. 2024)
-also takes its pooled output.
+also takes its pooled output. The DiT (Peebles & Xie 2023) takes a class label: its prompts'
+"token ids" are the labels `[B, 1]` of `jaxdiff.models.class_names`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.models.clip_text import CLIPTextTransformer
+from jaxdiff.models.dit import DiT
 from jaxdiff.models.mmdit import MMDiT
 from jaxdiff.models.unet import UNet
 from jaxdiff.models.vae import AutoencoderKL
@@ -27,18 +30,21 @@ class LatentScale(nnx.Variable):
 
 class TextToImageModel(nnx.Module):
     """The three networks of a text-to-image model, and how data flows between them. The
-    denoiser is `unet` or, in its place, `transformer` (the other is None)."""
+    denoiser is `unet` or, in its place, `transformer` (the other is None); a DiT transformer is
+    class-conditional and has no text encoder."""
 
     def __init__(
         self,
-        text_encoder: CLIPTextTransformer,
+        text_encoder: CLIPTextTransformer | None,
         unet: UNet | None,
         autoencoder: AutoencoderKL | None = None,
         latent_scale: float = 1.0,
-        transformer: MMDiT | None = None,
+        transformer: MMDiT | DiT | None = None,
     ):
         if (unet is None) == (transformer is None):
             raise ValueError("a TextToImageModel takes a UNet or a transformer, one of them")
+        if (text_encoder is None) != isinstance(transformer, DiT):
+            raise ValueError("a TextToImageModel has a text encoder unless its denoiser is a DiT")
         self.text_encoder = text_encoder
         self.unet = unet
         self.transformer = transformer
@@ -50,10 +56,17 @@ class TextToImageModel(nnx.Module):
         """The denoiser network, the UNet or the transformer."""
         return self.unet if self.transformer is None else self.transformer
 
-    def encode_text(self, input_ids: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+    @property
+    def class_conditional(self) -> bool:
+        """The denoiser takes class labels (a DiT), not text."""
+        return self.text_encoder is None
+
+    def encode_text(self, input_ids: jax.Array) -> jax.Array | tuple[jax.Array, ...]:
         """Token ids ``[B, T]`` to the denoiser's context: the hidden states ``[B, T, D]`` the
-        UNet attends to, or for the transformer also the pooled output, ``([B, T, D],
-        [B, D])``."""
+        UNet attends to, or for the MMDiT also the pooled output, ``([B, T, D], [B, D])``; for
+        the DiT, the class labels ``([B],)`` of labels ``[B, 1]``."""
+        if self.class_conditional:
+            return (input_ids[:, 0],)
         out = self.text_encoder(input_ids)
         if self.transformer is None:
             return out.last_hidden_state
@@ -62,7 +75,7 @@ class TextToImageModel(nnx.Module):
     def network(self, x: jax.Array, t: jax.Array, context: Any, *conditioning: Any) -> jax.Array:
         """The denoiser network's output for its input ``[B, h, w, c]``, time input and context
         (`encode_text`'s); `conditioning` goes to the UNet (a ControlNet's residuals), which the
-        transformer does not take."""
+        transformers do not take."""
         if self.transformer is None:
             return self.unet(x, t, context, *conditioning)
         if conditioning:

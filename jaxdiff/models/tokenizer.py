@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import PreTrainedTokenizerFast
 
 from jaxdiff.errors import UserError
+from jaxdiff.models.class_names import ClassNames
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -115,6 +116,14 @@ def encode(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -> np.nda
             )
         ids[row, : len(tokens)] = tokens
     return ids
+
+
+def prompt_ids(vocabulary: PreTrainedTokenizerFast | ClassNames, prompts: Sequence) -> np.ndarray:
+    """The model input of `prompts`: token ids `[B, max_length]` (`encode`) for a word
+    tokenizer, class labels `[B, 1]` for a class-conditional model's `ClassNames`."""
+    if isinstance(vocabulary, ClassNames):
+        return vocabulary.encode(prompts)
+    return encode(vocabulary, prompts)
 
 
 def _unknown_word_message(tokenizer: PreTrainedTokenizerFast, word: str, prompt: str) -> str:

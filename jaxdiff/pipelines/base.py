@@ -156,7 +156,8 @@ class LoopSettings:
     integer_timesteps: bool
     guided: bool  # classifier-free guidance on (`Pipeline.guided`)
     mode: str
-    from_noise: bool  # start from pure noise (text, or inpainting with strength 1)
+    # start from pure noise: text, inpainting with strength 1, img2img from sigma = inf
+    from_noise: bool
     clip_sample_range: float | None
     threshold: tuple[float, float] | None
     decode: bool  # False for output_type="latent"
@@ -416,6 +417,8 @@ class Pipeline(abc.ABC):
         conditioning = self.conditioning(extra, mode, prompts, repeat, size)
         grid = self.grid(sampling)
         sigmas = _run_sigmas(grid.sigmas, strength, mode)
+        samplers.check_start(sampling.sampler, sigmas, sampling.sampler_options or {})
+        infinite = bool(np.isinf(sigmas[0]))  # from t = 1 of a flow: nothing of an image is kept
         keys = item_keys(sampling.root_key, count, sampling.first_index)  # [B]
         noise = _noise(sampling.latents, keys, (*latent_size, self.latent_channels))
         settings = LoopSettings(
@@ -427,7 +430,7 @@ class Pipeline(abc.ABC):
             integer_timesteps=grid.integer_timesteps,
             guided=self.guided(sampling.guidance_scale),
             mode=mode,
-            from_noise=mode == "text" or (mode != "img2img" and strength == 1.0),
+            from_noise=mode == "text" or (mode != "img2img" and strength == 1.0) or infinite,
             clip_sample_range=grid.clip_sample_range,
             threshold=grid.threshold,
             decode=sampling.output_type != "latent",

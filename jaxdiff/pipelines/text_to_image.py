@@ -4,7 +4,9 @@ arguments of every pipeline.
 
 The sigmas come from the model's `Diffusion` (`sigma_schedule`, a name in
 `jaxdiff.diffusion.SCHEDULES`, Karras by default, with `sigma_schedule_options`); prompts go
-through the run's own word tokenizer, so an unknown word is a one-line error. A ControlNet
+through the run's own word tokenizer, so an unknown word is a one-line error; a class-conditional
+model's prompts are its class names or ids (`jaxdiff.models.class_names`), the unconditional
+branch of guidance its null class. A ControlNet
 (`controlnet=`) adds the control arguments of `jaxdiff.pipelines.controlnet`; LoRA adapters load
 as on every pipeline (`jaxdiff.pipelines.lora`: a LoRA run's file, diffusers' or kohya's names).
 """
@@ -25,7 +27,7 @@ from jaxdiff.diffusion import Diffusion
 from jaxdiff.errors import UserError
 from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.models.text_to_image import TextToImageModel
-from jaxdiff.models.tokenizer import encode
+from jaxdiff.models.tokenizer import prompt_ids
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
 from jaxdiff.pipelines.controlnet import ControlNetMixin, steered
 from jaxdiff.pipelines.lora import LoRAMixin
@@ -63,8 +65,8 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
             raise UserError("controlnet: a ControlNet steers a UNet; this model's is a transformer")
         controlnets = self._take_controlnets(controlnet, model.unet, self.vae_scale_factor)
         architecture = dict(model.denoiser.architecture)
-        self.latent_channels = architecture["out_channels"]
         self.network_in_channels = architecture["in_channels"]
+        self.latent_channels = architecture["out_channels"] or self.network_in_channels
         self.default_size = image_size
         super().__init__((model, controlnets), diffusion, devices)
 
@@ -76,10 +78,12 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
     def lora_components(self, networks: Networks) -> dict[str, nnx.Module]:
         model = networks[0]
         name = "unet" if model.transformer is None else "transformer"
+        if model.class_conditional:
+            return {name: model.denoiser}
         return {name: model.denoiser, "text_encoder": model.text_encoder}
 
     def tokenize(self, prompts: list[str]) -> np.ndarray:
-        return encode(self.tokenizer, prompts)
+        return prompt_ids(self.tokenizer, prompts)
 
     def grid(self, sampling: Sampling) -> Grid:
         sigmas = self.diffusion.sampling_sigmas(
@@ -87,13 +91,10 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
             sampling.sigma_schedule or self.defaults["sigma_schedule"],
             **(sampling.sigma_schedule_options or {}),
         )
-        if not np.isfinite(sigmas[0]):
-            raise UserError(
-                f"sigma_schedule {sampling.sigma_schedule!r} starts at sigma = inf (t = 1); the "
-                "pipelines start at a finite sigma: use a schedule over the process's range"
-            )
-        samplers.check_sigmas(sigmas)
-        return Grid(sigmas=np.asarray(sigmas), start_std=float(sigmas[0]))
+        samplers.check_sigmas(sigmas, infinite_start=True)
+        # A flow grid from t = 1 (sigma = inf) starts from the unit noise, the state there.
+        start_std = 1.0 if np.isinf(sigmas[0]) else float(sigmas[0])
+        return Grid(sigmas=np.asarray(sigmas), start_std=start_std)
 
     @staticmethod
     def encode_prompts(networks: Networks, ids: jax.Array) -> jax.Array:

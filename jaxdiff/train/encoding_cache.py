@@ -1,11 +1,12 @@
 """Encodings of a fixed data set by frozen encoders, computed once and read instead of the images.
 
-When the autoencoder and the text encoder are frozen (fine-tuning), every step would encode the
-same records again. With ``train.cache_encodings`` a run encodes each record of the source once,
-the posterior moments (mean, log-variance) of its image and the text encoder's output for its
-caption, stores them under ``WORKDIR/encodings/FINGERPRINT/`` and reads them by record index; the
-latents are still sampled from the moments with each example's own key, so a step gives the
-loss of the uncached step (up to the encoders' rounding in another batch).
+When the autoencoder and the text encoder are frozen (fine-tuning; a class-conditional model,
+which has no text encoder), every step would encode the same records again. With
+``train.cache_encodings`` a run encodes each record of the source once, the posterior moments
+(mean, log-variance) of its image and the text encoder's output for its caption (a class
+model's: the class label), stores them under ``WORKDIR/encodings/FINGERPRINT/`` and reads them by
+record index; the latents are still sampled from the moments with each example's own key, so a
+step gives the loss of the uncached step (up to the encoders' rounding in another batch).
 
 The fingerprint hashes the encoders' weights, the data config and the compute dtype: changed
 weights or data make a new cache, and the stale one is removed. Records must read the same every
@@ -54,6 +55,8 @@ def fingerprint(model: TextToImageModel, config: ml_collections.ConfigDict) -> s
     data = {k: v for k, v in config.data.to_dict().items() if k != "threads"}
     digest.update(json.dumps([data, config.model.dtype], sort_keys=True, default=str).encode())
     for module in (model.autoencoder, model.text_encoder):
+        if module is None:  # a class-conditional model has no text encoder
+            continue
         for leaf in jax.tree.leaves(nnx.state(module)):
             digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
     return digest.hexdigest()[:20]
@@ -61,7 +64,8 @@ def fingerprint(model: TextToImageModel, config: ml_collections.ConfigDict) -> s
 
 class EncodingCache:
     """The stored encodings: ``moments`` `[N, h, w, 2c]`, ``context`` `[N, T, D]` (memory-mapped)
-    and the empty prompt's ``unconditional`` context `[1, T, D]`."""
+    and the empty prompt's ``unconditional`` context `[1, T, D]`; a class-conditional model's
+    context is its class labels `[N, 1]` int32 (the null class `[1, 1]`)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -101,9 +105,12 @@ def _check_single_captions(source) -> None:
 
 @nnx.jit
 def _encode(model: TextToImageModel, images: jax.Array, ids: jax.Array):
-    """images [B, H, W, 3], ids [B, T] -> moments [B, h, w, 2c], context [B, T, D] (float32)."""
+    """images [B, H, W, 3], ids [B, T] -> moments [B, h, w, 2c], context [B, T, D] (float32;
+    a class-conditional model's: its labels [B, 1])."""
     mean, logvar = model.autoencoder.encode(images)
     moments = jax.numpy.concatenate([mean, logvar], axis=-1).astype(jax.numpy.float32)
+    if model.class_conditional:
+        return moments, ids
     return moments, model.encode_text(ids).astype(jax.numpy.float32)
 
 
@@ -122,7 +129,7 @@ def _build(model, data: ImageTextDataset, text_ids, directory: Path, batch_size:
             if not files:
                 files = {
                     name: np.lib.format.open_memmap(
-                        partial / f"{name}.npy", "w+", np.float32, (count, *value.shape[1:])
+                        partial / f"{name}.npy", "w+", value.dtype, (count, *value.shape[1:])
                     )
                     for name, value in (("moments", moments), ("context", context))
                 }
