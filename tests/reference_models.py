@@ -71,7 +71,35 @@ UNET_CONFIGS = {
         flip_sin_to_cos=False,
         freq_shift=1,
     ),
+    # SDXL's layout: no attention at the top level, transformer depth per level, heads per level,
+    # Linear projections, the pooled text and six micro-conditioning numbers added to the time
+    # embedding (8 + 6 x 4 = 32 features).
+    "sdxl": dict(
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=(1, 2, 4),
+        cross_attention_dim=24,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=32,
+    ),
 }
+
+
+def added_conditioning(config: dict, batch: int = 2, seed: int = 2) -> dict[str, np.ndarray]:
+    """An SDXL-layout UNet's `text_embeds` [B, P] and `time_ids` [B, 6] (sizes and crop
+    offsets in pixels); {} for the others."""
+    if config.get("addition_embed_type") != "text_time":
+        return {}
+    rng = np.random.RandomState(seed)
+    width = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+    time_ids = rng.choice([0.0, 64.0, 512.0, 1024.0], (batch, 6)).astype(np.float32)
+    return {"text_embeds": rng.randn(batch, width).astype(np.float32), "time_ids": time_ids}
 
 
 def encoder_options(unet: dict) -> dict:

@@ -20,7 +20,7 @@ DIFFUSERS_VERSION = "0.42.1"
 _CONV = r"(.+\.)?(conv_in|conv_out|conv1|conv2|conv_shortcut|conv|quant_conv|post_quant_conv)"
 _NORM = r"(.+\.)?(conv_norm_out|norm|norm1|norm2|norm3|group_norm)"
 _LINEAR = (
-    r"time_embedding\.linear_[12]"
+    r"(time_embedding|add_embedding)\.linear_[12]"
     r"|.+\.(time_emb_proj|to_q|to_k|to_v|to_out\.0|ff\.net\.0\.proj|ff\.net\.2)"
 )
 
@@ -160,7 +160,15 @@ UNET_CONFIG = ReferenceConfig(
         "cross_attention_norm": None,
         "addition_embed_type_num_heads": 64,
     },
-    arguments=(*ENCODER_ARGUMENTS, "sample_size", "out_channels", "up_block_types"),
+    arguments=(
+        *ENCODER_ARGUMENTS,
+        "sample_size",
+        "out_channels",
+        "up_block_types",
+        "addition_embed_type",
+        "addition_time_embed_dim",
+        "projection_class_embeddings_input_dim",
+    ),
 )
 
 CONTROLNET_CONFIG = ReferenceConfig(
@@ -343,12 +351,7 @@ MMDIT_CONFIG = ReferenceConfig(
 )
 
 # diffusers lets these be one value per level; jaxdiff's UNet takes one value for all levels.
-_UNIFORM_PER_LEVEL = (
-    "layers_per_block",
-    "only_cross_attention",
-    "transformer_layers_per_block",
-    "cross_attention_dim",
-)
+_UNIFORM_PER_LEVEL = ("layers_per_block", "only_cross_attention", "cross_attention_dim")
 
 
 def _uniform_arguments(

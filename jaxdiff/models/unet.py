@@ -253,16 +253,19 @@ class UNetEncoder(nnx.Module):
         use_linear_projection: bool,
         upcast_attention: bool,
         only_cross_attention: bool,
-        transformer_layers_per_block: int,
+        transformer_layers_per_block: int | Sequence[int],
         remat: bool,
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
-    ) -> tuple[ResnetFactory, TransformerFactory, list[int]]:
-        """Builds the shared modules; returns the resnet and transformer factories and the heads
-        of each level, for the modules a subclass adds."""
+    ) -> tuple[ResnetFactory, TransformerFactory, list[int], list[int]]:
+        """Builds the shared modules; returns the resnet and transformer factories, and the heads
+        and transformer depths of each level, for the modules a subclass adds."""
         levels = len(block_out_channels)
-        heads = _per_level_heads(attention_head_dim, block_out_channels)
+        heads = _per_level("attention_head_dim", attention_head_dim, block_out_channels)
+        depths = _per_level(
+            "transformer_layers_per_block", transformer_layers_per_block, block_out_channels
+        )
         _check_block_types("down_block_types", down_block_types, DOWN_BLOCK_TYPES, levels)
         self.dtype = dtype
         self.remat = remat
@@ -275,7 +278,6 @@ class UNetEncoder(nnx.Module):
         transformer = functools.partial(
             Transformer2DModel,
             cross_attention_dim=cross_attention_dim,
-            num_layers=transformer_layers_per_block,
             norm_num_groups=norm_num_groups,
             use_linear_projection=use_linear_projection,
             upcast_attention=upcast_attention,
@@ -300,16 +302,21 @@ class UNetEncoder(nnx.Module):
                 downsample,
             )
             if block_type == "CrossAttnDownBlock2D":
+                level = functools.partial(transformer, num_layers=depths[i])
                 down_blocks.append(
-                    CrossAttnDownBlock2D(*args, transformer, heads[i], only_cross_attention)
+                    CrossAttnDownBlock2D(*args, level, heads[i], only_cross_attention)
                 )
             else:
                 down_blocks.append(DownBlock2D(*args))
         self.down_blocks = nnx.List(down_blocks)
         self.mid_block = UNetMidBlock2DCrossAttn(
-            block_out_channels[-1], resnet, transformer, heads[-1]
+            block_out_channels[-1],
+            resnet,
+            functools.partial(transformer, num_layers=depths[-1]),
+            heads[-1],
         )
-        return resnet, transformer, heads
+        self.time_embed_dim = time_embed_dim
+        return resnet, transformer, heads, depths
 
     def _check_size(self, x: jax.Array) -> None:
         _, height, width, _ = x.shape
@@ -357,7 +364,13 @@ class UNet(UNetEncoder):
       use_linear_projection: transformers project in/out with Linear instead of 1x1 convs (SD 2).
       upcast_attention: attention products in float32 (SD 2.1).
       only_cross_attention: each transformer's first attention also attends to the context.
-      transformer_layers_per_block: transformer blocks inside each spatial transformer.
+      transformer_layers_per_block: transformer blocks inside each spatial transformer; one int
+        or one per level (SDXL: 1, 2, 10). The mid block uses the last level's; up blocks mirror.
+      addition_embed_type: None, or "text_time" (SDXL): `add_time_proj` (sinusoidal,
+        `addition_time_embed_dim` wide, of each micro-conditioning number) and `add_embedding`
+        (an MLP from the pooled text embedding and those, `projection_class_embeddings_input_dim`
+        wide in all) add to the time embedding; the call then takes `text_embeds` and
+        `time_ids`.
       sample_size: the latent size the weights were trained at (pipelines' default image size is
         this times the autoencoder's factor), or None; the computation does not use it.
       remat: recompute each block's activations in the backward pass instead of keeping them
@@ -382,7 +395,10 @@ class UNet(UNetEncoder):
         use_linear_projection: bool = False,
         upcast_attention: bool = False,
         only_cross_attention: bool = False,
-        transformer_layers_per_block: int = 1,
+        transformer_layers_per_block: int | Sequence[int] = 1,
+        addition_embed_type: str | None = None,
+        addition_time_embed_dim: int | None = None,
+        projection_class_embeddings_input_dim: int | None = None,
         sample_size: int | None = None,
         remat: bool = False,
         dtype: DTypeLike = jnp.float32,
@@ -391,7 +407,7 @@ class UNet(UNetEncoder):
         rngs: nnx.Rngs,
     ):
         self.architecture = architecture(locals())
-        resnet, transformer, heads = self._build_encoder(
+        resnet, transformer, heads, depths = self._build_encoder(
             **encoder_arguments(locals()),
             remat=remat,
             dtype=dtype,
@@ -402,19 +418,38 @@ class UNet(UNetEncoder):
         _check_block_types("up_block_types", up_block_types, UP_BLOCK_TYPES, levels)
         self.sample_size = sample_size
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        add_time_proj = add_embedding = None
+        if addition_embed_type == "text_time":
+            if not addition_time_embed_dim or not projection_class_embeddings_input_dim:
+                raise UserError(
+                    "addition_embed_type='text_time' needs addition_time_embed_dim and "
+                    "projection_class_embeddings_input_dim; accepted: positive widths"
+                )
+            add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
+            add_embedding = TimestepEmbedding(
+                projection_class_embeddings_input_dim, self.time_embed_dim, **kw
+            )
+        elif addition_embed_type is not None:
+            raise UserError(
+                f"addition_embed_type={addition_embed_type!r} is not supported; accepted: None, "
+                "'text_time'"
+            )
+        self.add_time_proj, self.add_embedding = add_time_proj, add_embedding
         upsample = functools.partial(Upsample2D, **kw)
 
         up_blocks: list[UpBlock2D] = []
         reversed_channels = list(reversed(block_out_channels))
         reversed_heads = list(reversed(heads))
+        reversed_depths = list(reversed(depths))
         out_ch = reversed_channels[0]
         for i, block_type in enumerate(up_block_types):
             prev_ch, out_ch = out_ch, reversed_channels[i]
             in_ch = reversed_channels[min(i + 1, levels - 1)]
             args = (in_ch, out_ch, prev_ch, layers_per_block + 1, i < levels - 1, resnet, upsample)
             if block_type == "CrossAttnUpBlock2D":
+                level = functools.partial(transformer, num_layers=reversed_depths[i])
                 up_blocks.append(
-                    CrossAttnUpBlock2D(*args, transformer, reversed_heads[i], only_cross_attention)
+                    CrossAttnUpBlock2D(*args, level, reversed_heads[i], only_cross_attention)
                 )
             else:
                 up_blocks.append(UpBlock2D(*args))
@@ -432,15 +467,24 @@ class UNet(UNetEncoder):
         context: jax.Array,
         down_block_additional_residuals: Sequence[jax.Array] | None = None,
         mid_block_additional_residual: jax.Array | None = None,
+        *,
+        text_embeds: jax.Array | None = None,
+        time_ids: jax.Array | None = None,
     ) -> jax.Array:
         """x [B, H, W, Cin], timesteps [B] or [] (broadcast), context [B, T, D] -> [B, H, W, Cout].
 
         A ControlNet's residuals (`ControlNet.__call__`) are added to the skip activations (one
-        per skip, conv_in's first) and to the mid block's output. H and W must be multiples of
+        per skip, conv_in's first) and to the mid block's output. A "text_time" UNet (SDXL)
+        takes the pooled text embedding `text_embeds` [B, P] and the micro-conditioning
+        `time_ids` [B, K] (diffusers' `added_cond_kwargs`). H and W must be multiples of
         2 ** (levels - 1). The output is in the compute dtype.
         """
         self._check_size(x)
         temb = self._time_embed(timesteps, x.shape[0])  # [B, 4 * C0]
+        if self.add_embedding is not None:
+            temb = temb + self._added_embedding(text_embeds, time_ids)
+        elif text_embeds is not None or time_ids is not None:
+            raise UserError("text_embeds / time_ids given to a UNet without addition_embed_type")
         context = context.astype(self.dtype)
         h = self.conv_in(x.astype(self.dtype))  # [B, H, W, C0]
         h, skips = self._encode(h, temb, context)
@@ -461,6 +505,26 @@ class UNet(UNetEncoder):
         h = jax.nn.silu(self.conv_norm_out(h))
         return self.conv_out(h)  # [B, H, W, Cout]
 
+    def _added_embedding(
+        self, text_embeds: jax.Array | None, time_ids: jax.Array | None
+    ) -> jax.Array:
+        """SDXL's addition to the time embedding: text_embeds [B, P], time_ids [B, K] ->
+        [B, 4 * C0]."""
+        if text_embeds is None or time_ids is None:
+            raise UserError(
+                "this UNet (addition_embed_type='text_time') takes text_embeds and time_ids"
+            )
+        batch = text_embeds.shape[0]
+        time_embeds = self.add_time_proj(jnp.ravel(time_ids).astype(jnp.float32))  # [B * K, A]
+        added = jnp.concatenate([text_embeds, time_embeds.reshape(batch, -1)], axis=-1)
+        width = self.add_embedding.linear_1.kernel.shape[0]
+        if added.shape[-1] != width:
+            raise UserError(
+                f"text_embeds and time_ids give {added.shape[-1]} features; accepted: "
+                f"projection_class_embeddings_input_dim = {width}"
+            )
+        return self.add_embedding(added.astype(self.dtype))
+
 
 def _check_block_types(
     name: str, types: Sequence[str], accepted: Sequence[str], levels: int
@@ -475,19 +539,18 @@ def _check_block_types(
             raise UserError(f"unknown {name} entry {block_type!r}; accepted: {', '.join(accepted)}")
 
 
-def _per_level_heads(
-    attention_head_dim: int | Sequence[int], block_out_channels: Sequence[int]
+def _per_level(
+    name: str, value: int | Sequence[int], block_out_channels: Sequence[int]
 ) -> list[int]:
-    """Heads per level: diffusers' `attention_head_dim`, one int for all levels or one per level."""
-    if isinstance(attention_head_dim, int):
-        return [attention_head_dim] * len(block_out_channels)
-    if len(attention_head_dim) != len(block_out_channels):
+    """A per-level option as diffusers gives it, one int for all levels or one per level."""
+    if isinstance(value, int):
+        return [value] * len(block_out_channels)
+    if len(value) != len(block_out_channels) or not all(isinstance(v, int) for v in value):
         raise UserError(
-            f"attention_head_dim={tuple(attention_head_dim)} has {len(attention_head_dim)} "
-            f"entries; accepted: one int or one per entry of block_out_channels "
-            f"({len(block_out_channels)})"
+            f"{name}={tuple(value)}; accepted: one int, or one int per entry of "
+            f"block_out_channels ({len(block_out_channels)})"
         )
-    return list(attention_head_dim)
+    return list(value)
 
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -559,6 +622,23 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         cross_attention_dim=1024,
         use_linear_projection=True,
         upcast_attention=True,
+    ),
+    # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (2,567,463,684 parameters).
+    "sdxl": dict(
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2, 10),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        sample_size=128,
     ),
 }
 """Named UNet sizes: `UNet(**UNET_PRESETS[name], dtype=..., rngs=...)`."""

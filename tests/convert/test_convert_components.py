@@ -242,6 +242,29 @@ HUB_CONFIGS = {
         },
         865_910_724,
     ),
+    # stabilityai/stable-diffusion-xl-base-1.0, its options beside SD 1.5's
+    "sdxl_unet": (
+        {
+            **_SD_UNET,
+            "_diffusers_version": "0.19.0.dev0",
+            "addition_embed_type": "text_time",
+            "addition_embed_type_num_heads": 64,
+            "addition_time_embed_dim": 256,
+            "attention_head_dim": [5, 10, 20],
+            "block_out_channels": [320, 640, 1280],
+            "class_embed_type": None,
+            "cross_attention_dim": 2048,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "num_attention_heads": None,
+            "projection_class_embeddings_input_dim": 2816,
+            "sample_size": 128,
+            "transformer_layers_per_block": [1, 2, 10],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "upcast_attention": None,
+            "use_linear_projection": True,
+        },
+        2_567_463_684,  # diffusers' UNet2DConditionModel from this config on torch's meta device
+    ),
     "sd_vae": (
         {
             "_class_name": "AutoencoderKL",

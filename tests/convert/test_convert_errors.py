@@ -133,8 +133,12 @@ def test_config_that_is_not_json(unet_dir):
         ({"act_fn": "gelu"}, ["act_fn='gelu'", "accepted: 'silu'"]),
         ({"conditioning_channels": 3}, ["conditioning_channels=3", "is not supported"]),
         (
-            {"transformer_layers_per_block": [1, 2]},
-            ["transformer_layers_per_block=[1, 2]", "differs between levels", "accepted"],
+            {"transformer_layers_per_block": [[1, 1], [2, 2]]},
+            ["transformer_layers_per_block=((1, 1), (2, 2))", "accepted: one int, or one int per"],
+        ),
+        (
+            {"reverse_transformer_layers_per_block": [[1], [1]]},
+            ["reverse_transformer_layers_per_block=[[1], [1]]", "accepted: None"],
         ),
         ({"layers_per_block": [1, 2]}, ["layers_per_block=[1, 2]", "differs between levels"]),
         ({"norm_num_groups": None}, ["unsupported architecture"]),

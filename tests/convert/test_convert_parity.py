@@ -19,6 +19,7 @@ from reference_models import (
     CONTROLNET_CONFIGS,
     UNET_CONFIGS,
     VAE_CONFIGS,
+    added_conditioning,
     assert_far_from_flat,
     controlnet_inputs,
     nudged,
@@ -40,11 +41,11 @@ def _jit_call(model, method=None):
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def call(state, *args):
+    def call(state, *args, **kwargs):
         module = nnx.merge(graphdef, state)
-        return (getattr(module, method) if method else module)(*args)
+        return (getattr(module, method) if method else module)(*args, **kwargs)
 
-    return lambda *args, weights=state: call(weights, *args)
+    return lambda *args, weights=state, **kwargs: call(weights, *args, **kwargs)
 
 
 def _relative_error(out, expected) -> float:
@@ -73,12 +74,17 @@ def test_unet_matches_diffusers(name, saved_unets):
     unet = from_diffusers(folder)
     assert isinstance(unet, UNet)
     x, t, ctx = unet_inputs(UNET_CONFIGS[name])
+    added = added_conditioning(UNET_CONFIGS[name])  # SDXL's pooled text and micro-conditioning
     with torch.no_grad():
-        expected = ref(_nchw(x), torch.tensor(t), torch.tensor(ctx)).sample.numpy()
+        torch_added = {k: torch.tensor(v) for k, v in added.items()}
+        inputs = (_nchw(x), torch.tensor(t), torch.tensor(ctx))
+        expected = ref(*inputs, added_cond_kwargs=torch_added or None).sample.numpy()
     expected = expected.transpose(0, 2, 3, 1)
     run = _jit_call(unet)
-    _assert_close(run(x, t, ctx), expected)
-    _assert_misses(run(x, t, ctx, weights=nudged(nnx.state(unet))), expected)
+    _assert_close(run(x, t, ctx, **added), expected)
+    _assert_misses(run(x, t, ctx, weights=nudged(nnx.state(unet)), **added), expected)
+    if added:  # the micro-conditioning counts: other sizes miss
+        _assert_misses(run(x, t, ctx, **{**added, "time_ids": added["time_ids"] + 64}), expected)
 
 
 def _residuals(down, mid) -> np.ndarray:

@@ -117,14 +117,47 @@ def test_every_parameter_has_logical_axes(check_logical_axes):
         (dict(down_block_types=("CrossAttnDownBlock2D", "AttnDownBlock2D")), "AttnDownBlock2D"),
         (dict(up_block_types=("UpBlock2D", "Up")), "'Up'; accepted: CrossAttnUpBlock2D, UpBlock2D"),
         (dict(down_block_types=("DownBlock2D",)), "down_block_types has 1 entries"),
-        (dict(attention_head_dim=(2, 4, 8)), "attention_head_dim=.* has 3 entries"),
+        (dict(attention_head_dim=(2, 4, 8)), r"attention_head_dim=\(2, 4, 8\); accepted: one int,"),
         (dict(attention_head_dim=3), "attention_head_dim=3"),
         (dict(norm_num_groups=24), "norm_num_groups=24"),
+        (dict(addition_embed_type="text"), "addition_embed_type='text' is not supported"),
+        (dict(addition_embed_type="text_time"), "'text_time' needs addition_time_embed_dim"),
+        (dict(transformer_layers_per_block=(1, 2, 3)), r"transformer_layers_per_block=\(1, 2, 3"),
     ],
 )
 def test_bad_configuration_raises_user_error(overrides, match):
     with pytest.raises(UserError, match=match):
         eval_shape(lambda: UNet(**{**TINY, **overrides}, rngs=nnx.Rngs(0)))
+
+
+SDXL_LIKE = dict(
+    TINY,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=4,
+    projection_class_embeddings_input_dim=32,
+)
+
+
+def _traced_call(config: dict, **added: tuple) -> None:
+    """Traces a call of an abstract UNet of `config` with the `added` inputs of these shapes."""
+    graphdef, state = nnx.split(eval_shape(lambda: UNet(**config, rngs=nnx.Rngs(0))))
+    x, t, ctx = _inputs()
+    given = {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in added.items()}
+    jax.eval_shape(lambda state, kw: nnx.merge(graphdef, state)(x, t, ctx, **kw), state, given)
+
+
+@pytest.mark.parametrize(
+    ("added", "match"),
+    [
+        ({}, "takes text_embeds and time_ids"),
+        ({"text_embeds": (2, 9), "time_ids": (2, 6)}, "give 33 features; accepted: .* = 32"),
+    ],
+)
+def test_sdxl_micro_conditioning_is_checked(added, match):
+    with pytest.raises(UserError, match=match):
+        _traced_call(SDXL_LIKE, **added)
+    with pytest.raises(UserError, match="text_embeds / time_ids given to a UNet without"):
+        _traced_call(TINY, text_embeds=(2, 8))
 
 
 def test_spatial_size_must_divide_by_the_downsampling():
@@ -148,7 +181,10 @@ def test_shapes_preset_denoises_8x8x4_latents():
     assert out.shape == latent
 
 
-@pytest.mark.parametrize(("preset", "expected"), [("sd15", 859_520_964), ("sd2", 865_910_724)])
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [("sd15", 859_520_964), ("sd2", 865_910_724), ("sdxl", 2_567_463_684)],
+)
 def test_stable_diffusion_presets_have_the_reference_parameter_count(
     preset, expected, count_params
 ):
