@@ -236,12 +236,16 @@ class CLIPTextTransformer(nnx.Module):
             else None
         )
 
-    def __call__(self, input_ids: jax.Array, skip_last_layers: int = 0) -> CLIPTextOutput:
+    def __call__(
+        self, input_ids: jax.Array, skip_last_layers: int = 0, final_norm: bool = True
+    ) -> CLIPTextOutput:
         """input_ids [B, T] (T <= max_position_embeddings) -> CLIPTextOutput.
 
         `skip_last_layers=k` ("clip skip") returns the hidden state after all but the last k
         layers, passed through the final layer norm, as diffusers' Stable Diffusion pipelines do
-        for `clip_skip=k`. The pooled output and text embeddings always come from the full depth.
+        for `clip_skip=k`; with `final_norm=False` without it, as SDXL's pipelines read
+        transformers' `hidden_states[-(k + 1)]`. The pooled output and text embeddings always
+        come from the full depth.
         """
         num_layers = len(self.encoder.layers)
         if not 0 <= skip_last_layers < num_layers:
@@ -262,7 +266,12 @@ class CLIPTextTransformer(nnx.Module):
             if i == num_layers - 1 - skip_last_layers:
                 skipped = h
         final = self.final_layer_norm(h)  # [B, T, D]
-        last_hidden_state = final if skip_last_layers == 0 else self.final_layer_norm(skipped)
+        if not final_norm:
+            last_hidden_state = skipped
+        elif skip_last_layers == 0:
+            last_hidden_state = final
+        else:
+            last_hidden_state = self.final_layer_norm(skipped)
         if self.eos_token_id == 2:
             eos_pos = jnp.argmax(input_ids, axis=-1)  # [B]
         else:

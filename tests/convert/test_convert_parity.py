@@ -211,12 +211,15 @@ def test_clip_text_matches_transformers(name, saved_clips):
     ids = _token_ids(ref.config.eos_token_id)
     run = _jit_call(encoder)
     out, skipped = run(ids), jax.jit(lambda i: encoder(i, skip_last_layers=1))(ids)
+    raw = jax.jit(lambda i: encoder(i, skip_last_layers=1, final_norm=False))(ids)  # SDXL's
     with torch.no_grad():
         expected = ref(torch.tensor(ids), output_hidden_states=True)
         final_norm = getattr(ref, "text_model", ref).final_layer_norm
         penultimate = final_norm(expected.hidden_states[-2])
     _assert_close(out.last_hidden_state, expected.last_hidden_state.numpy())
     _assert_close(skipped.last_hidden_state, penultimate.numpy())
+    _assert_close(raw.last_hidden_state, expected.hidden_states[-2].numpy())
+    _assert_misses(raw.last_hidden_state, penultimate.numpy())  # the norm counts
     wrong = run(ids, weights=nudged(nnx.state(encoder))).last_hidden_state
     _assert_misses(wrong, expected.last_hidden_state.numpy())
     if name == "projection":
