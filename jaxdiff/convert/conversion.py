@@ -18,8 +18,8 @@ from jaxdiff.convert import native
 from jaxdiff.convert.components import write_component
 from jaxdiff.convert.output_folder import atomic_folder
 from jaxdiff.convert.pipeline_components import (
-    NETWORKS,
     load_network,
+    model_networks,
     read_model_index,
     resolve_model_dir,
 )
@@ -27,7 +27,6 @@ from jaxdiff.convert.weight_files import read_weights
 from jaxdiff.errors import UserError, check_choice
 
 TARGETS = ("jaxdiff", "diffusers")
-_COPIED = ("tokenizer", "scheduler")  # the rest of COMPONENTS
 
 
 def _is_component(entry: object) -> bool:
@@ -84,14 +83,15 @@ def convert(
             _write_network(directory, partial, to, dtype, variant)
             return [f"{directory.name} -> {to}"]
         written = []
-        for name in NETWORKS:
+        networks, copied = model_networks(directory)
+        for name in networks:
             (partial / name).mkdir()
             _write_network(directory / name, partial / name, to, dtype, variant)
             written.append(f"{name} -> {to}")
-        for name in _COPIED:
+        for name in copied:
             shutil.copytree(directory / name, partial / name)
             written.append(f"{name} (copied)")
-        kept = {*NETWORKS, *_COPIED}
+        kept = {*networks, *copied}
         index = {
             key: [None, None] if _is_component(value) and key not in kept else value
             for key, value in model_index.items()

@@ -1,6 +1,7 @@
 """A whole Stable Diffusion model folder (diffusers' `model_index.json` layout) or hub id.
 
     model_index.json   unet/  vae/  text_encoder/  tokenizer/  scheduler/
+                       text_encoder_2/  tokenizer_2/      (SDXL; its refiner has these only)
 
 Each network folder is read by `from_diffusers`, or by `jaxdiff.convert.native` when it was
 converted with `jaxdiff convert --to jaxdiff`; the tokenizer by transformers; the scheduler config
@@ -26,6 +27,8 @@ from jaxdiff.errors import UserError, first_line
 
 NETWORKS = ("unet", "vae", "text_encoder")
 COMPONENTS = (*NETWORKS, "tokenizer", "scheduler")
+# Text encoders and their tokenizers: Stable Diffusion's, SDXL's second (OpenCLIP bigG).
+TEXT_PAIRS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -35,10 +38,12 @@ class PipelineComponents:
 
     unet: nnx.Module
     vae: nnx.Module
-    text_encoder: nnx.Module
+    text_encoder: nnx.Module | None  # None for SDXL's refiner
     tokenizer: Any
     scheduler_config: dict[str, Any]
     model_index: dict[str, Any]
+    text_encoder_2: nnx.Module | None = None  # SDXL's
+    tokenizer_2: Any = None
 
 
 def network_patterns(folder: str, variant: str | None) -> list[str]:
@@ -60,8 +65,8 @@ def network_patterns(folder: str, variant: str | None) -> list[str]:
 def hub_patterns(variant: str | None) -> list[str]:
     """The files of a hub model the components need: the networks' (`network_patterns`), the
     tokenizer and the scheduler."""
-    patterns = ["model_index.json", "scheduler/*", "tokenizer/*"]
-    for network in NETWORKS:
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
+    for network in (*NETWORKS, "text_encoder_2"):
         patterns += network_patterns(network, variant)
     return patterns
 
@@ -125,7 +130,8 @@ def load_component(
 
 
 def read_model_index(directory: Path) -> dict[str, Any]:
-    """A model folder's model_index.json, after checking the folder has every component."""
+    """A model folder's model_index.json, after checking the folder has every component: the
+    UNet, the VAE, the scheduler and a text encoder with its tokenizer (or two, SDXL's)."""
     path = directory / "model_index.json"
     if not path.is_file():
         raise UserError(
@@ -133,10 +139,21 @@ def read_model_index(directory: Path) -> dict[str, Any]:
             "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
         )
     model_index = read_json_object(path)
-    missing = [name for name in COMPONENTS if not (directory / name).is_dir()]
+    second = any((directory / name).is_dir() for name in TEXT_PAIRS[1])
+    required = ["unet", "vae", "scheduler", *(TEXT_PAIRS[1] if second else TEXT_PAIRS[0])]
+    if not second or (directory / "text_encoder").is_dir():  # SDXL's refiner has no first
+        required += TEXT_PAIRS[0]
+    missing = [name for name in dict.fromkeys(required) if not (directory / name).is_dir()]
     if missing:
         raise UserError(f"{directory} lacks the component folders {', '.join(missing)}")
     return model_index
+
+
+def model_networks(directory: Path) -> tuple[list[str], list[str]]:
+    """The network folders of a checked model folder (`read_model_index`), and the folders
+    copied as they are (tokenizers, scheduler)."""
+    pairs = [pair for pair in TEXT_PAIRS if (directory / pair[0]).is_dir()]
+    return ["unet", "vae", *(p[0] for p in pairs)], [*(p[1] for p in pairs), "scheduler"]
 
 
 def load_pipeline_components(
@@ -145,29 +162,41 @@ def load_pipeline_components(
     dtype: DTypeLike = jnp.float32,
     param_dtype: DTypeLike = jnp.float32,
     variant: str | None = None,
+    sdxl: bool | None = None,
 ) -> PipelineComponents:
-    """unet, vae, text_encoder (NNX, weights loaded), tokenizer and scheduler config of a model.
+    """unet, vae, text_encoder (NNX, weights loaded), tokenizer and scheduler config of a model;
+    SDXL's text_encoder_2 and tokenizer_2 too (its refiner has no text_encoder and tokenizer).
 
     Args:
       model_dir_or_hub_id: a diffusers-format folder or a hub id such as
         "stable-diffusion-v1-5/stable-diffusion-v1-5".
       dtype, param_dtype: compute and parameter dtypes of the networks.
       variant: weights variant ("fp16" reads `*.fp16.safetensors`).
+      sdxl: True or False refuses, before any weight is read, a model that is not or is SDXL.
     """
     from transformers import AutoTokenizer
 
     directory = resolve_model_dir(model_dir_or_hub_id, variant)
     model_index = read_model_index(directory)
-    networks = {
-        name: load_network(directory / name, dtype=dtype, param_dtype=param_dtype, variant=variant)
-        for name in NETWORKS
-    }
+    networks, copied = model_networks(directory)
+    if sdxl and "text_encoder_2" not in networks:
+        raise UserError(
+            f"{model_dir_or_hub_id} has no text_encoder_2: not an SDXL model; use StableDiffusion"
+        )
+    if sdxl is False and "text_encoder_2" in networks:
+        raise UserError(
+            f"{model_dir_or_hub_id} is an SDXL model (text_encoder_2); use StableDiffusionXL"
+        )
+    parts: dict[str, Any] = {"text_encoder": None, "tokenizer": None}
+    for name in networks:
+        parts[name] = load_network(
+            directory / name, dtype=dtype, param_dtype=param_dtype, variant=variant
+        )
+    for name in copied[:-1]:
+        parts[name] = AutoTokenizer.from_pretrained(directory / name)
     scheduler_path = directory / "scheduler" / "scheduler_config.json"
     if not scheduler_path.is_file():
         raise UserError(f"{directory} has no scheduler/scheduler_config.json")
     return PipelineComponents(
-        **networks,
-        tokenizer=AutoTokenizer.from_pretrained(directory / "tokenizer"),
-        scheduler_config=read_json_object(scheduler_path),
-        model_index=model_index,
+        **parts, scheduler_config=read_json_object(scheduler_path), model_index=model_index
     )

@@ -241,6 +241,11 @@ class ControlNet(UNetEncoder):
 def arguments_for(unet: UNet, **conditioning: Any) -> dict[str, Any]:
     """The architecture arguments of a ControlNet for `unet`: the UNet's encoder's, and the
     `conditioning` ones (`conditioning_channels`, ...)."""
+    if unet.add_embedding is not None:
+        raise UserError(
+            "a ControlNet for an SDXL UNet (addition_embed_type='text_time') is not supported; "
+            "accepted: UNets without an added embedding"
+        )
     return {**encoder_arguments(dict(unet.architecture)), **conditioning}
 
 

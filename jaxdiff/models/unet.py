@@ -543,11 +543,17 @@ def _per_level(
     name: str, value: int | Sequence[int], block_out_channels: Sequence[int]
 ) -> list[int]:
     """A per-level option as diffusers gives it, one int for all levels or one per level."""
-    if isinstance(value, int):
+
+    def positive(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if positive(value):
         return [value] * len(block_out_channels)
-    if len(value) != len(block_out_channels) or not all(isinstance(v, int) for v in value):
+    given = isinstance(value, Sequence) and not isinstance(value, str)
+    if not given or len(value) != len(block_out_channels) or not all(map(positive, value)):
+        shown = tuple(value) if given else value
         raise UserError(
-            f"{name}={tuple(value)}; accepted: one int, or one int per entry of "
+            f"{name}={shown!r}; accepted: one positive int, or one per entry of "
             f"block_out_channels ({len(block_out_channels)})"
         )
     return list(value)

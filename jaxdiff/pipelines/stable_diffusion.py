@@ -30,6 +30,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.diffusion import Diffusion
+from jaxdiff.errors import UserError
 from jaxdiff.models.controlnet import ControlNet
 from jaxdiff.pipelines import vae_latents
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
@@ -61,16 +62,11 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
         devices: Sequence[jax.Device] | None = None,
         controlnet: ControlNet | Sequence[ControlNet] | None = None,
     ):
+        if unet.add_embedding is not None:
+            raise UserError("an SDXL UNet (addition_embed_type='text_time'); use StableDiffusionXL")
         controlnets = self._take_controlnets(controlnet, unet, vae.downsample_factor)
         self.tokenizer = tokenizer
-        self.scheduler_config = dict(scheduler_config)
-        self.scheduler = SchedulerConfig.from_dict(self.scheduler_config)
-        self.vae_scale_factor = vae.downsample_factor
-        unet_arch = dict(unet.architecture)
-        self.latent_channels = unet_arch["out_channels"]
-        self.network_in_channels = unet_arch["in_channels"]
-        self.default_size = unet.sample_size * self.vae_scale_factor
-        diffusion = Diffusion(self.scheduler.process, self.scheduler.parameterization)
+        diffusion = describe_unet_model(self, unet, vae, scheduler_config)
         super().__init__((unet, vae, text_encoder, controlnets), diffusion, devices)
 
     @classmethod
@@ -92,7 +88,7 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
 
         param_dtype = dtype if param_dtype is None else param_dtype
         parts = load_pipeline_components(
-            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant
+            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant, sdxl=False
         )
         if controlnet is None:
             given = []
@@ -147,3 +143,18 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
     @staticmethod
     def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
         return vae_latents.decode_latents(networks[1], latents)
+
+
+def describe_unet_model(
+    pipe: Pipeline, unet: nnx.Module, vae: nnx.Module, scheduler_config: dict[str, Any]
+) -> Diffusion:
+    """Sets what a pipeline of a diffusers UNet and VAE knows of them (the scheduler config, the
+    image and latent sizes, the channels); returns the `Diffusion` of the scheduler config."""
+    pipe.scheduler_config = dict(scheduler_config)
+    pipe.scheduler = SchedulerConfig.from_dict(pipe.scheduler_config)
+    pipe.vae_scale_factor = vae.downsample_factor
+    unet_arch = dict(unet.architecture)
+    pipe.latent_channels = unet_arch["out_channels"]
+    pipe.network_in_channels = unet_arch["in_channels"]
+    pipe.default_size = unet.sample_size * pipe.vae_scale_factor
+    return Diffusion(pipe.scheduler.process, pipe.scheduler.parameterization)

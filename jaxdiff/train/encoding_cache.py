@@ -73,6 +73,12 @@ class EncodingCache:
             np.load(directory / name, mmap_mode="r") for name in _FILES
         )
 
+    def batch(self, data: ImageTextDataset, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The cached ``moments`` and ``context`` of the examples at ``positions`` of ``data``'s
+        stream (read by their records)."""
+        records = data.source_indices(positions)
+        return {"moments": self.moments[records], "context": self.context[records]}
+
 
 def prepare(
     model: TextToImageModel,

@@ -62,6 +62,11 @@ class FinetuneTask:
                 "--config.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5",
             )
             self.source = resolve_model_dir(config.pretrained, config.variant or None)
+        require(
+            not (self.source / "text_encoder_2").is_dir(),
+            f"pretrained {config.pretrained!r} is an SDXL model; fine-tuning it is not supported "
+            "yet (accepted: Stable Diffusion 1.x / 2.x)",
+        )
         self.configs = {name: read_component_config(self.source / name) for name in NETWORKS}
         scheduler = read_json_object(self.source / "scheduler" / "scheduler_config.json")
         self.scheduler_config = scheduler
@@ -149,8 +154,7 @@ class FinetuneTask:
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         if self.cache is not None:
-            records = self.data.source_indices(indices)
-            return {"moments": self.cache.moments[records], "context": self.cache.context[records]}
+            return self.cache.batch(self.data, indices)
         examples = self.data.batch(indices)
         return {"image": examples["image"], "ids": self.text_ids(examples["caption"])}
 

@@ -102,10 +102,11 @@ class TextToImageTask:
         channels = 3 if self.autoencoder_config is None else self.autoencoder_config.latent_channels
         self.latent_shape = (size // factor, size // factor, channels)
         name = self.denoiser_name
+        require(name in config.model, f"model.denoiser={name!r} needs the model.{name} group")
         if name in FROM_TASK:
             for key in sorted(set(config.model[name]) & set(FROM_TASK[name])):
                 raise UserError(
-                    f"model.{name}.{key} is set by the task from the data and the text encoder; "
+                    f"model.{name}.{key} is set by the task from the data and the conditioning; "
                     f"accepted: options other than {', '.join(FROM_TASK[name])}"
                 )
         if self.denoiser_name == "unet":
@@ -126,8 +127,8 @@ class TextToImageTask:
             require(
                 self.denoiser_name == "dit" and self.autoencoder_config is not None,
                 "train.cache_encodings stores what frozen encoders compute: accepted for a "
-                "class-conditional model on latents (model.denoiser='dit' with an autoencoder); "
-                "a text-to-image run trains its text encoder",
+                "class-conditional model on latents (model.denoiser='dit' with an autoencoder), "
+                "not for a model with a text encoder",
             )
             encoding_cache.check_cacheable(config)
         self.diffusion = Diffusion(
@@ -245,8 +246,7 @@ class TextToImageTask:
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         if self.cache is not None:
-            records = self.data.source_indices(indices)
-            return {"moments": self.cache.moments[records], "context": self.cache.context[records]}
+            return self.cache.batch(self.data, indices)
         examples = self.data.batch(indices)
         return {"image": examples["image"], "ids": self.text_ids(examples["caption"])}
 

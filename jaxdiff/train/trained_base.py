@@ -91,10 +91,9 @@ def check_base(config: ml_collections.ConfigDict, base: ml_collections.ConfigDic
         base.task == "text_to_image",
         f"{where} holds a {base.task!r} run; accepted: a text_to_image run",
     )
-    require(
-        not config.vae_workdir,
-        f"vae_workdir={config.vae_workdir!r}: the base run's autoencoder is used; accepted: ''",
-    )
+    for field in ("vae_workdir", "pretrained_vae"):
+        value = config.get(field, "")
+        require(not value, f"{field}={value!r}: the base run's autoencoder is used; accepted: ''")
     for field in SHARED_FIELDS:
         ours, theirs = _plain(config, field), _plain(base, field)
         if not isinstance(ours, dict) or not isinstance(theirs, dict):

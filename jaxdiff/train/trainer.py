@@ -48,6 +48,9 @@ MakeEvaluator = Callable[[Task, ml_collections.ConfigDict, Path], Evaluate]
 # Config groups and keys that may change between restarts.
 RESUMABLE_GROUPS = ("train", "sample", "eval", "mesh", "sharding_rules")
 RESUMABLE_KEYS = ("data.threads",)  # how the data is read, not what is read
+# Top-level fields added to the configs after runs were saved without them, with the value that
+# means what a saved run did: a saved config without one resumes with it at that value.
+ADDED_FIELDS = {"pretrained_vae": ""}
 
 
 def train(
@@ -266,14 +269,19 @@ def _check_workdir_config(workdir: Path, config: ml_collections.ConfigDict) -> N
     saved config."""
     if not (workdir / CONFIG_FILE).is_file():
         return
-    saved = saved_config_dict(workdir)
-    current = json.loads(configuration.to_json(config))
+    saved = _without_added_defaults(saved_config_dict(workdir))
+    current = _without_added_defaults(json.loads(configuration.to_json(config)))
     for group in sorted((set(saved) | set(current)) - set(RESUMABLE_GROUPS)):
         if _fixed(saved.get(group), group) != _fixed(current.get(group), group):
             raise UserError(
                 f"workdir {str(workdir)!r} holds a run with a different '{group}' config; "
                 "use a new workdir or the same config"
             )
+
+
+def _without_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as a dict without the ``ADDED_FIELDS`` that hold their default."""
+    return {k: v for k, v in config.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
 
 
 def _fixed(settings: Any, group: str) -> Any:

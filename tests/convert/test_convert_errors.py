@@ -134,7 +134,10 @@ def test_config_that_is_not_json(unet_dir):
         ({"conditioning_channels": 3}, ["conditioning_channels=3", "is not supported"]),
         (
             {"transformer_layers_per_block": [[1, 1], [2, 2]]},
-            ["transformer_layers_per_block=((1, 1), (2, 2))", "accepted: one int, or one int per"],
+            [
+                "transformer_layers_per_block=((1, 1), (2, 2))",
+                "accepted: one positive int, or one per",
+            ],
         ),
         (
             {"reverse_transformer_layers_per_block": [[1], [1]]},

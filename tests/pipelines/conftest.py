@@ -13,13 +13,12 @@ import pytest
 from PIL import Image
 from reference_models import (
     PIPELINE_UNET,
-    PIPELINE_VAE,
     SD15_SCHEDULER,
     UNET_CONFIGS,
     build_controlnet,
     build_unet,
-    build_vae,
     encoder_options,
+    near_deterministic_vae,
     save_stable_diffusion,
 )
 
@@ -56,22 +55,11 @@ def scheduler_config(prediction: str) -> dict:
     return {**SD15_SCHEDULER, "prediction_type": prediction}
 
 
-def _near_deterministic_vae():
-    import torch
-
-    vae = build_vae(PIPELINE_VAE)
-    latent = vae.config.latent_channels
-    with torch.no_grad():
-        vae.quant_conv.weight[latent:] = 0.0
-        vae.quant_conv.bias[latent:] = -40.0
-    return vae
-
-
 def _save_model(tmp_path_factory, name: str, unet_config: dict) -> dict:
     """{prediction type: folder} of one tiny model, the folders differing in the scheduler's
     prediction type only."""
     first = tmp_path_factory.mktemp(f"{name}_{PREDICTIONS[0]}")
-    save_stable_diffusion(first, build_unet(unet_config), _near_deterministic_vae())
+    save_stable_diffusion(first, build_unet(unet_config), near_deterministic_vae())
     folders = {}
     for prediction in PREDICTIONS:
         folder = first

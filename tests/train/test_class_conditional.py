@@ -19,7 +19,7 @@ from jaxdiff.errors import UserError
 from jaxdiff.models.class_names import ClassNames
 from jaxdiff.models.vae import AutoencoderKL
 from jaxdiff.train.step import example_keys
-from jaxdiff.train.tasks import load_trained, make_task
+from jaxdiff.train.tasks import load_trained, make_task, split_keys
 from jaxdiff.train.text_to_image_task import caption_dropout_loss
 from jaxdiff.train.trainer import train
 
@@ -85,6 +85,8 @@ def test_cached_latents_and_labels_give_the_uncached_loss(run, vae_folder, tmp_p
     with_cache = loss(model, {**cached.batch(positions), "key": keys}, cached)
     without = loss(model, {**uncached.batch(positions), "key": keys}, uncached)
     np.testing.assert_allclose(with_cache, without, rtol=1e-5, atol=1e-6)
+    _, drop_keys, _ = split_keys(keys, 3)  # as the loss draws them: some labels are dropped
+    assert 0 < sum(bool(jax.random.bernoulli(k, 0.1, (1,))[0]) for k in drop_keys) < len(positions)
 
     seen = []
 

@@ -160,6 +160,8 @@ def test_bad_bases_are_one_line_errors(base_run, tmp_path):
         task("diffusion.process=vp", name="shapes_lora")
     with pytest.raises(UserError, match="the base run's autoencoder is used; accepted: ''"):
         task(f"vae_workdir={base_run}")
+    with pytest.raises(UserError, match="pretrained_vae='sd-vae': the base run's autoencoder"):
+        task("pretrained_vae=sd-vae")
     with pytest.raises(UserError, match="has 2 stages: the conditioning images at 2x the"):
         task("controlnet.conditioning_embedding_out_channels=8,8")
     transformer_base = tmp_path / "transformer_base"

@@ -19,7 +19,7 @@ from jaxdiff.images import read_png_text
 from jaxdiff.pipelines.sample_png import display_scale, sample_text
 from jaxdiff.train.tasks import load_task, load_trained
 from jaxdiff.train.text_to_image_task import PIXEL_SPACE_NOTE
-from jaxdiff.train.trainer import train
+from jaxdiff.train.trainer import _check_workdir_config, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -109,6 +109,19 @@ def test_workdir_of_another_model_is_refused(tmp_path, vae_workdir):
     config = tiny("shapes_vae.py", "train.steps=6", "model.vae.latent_channels=8")
     with pytest.raises(UserError, match="different 'model' config"):
         train(config, vae_workdir, progress=False)
+
+
+def test_a_run_saved_before_pretrained_vae_existed_resumes(tmp_path):
+    """A field added to the configs later, absent from a saved config, means its default."""
+    config = tiny("shapes_t2i.py")
+    saved = json.loads(to_json(config))
+    del saved["pretrained_vae"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _check_workdir_config(tmp_path, config)  # resumes
+    with config.unlocked():
+        config.pretrained_vae = "stabilityai/sd-vae-ft-ema"
+    with pytest.raises(UserError, match="different 'pretrained_vae' config"):
+        _check_workdir_config(tmp_path, config)
 
 
 def test_workdir_config_of_an_older_jaxdiff_names_the_missing_fields(tmp_path):

@@ -1,0 +1,214 @@
+"""Stable Diffusion XL on converted diffusers weights: text-to-image, img2img and inpainting on the
+shared loop, conditioned as diffusers' SDXL pipelines condition the UNet
+(`jaxdiff.pipelines.sdxl_conditioning`).
+
+    pipe = StableDiffusionXL.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+    images = pipe("an astronaut riding a horse", num_inference_steps=30, sampler="dpmpp_2m")
+    images = pipe("a cat", original_size=(512, 512), crops_coords_top_left=(0, 64))
+
+The micro-conditioning arguments are diffusers' (`original_size`, `crops_coords_top_left`,
+`target_size` and their `negative_` forms; the refiner's `aesthetic_score` and
+`negative_aesthetic_score`), in pixels, (height, width). Both text encoders read the same prompt;
+without a negative prompt a model with `force_zeros_for_empty_prompt` (SDXL's base) guides away
+from zero conditioning, not from the empty prompt's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import DTypeLike
+
+from jaxdiff.errors import UserError, require
+from jaxdiff.pipelines import sdxl_conditioning, vae_latents
+from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
+from jaxdiff.pipelines.prompts import tokenize
+from jaxdiff.pipelines.stable_diffusion import describe_unet_model
+
+ZERO_PROMPT = -1  # the ids of a negative prompt the model conditions on zeros for
+
+Networks = tuple[nnx.Module, nnx.Module, nnx.Module | None, nnx.Module]  # unet, vae, encoders
+
+
+class StableDiffusionXL(Pipeline):
+    """Text-to-image (`__call__`), `img2img` and `inpaint` with SDXL's UNet, VAE and two text
+    encoders in diffusers' layout (the refiner: the second encoder only, the aesthetic score in
+    its micro-conditioning); defaults as diffusers' (50 steps, guidance 5, the scheduler
+    config's sigmas)."""
+
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"num_inference_steps": 50, "guidance_scale": 5.0, "sampler": "euler"}
+    )
+    conditioning_arguments: ClassVar[tuple[str, ...]] = (
+        "original_size",
+        "crops_coords_top_left",
+        "target_size",
+        "negative_original_size",
+        "negative_crops_coords_top_left",
+        "negative_target_size",
+        "aesthetic_score",
+        "negative_aesthetic_score",
+    )
+
+    def __init__(
+        self,
+        unet: nnx.Module,
+        vae: nnx.Module,
+        text_encoder: nnx.Module | None,
+        text_encoder_2: nnx.Module,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        scheduler_config: dict[str, Any],
+        force_zeros_for_empty_prompt: bool = True,
+        requires_aesthetics_score: bool = False,
+        devices: Sequence[jax.Device] | None = None,
+    ):
+        if getattr(unet, "add_embedding", None) is None:
+            raise UserError("an SDXL pipeline needs a UNet with addition_embed_type='text_time'")
+        if (text_encoder is None) != (tokenizer is None):
+            raise UserError("text_encoder and tokenizer: give both (the base) or neither (refiner)")
+        self.tokenizers = [t for t in (tokenizer, tokenizer_2) if t is not None]
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.requires_aesthetics_score = requires_aesthetics_score
+        diffusion = describe_unet_model(self, unet, vae, scheduler_config)
+        super().__init__((unet, vae, text_encoder, text_encoder_2), diffusion, devices)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir_or_hub_id: str | Path,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike | None = None,
+        variant: str | None = None,
+        devices: Sequence[jax.Device] | None = None,
+    ) -> StableDiffusionXL:
+        """An SDXL folder or hub id in diffusers' layout (the base, or the refiner without
+        `text_encoder`); `dtype` is the networks' compute dtype, `param_dtype` that of their
+        weights (default: `dtype`)."""
+        from jaxdiff.convert.pipeline_components import load_pipeline_components
+
+        param_dtype = dtype if param_dtype is None else param_dtype
+        parts = load_pipeline_components(
+            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant
+        )
+        require(
+            parts.text_encoder_2 is not None,
+            f"{model_dir_or_hub_id} has no text_encoder_2: not an SDXL model (use StableDiffusion)",
+        )
+        index = parts.model_index
+        return cls(
+            parts.unet,
+            parts.vae,
+            parts.text_encoder,
+            parts.text_encoder_2,
+            parts.tokenizer,
+            parts.tokenizer_2,
+            parts.scheduler_config,
+            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+            requires_aesthetics_score=index.get("requires_aesthetics_score", False),
+            devices=devices,
+        )
+
+    def tokenize(self, prompts: list[str]) -> np.ndarray:
+        """Each tokenizer's ids of the prompts side by side, `[N, 2 T]` (the refiner's `[N, T]`)."""
+        return np.concatenate([tokenize(t, prompts) for t in self.tokenizers], axis=1)
+
+    def prompt_ids(self, prompt: Any, negative_prompt: Any) -> tuple[np.ndarray, np.ndarray]:
+        """As every pipeline's; no negative prompt with `force_zeros_for_empty_prompt` gives
+        rows of `ZERO_PROMPT`, which `encode_prompts` turns into zero conditioning."""
+        ids, negative_ids = super().prompt_ids(prompt, negative_prompt)
+        if negative_prompt is None and self.force_zeros_for_empty_prompt:
+            negative_ids = np.full_like(negative_ids, ZERO_PROMPT)
+        return ids, negative_ids
+
+    def grid(self, sampling: Sampling) -> Grid:
+        return self.scheduler.call_grid(sampling)
+
+    def conditioning(
+        self,
+        arguments: dict[str, Any],
+        mode: str,
+        prompts: int,
+        repeat: int,
+        size: tuple[int, int],
+    ) -> dict[str, np.ndarray]:
+        """The micro-conditioning of each image, `time_ids` and `negative_time_ids` `[B, 6]`
+        (the refiner's `[B, 5]`), as diffusers' SDXL pipelines default them: the sizes to the
+        image's, the crop to (0, 0), the negative ones to the positive ones (the refiner's
+        negative aesthetic score to 2.5)."""
+        del mode
+        original = tuple(arguments.get("original_size") or size)
+        crops = tuple(arguments.get("crops_coords_top_left") or (0, 0))
+        target = tuple(arguments.get("target_size") or size)
+        negative_original = arguments.get("negative_original_size")
+        negative_crops = tuple(arguments.get("negative_crops_coords_top_left") or (0, 0))
+        negative_target = arguments.get("negative_target_size")
+        if self.requires_aesthetics_score:
+            positive = sdxl_conditioning.time_ids(
+                original, crops, aesthetic_score=arguments.get("aesthetic_score", 6.0)
+            )
+            negative = sdxl_conditioning.time_ids(
+                tuple(negative_original or original),
+                negative_crops,
+                aesthetic_score=arguments.get("negative_aesthetic_score", 2.5),
+            )
+        else:
+            positive = sdxl_conditioning.time_ids(original, crops, target)
+            negative = positive
+            if negative_original is not None and negative_target is not None:
+                negative = sdxl_conditioning.time_ids(
+                    tuple(negative_original), negative_crops, tuple(negative_target)
+                )
+        count = prompts * repeat
+        return {
+            "time_ids": np.tile(positive, (count, 1)),
+            "negative_time_ids": np.tile(negative, (count, 1)),
+        }
+
+    @staticmethod
+    def step_context(
+        context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
+    ) -> tuple[Any, Any]:
+        del step, steps
+        return (
+            (*context, conditioning["time_ids"]),
+            (*uncontext, conditioning["negative_time_ids"]),
+        )
+
+    @staticmethod
+    def encode_prompts(networks: Networks, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """ids `[B, 2 T]` (`tokenize`'s) -> (the text context `[B, T, D1 + D2]`, the pooled
+        text `[B, P]`), zeros for `ZERO_PROMPT` rows."""
+        _, _, text_encoder, text_encoder_2 = networks
+        zero = ids[:, 0] == ZERO_PROMPT  # [B]
+        ids = jnp.maximum(ids, 0)
+        first, second = (None, ids) if text_encoder is None else jnp.split(ids, 2, axis=1)
+        hidden, pooled = sdxl_conditioning.encode_prompts(
+            text_encoder, text_encoder_2, first, second
+        )
+        return (
+            jnp.where(zero[:, None, None], 0.0, hidden),
+            jnp.where(zero[:, None], 0.0, pooled),
+        )
+
+    @staticmethod
+    def predict(networks: Networks, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:
+        """The UNet's output for `(text context, pooled text, time ids)`."""
+        hidden, pooled, time_ids = context
+        return networks[0](x_in, t, hidden, text_embeds=pooled, time_ids=time_ids)
+
+    @staticmethod
+    def encode_images(networks: Networks, images: jax.Array, keys: jax.Array) -> jax.Array:
+        return vae_latents.sample_latents(networks[1], images, keys)
+
+    @staticmethod
+    def decode_latents(networks: Networks, latents: jax.Array) -> jax.Array:
+        return vae_latents.decode_latents(networks[1], latents)

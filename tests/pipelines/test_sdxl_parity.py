@@ -1,0 +1,169 @@
+"""StableDiffusionXL against diffusers' StableDiffusionXLPipeline and its refiner
+(StableDiffusionXLImg2ImgPipeline with `requires_aesthetics_score`) on one tiny random SDXL model
+diffusers saves: the final latents within 3e-4 of their scale and the images within 1e-3, with
+micro-conditioning away from its defaults; a deliberately wrong run (5% more initial noise, or
+other sizes) misses by more than 10x both."""
+
+import json
+
+import pytest
+import torch
+from flax import nnx
+from reference_models import (
+    SD15_SCHEDULER,
+    build_clip,
+    build_unet,
+    near_deterministic_vae,
+    perturb,
+    write_tokenizer,
+)
+from sd_parity import assert_close, assert_misses, diffusers_run, input_images, torch_images
+from transformers import CLIPTokenizer
+
+from jaxdiff.configuration import load_config
+from jaxdiff.errors import UserError
+from jaxdiff.models import ControlNet
+from jaxdiff.pipelines import StableDiffusion, StableDiffusionXL
+from jaxdiff.train.tasks import make_task
+
+PROMPTS = ["a red cat", "blue sky"]
+STEPS = 4
+# SDXL's layout at the tiny size: the text context is both encoders' 32 + 32 features, the
+# added embedding the second one's 20 pooled features and six (refiner: five) numbers x 4.
+UNET = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+    attention_head_dim=(1, 2),
+    cross_attention_dim=64,
+    norm_num_groups=8,
+    use_linear_projection=True,
+    transformer_layers_per_block=(1, 2),
+    addition_embed_type="text_time",
+    addition_time_embed_dim=4,
+    projection_class_embeddings_input_dim=20 + 6 * 4,
+    sample_size=8,
+)
+SCHEDULER = {
+    **SD15_SCHEDULER,
+    "_class_name": "EulerDiscreteScheduler",
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+}
+SIZES = dict(original_size=(64, 48), crops_coords_top_left=(4, 8), target_size=(16, 16))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    """{"base": folder, "refiner": folder} of one tiny SDXL model and its refiner."""
+    import diffusers
+
+    first, second = build_clip("gelu"), build_clip("projection")
+    perturb(second, seed=7)
+    base_dir, refiner_dir = tmp_path_factory.mktemp("sdxl"), tmp_path_factory.mktemp("refiner")
+    for name in ("tokenizer", "tokenizer_2"):
+        write_tokenizer(base_dir / name)
+    tokenizers = [CLIPTokenizer.from_pretrained(base_dir / n) for n in ("tokenizer", "tokenizer_2")]
+    vae = near_deterministic_vae()
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(SCHEDULER)
+    diffusers.StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=first,
+        text_encoder_2=second,
+        tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1],
+        unet=build_unet(UNET),
+        scheduler=scheduler,
+    ).save_pretrained(base_dir)
+    refiner_unet = build_unet(
+        {**UNET, "cross_attention_dim": 32, "projection_class_embeddings_input_dim": 40}
+    )
+    diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=second,
+        tokenizer=None,
+        tokenizer_2=tokenizers[1],
+        unet=refiner_unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    ).save_pretrained(refiner_dir)
+    return {"base": base_dir, "refiner": refiner_dir}
+
+
+def _noise(scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _jaxdiff_run(pipe, method: str, *args, **kwargs):
+    latents = getattr(pipe, method)(*args, output_type="latent", **kwargs)
+    return latents, pipe.decode(latents)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "negative", "rescale"),
+    [
+        ("euler", "EulerDiscreteScheduler", None, 0.0),  # zero negative conditioning
+        ("dpmpp_2m", "DPMSolverMultistepScheduler", ["dog", ""], 0.7),
+    ],
+)
+def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, rescale):
+    import diffusers
+
+    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(folders["base"])
+    reference.scheduler = getattr(diffusers, scheduler).from_config(SCHEDULER)
+    settings = dict(
+        negative_prompt=negative,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        guidance_rescale=rescale,
+        **SIZES,
+    )
+    want = diffusers_run(reference, PROMPTS, latents=_noise(), **settings)
+    pipe = StableDiffusionXL.from_pretrained(folders["base"])
+    ours = dict(settings, sampler=sampler, latents=_noise().permute(0, 2, 3, 1))
+    assert_close(_jaxdiff_run(pipe, "__call__", PROMPTS, **ours), want)
+    wrong = dict(ours, latents=_noise(1.05).permute(0, 2, 3, 1))
+    assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **wrong), want)
+    other_sizes = dict(ours, original_size=(16, 16), crops_coords_top_left=(0, 0))
+    assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **other_sizes), want)
+
+
+def test_the_refiner_matches_diffusers_img2img(folders, monkeypatch):
+    import diffusers
+
+    reference = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folders["refiner"])
+    target = "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img"
+    monkeypatch.setattr(f"{target}.randn_tensor", lambda *args, **kwargs: _noise())
+    images, _ = input_images()
+    settings = dict(
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        strength=0.6,
+        aesthetic_score=7.0,
+        original_size=(64, 48),
+        crops_coords_top_left=(4, 8),
+    )
+    want = diffusers_run(reference, PROMPTS, image=torch_images(images), **settings)
+    pipe = StableDiffusionXL.from_pretrained(folders["refiner"])
+    ours = dict(settings, sampler="euler", latents=_noise().permute(0, 2, 3, 1))
+    assert_close(_jaxdiff_run(pipe, "img2img", PROMPTS, images, **ours), want)
+    wrong = dict(ours, aesthetic_score=2.0)
+    assert_misses(_jaxdiff_run(pipe, "img2img", PROMPTS, images, **wrong), want)
+
+
+def test_an_sdxl_folder_is_refused_by_the_sd_pipeline_and_back(folders, sd_folders):
+    with pytest.raises(UserError, match="text_encoder_2: not an SDXL model"):
+        StableDiffusionXL.from_pretrained(sd_folders["epsilon"])
+    with pytest.raises(UserError, match=r"an SDXL model .* use StableDiffusionXL"):
+        StableDiffusion.from_pretrained(folders["base"])
+    index = json.loads((folders["refiner"] / "model_index.json").read_text())
+    assert index["requires_aesthetics_score"] is True
+    config = load_config("sd15_finetune:tiny", [f"pretrained={folders['base']}"])
+    with pytest.raises(UserError, match="is an SDXL model; fine-tuning it is not supported yet"):
+        make_task(config)
+    unet = StableDiffusionXL.from_pretrained(folders["base"])._networks()[0]
+    with pytest.raises(UserError, match=r"a ControlNet for an SDXL UNet .* is not supported"):
+        ControlNet.from_unet(unet, rngs=nnx.Rngs(0))
