@@ -6,6 +6,7 @@ other sizes) misses by more than 10x both."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from flax import nnx
@@ -21,6 +22,7 @@ from sd_parity import assert_close, assert_misses, diffusers_run, input_images, 
 from transformers import CLIPTokenizer
 
 from jaxdiff.configuration import load_config
+from jaxdiff.convert import convert
 from jaxdiff.errors import UserError
 from jaxdiff.models import ControlNet
 from jaxdiff.pipelines import StableDiffusion, StableDiffusionXL
@@ -129,6 +131,19 @@ def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, 
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **wrong), want)
     other_sizes = dict(ours, original_size=(16, 16), crops_coords_top_left=(0, 0))
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **other_sizes), want)
+
+
+def test_a_converted_folder_gives_the_same_latents(folders, tmp_path):
+    """`jaxdiff convert` writes both text encoders and tokenizers of the base, and the refiner's
+    one; the converted folders give the pipeline's latents to the bit."""
+    settings = dict(num_inference_steps=STEPS, seed=3, output_type="latent", **SIZES)
+    for name, folder in folders.items():
+        written = convert(folder, tmp_path / name, to="jaxdiff")
+        assert ("text_encoder -> jaxdiff" in written) == (name == "base")
+        assert "text_encoder_2 -> jaxdiff" in written and "tokenizer_2 (copied)" in written
+        want = StableDiffusionXL.from_pretrained(folder)(PROMPTS, **settings)
+        got = StableDiffusionXL.from_pretrained(tmp_path / name)(PROMPTS, **settings)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_the_refiner_matches_diffusers_img2img(folders, monkeypatch):
