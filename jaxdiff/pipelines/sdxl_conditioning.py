@@ -46,24 +46,49 @@ def encode_prompts(
     return jnp.concatenate(hidden, axis=-1), second.text_embeds
 
 
+def size_pair(name: str, value: object) -> tuple[float, float]:
+    """A micro-conditioning size or offset, (height, width) in pixels, checked: two numbers."""
+    message = f"{name}={value!r}; accepted: two numbers (height, width)"
+    if isinstance(value, str | bytes):
+        raise UserError(message)
+    try:
+        pair = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise UserError(message) from None
+    if len(pair) != 2 or not all(np.isfinite(pair)):
+        raise UserError(message)
+    return pair  # type: ignore[return-value]
+
+
+def score(name: str, value: object) -> float:
+    """An aesthetic score, checked: a finite number."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={value!r}; accepted: a number") from None
+    if not np.isfinite(number) or isinstance(value, bool):
+        raise UserError(f"{name}={value!r}; accepted: a finite number")
+    return number
+
+
 def time_ids(
-    original_size: Sequence[int],
-    crops_coords_top_left: Sequence[int],
-    target_size: Sequence[int] | None = None,
+    original_size: Sequence[float],
+    crops_coords_top_left: Sequence[float],
+    target_size: Sequence[float] | None = None,
     aesthetic_score: float | None = None,
 ) -> np.ndarray:
     """The micro-conditioning `[6]` of the base (`target_size`) or `[5]` of the refiner
     (`aesthetic_score`), float32, in pixels."""
-    for name, pair in (
-        ("original_size", original_size),
-        ("crops_coords_top_left", crops_coords_top_left),
-        ("target_size", target_size or (0, 0)),
-    ):
-        if len(pair) != 2:
-            raise UserError(f"{name}={tuple(pair)}; accepted: two numbers (height, width)")
     if (target_size is None) == (aesthetic_score is None):
         raise UserError(
             "give target_size (SDXL's base) or aesthetic_score (its refiner), one of them"
         )
-    last = tuple(target_size) if target_size is not None else (aesthetic_score,)
-    return np.asarray([*original_size, *crops_coords_top_left, *last], np.float32)
+    numbers = [
+        *size_pair("original_size", original_size),
+        *size_pair("crops_coords_top_left", crops_coords_top_left),
+    ]
+    if target_size is not None:
+        numbers += size_pair("target_size", target_size)
+    else:
+        numbers.append(score("aesthetic_score", aesthetic_score))
+    return np.asarray(numbers, np.float32)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxdiff.errors import UserError, require
+from jaxdiff.errors import UserError
 from jaxdiff.pipelines import sdxl_conditioning, vae_latents
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
 from jaxdiff.pipelines.prompts import tokenize
@@ -74,7 +74,17 @@ class StableDiffusionXL(Pipeline):
             raise UserError("an SDXL pipeline needs a UNet with addition_embed_type='text_time'")
         if (text_encoder is None) != (tokenizer is None):
             raise UserError("text_encoder and tokenizer: give both (the base) or neither (refiner)")
+        if text_encoder_2.text_projection is None:
+            raise UserError(
+                "text_encoder_2 has no text projection; SDXL's pooled text comes from it"
+            )
+        _check_added_embedding(unet, text_encoder_2, requires_aesthetics_score)
         self.tokenizers = [t for t in (tokenizer, tokenizer_2) if t is not None]
+        lengths = {t.model_max_length for t in self.tokenizers}
+        if len(lengths) > 1:
+            raise UserError(
+                f"the tokenizers' model_max_length differ ({sorted(lengths)}); accepted: one"
+            )
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.requires_aesthetics_score = requires_aesthetics_score
         diffusion = describe_unet_model(self, unet, vae, scheduler_config)
@@ -97,11 +107,7 @@ class StableDiffusionXL(Pipeline):
 
         param_dtype = dtype if param_dtype is None else param_dtype
         parts = load_pipeline_components(
-            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant
-        )
-        require(
-            parts.text_encoder_2 is not None,
-            f"{model_dir_or_hub_id} has no text_encoder_2: not an SDXL model (use StableDiffusion)",
+            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant, sdxl=True
         )
         index = parts.model_index
         return cls(
@@ -132,6 +138,32 @@ class StableDiffusionXL(Pipeline):
     def grid(self, sampling: Sampling) -> Grid:
         return self.scheduler.call_grid(sampling)
 
+    def img2img(
+        self,
+        prompt: str | Sequence[str],
+        image: Any,
+        strength: float = 0.3,
+        negative_prompt: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> np.ndarray | list:
+        """As every pipeline's `img2img`, with diffusers' SDXL default strength, 0.3 (the
+        refiner's low noise)."""
+        return super().img2img(prompt, image, strength, negative_prompt, **sampling)
+
+    def inpaint(
+        self,
+        prompt: str | Sequence[str],
+        image: Any,
+        mask: Any,
+        strength: float = 0.9999,
+        negative_prompt: str | Sequence[str] | None = None,
+        **sampling: Any,
+    ) -> np.ndarray | list:
+        """As every pipeline's `inpaint`, with diffusers' SDXL defaults: strength 0.9999 (from
+        the noised image, all but one step) and guidance 7.5."""
+        sampling.setdefault("guidance_scale", 7.5)
+        return super().inpaint(prompt, image, mask, strength, negative_prompt, **sampling)
+
     def conditioning(
         self,
         arguments: dict[str, Any],
@@ -141,32 +173,43 @@ class StableDiffusionXL(Pipeline):
         size: tuple[int, int],
     ) -> dict[str, np.ndarray]:
         """The micro-conditioning of each image, `time_ids` and `negative_time_ids` `[B, 6]`
-        (the refiner's `[B, 5]`), as diffusers' SDXL pipelines default them: the sizes to the
-        image's, the crop to (0, 0), the negative ones to the positive ones (the refiner's
-        negative aesthetic score to 2.5)."""
-        del mode
-        original = tuple(arguments.get("original_size") or size)
-        crops = tuple(arguments.get("crops_coords_top_left") or (0, 0))
-        target = tuple(arguments.get("target_size") or size)
-        negative_original = arguments.get("negative_original_size")
-        negative_crops = tuple(arguments.get("negative_crops_coords_top_left") or (0, 0))
-        negative_target = arguments.get("negative_target_size")
+        (the refiner's `[B, 5]`), defaulted as diffusers' SDXL pipelines do: the sizes to the
+        image's, the crops to (0, 0), the refiner's scores to 6 and 2.5. The negative ids:
+        text-to-image uses the positive ones unless both negative sizes are given; img2img and
+        inpainting default each negative size to its positive one and use the positive crop;
+        the refiner uses its negative crop."""
+        pair = sdxl_conditioning.size_pair
+
+        def given(name: str, default: tuple[float, float] | None) -> tuple[float, float] | None:
+            value = arguments.get(name)
+            return default if value is None else pair(name, value)
+
+        original = given("original_size", size)
+        crops = given("crops_coords_top_left", (0, 0))
+        target = given("target_size", size)
+        negative_original = given("negative_original_size", None)
+        negative_crops = given("negative_crops_coords_top_left", (0, 0))
+        negative_target = given("negative_target_size", None)
         if self.requires_aesthetics_score:
             positive = sdxl_conditioning.time_ids(
                 original, crops, aesthetic_score=arguments.get("aesthetic_score", 6.0)
             )
             negative = sdxl_conditioning.time_ids(
-                tuple(negative_original or original),
+                negative_original or original,
                 negative_crops,
                 aesthetic_score=arguments.get("negative_aesthetic_score", 2.5),
             )
-        else:
-            positive = sdxl_conditioning.time_ids(original, crops, target)
-            negative = positive
+        elif mode == "text":
+            positive = negative = sdxl_conditioning.time_ids(original, crops, target)
             if negative_original is not None and negative_target is not None:
                 negative = sdxl_conditioning.time_ids(
-                    tuple(negative_original), negative_crops, tuple(negative_target)
+                    negative_original, negative_crops, negative_target
                 )
+        else:
+            positive = sdxl_conditioning.time_ids(original, crops, target)
+            negative = sdxl_conditioning.time_ids(
+                negative_original or original, crops, negative_target or target
+            )
         count = prompts * repeat
         return {
             "time_ids": np.tile(positive, (count, 1)),
@@ -185,8 +228,8 @@ class StableDiffusionXL(Pipeline):
 
     @staticmethod
     def encode_prompts(networks: Networks, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """ids `[B, 2 T]` (`tokenize`'s) -> (the text context `[B, T, D1 + D2]`, the pooled
-        text `[B, P]`), zeros for `ZERO_PROMPT` rows."""
+        """ids `[B, 2 T]` (`tokenize`'s; the refiner's `[B, T]`) -> (the text context
+        `[B, T, D1 + D2]`, the pooled text `[B, P]`), zeros for `ZERO_PROMPT` rows."""
         _, _, text_encoder, text_encoder_2 = networks
         zero = ids[:, 0] == ZERO_PROMPT  # [B]
         ids = jnp.maximum(ids, 0)
@@ -212,3 +255,20 @@ class StableDiffusionXL(Pipeline):
     @staticmethod
     def decode_latents(networks: Networks, latents: jax.Array) -> jax.Array:
         return vae_latents.decode_latents(networks[1], latents)
+
+
+def _check_added_embedding(
+    unet: nnx.Module, text_encoder_2: nnx.Module, requires_aesthetics_score: bool
+) -> None:
+    """One line unless the UNet's added embedding takes the pooled text and the micro-
+    conditioning numbers this pipeline gives (6, or the refiner's 5)."""
+    numbers = 5 if requires_aesthetics_score else 6
+    per_number = dict(unet.architecture)["addition_time_embed_dim"]
+    pooled = text_encoder_2.text_projection.kernel.shape[-1]
+    width = unet.add_embedding.linear_1.kernel.shape[0]
+    if pooled + numbers * per_number != width:
+        raise UserError(
+            f"the UNet's added embedding takes {width} features, not {pooled} pooled + {numbers} "
+            f"x {per_number} (requires_aesthetics_score={requires_aesthetics_score}); check "
+            "model_index.json's requires_aesthetics_score"
+        )

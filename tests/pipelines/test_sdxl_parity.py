@@ -133,6 +133,31 @@ def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, 
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **other_sizes), want)
 
 
+def test_base_img2img_with_negative_sizes_matches_diffusers(folders, monkeypatch):
+    """img2img's negative micro-conditioning: each negative size defaults to its positive one,
+    the crop is the positive one. One image: diffusers pairs the negative and positive time ids
+    of a batch in the wrong order (`torch.cat([neg, pos]).repeat(B, 1)`)."""
+    import diffusers
+
+    reference = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folders["base"])
+    target = "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img"
+    monkeypatch.setattr(f"{target}.randn_tensor", lambda *args, **kwargs: _noise()[:1])
+    images, _ = input_images()
+    settings = dict(
+        num_inference_steps=STEPS,
+        strength=0.6,
+        negative_prompt="dog",
+        negative_original_size=(32, 32),
+        **SIZES,
+    )
+    want = diffusers_run(reference, PROMPTS[:1], image=torch_images(images[:1]), **settings)
+    pipe = StableDiffusionXL.from_pretrained(folders["base"])
+    ours = dict(settings, latents=_noise()[:1].permute(0, 2, 3, 1))
+    assert_close(_jaxdiff_run(pipe, "img2img", PROMPTS[:1], images[:1], **ours), want)
+    wrong = dict(ours, negative_original_size=None)
+    assert_misses(_jaxdiff_run(pipe, "img2img", PROMPTS[:1], images[:1], **wrong), want)
+
+
 def test_a_converted_folder_gives_the_same_latents(folders, tmp_path):
     """`jaxdiff convert` writes both text encoders and tokenizers of the base, and the refiner's
     one; the converted folders give the pipeline's latents to the bit."""
