@@ -365,6 +365,32 @@ def near_deterministic_vae():
     return vae
 
 
+def sdxl_unet(refiner: bool = False) -> dict:
+    """A tiny SDXL-layout UNet config (`UNET_CONFIGS["sdxl"]` at two levels) for the text
+    encoders of `sdxl_text_encoders`: the context is both encoders' 32 + 32 features (the
+    refiner's: the second's 32), the added embedding the second's 20 pooled features and six
+    (refiner: five) micro-conditioning numbers x 4."""
+    return dict(
+        UNET_CONFIGS["sdxl"],
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(1, 2),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=32 if refiner else 64,
+        projection_class_embeddings_input_dim=20 + (5 if refiner else 6) * 4,
+        sample_size=8,
+    )
+
+
+def sdxl_text_encoders() -> tuple:
+    """SDXL's two text encoders at the tiny size, as transformers models: `CLIPTextModel` (exact
+    gelu) and `CLIPTextModelWithProjection` (20 projected features), with other weights."""
+    first, second = build_clip("gelu"), build_clip("projection")
+    perturb(second, seed=7)
+    return first, second
+
+
 def build_clip(name: str):
     import torch
     import transformers

@@ -173,6 +173,11 @@ class Pipeline(abc.ABC):
     """
 
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    mode_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+        {"img2img": {"strength": 0.8}, "inpaint": {"strength": 1.0}}
+    )
+    """What `img2img` and `inpaint` default to over `defaults`: their `strength`, and any
+    `Sampling` field a family sets otherwise for that mode."""
     vae_scale_factor: int  # image pixels per latent pixel
     latent_channels: int
     network_in_channels: int  # latent_channels, or more for an inpainting network
@@ -280,9 +285,15 @@ class Pipeline(abc.ABC):
 
     # -- the calls ---------------------------------------------------------------------------
 
-    def sampling(self, **settings: Any) -> Sampling:
-        """The checked settings of a call: `settings` over this pipeline's defaults."""
-        return Sampling(**{**self.defaults, **settings})
+    def sampling(self, mode: str = "text", **settings: Any) -> Sampling:
+        """The checked settings of a call in `mode`: `settings` over this pipeline's defaults
+        (and the mode's, `mode_defaults`)."""
+        for_mode = {k: v for k, v in self.mode_defaults.get(mode, {}).items() if k != "strength"}
+        return Sampling(**{**self.defaults, **for_mode, **settings})
+
+    def _strength(self, mode: str, strength: float | None) -> float:
+        """A call's `strength`, or the mode's default."""
+        return self.mode_defaults[mode]["strength"] if strength is None else strength
 
     def __call__(
         self,
@@ -311,25 +322,26 @@ class Pipeline(abc.ABC):
         self,
         prompt: str | Sequence[str],
         image: Any,
-        strength: float = 0.8,
+        strength: float | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         **sampling: Any,
     ) -> np.ndarray | list:
         """Images for `prompt` starting from `image` (one, or one per prompt) noised to the
-        level `strength` of the way up the schedule (SDEdit, Meng et al. 2022): the last
-        `int(num_inference_steps * strength)` steps are run. Other arguments as `__call__`."""
+        level `strength` (default: `mode_defaults`, 0.8) of the way up the schedule (SDEdit,
+        Meng et al. 2022): the last `int(num_inference_steps * strength)` steps are run. Other
+        arguments as `__call__`."""
         self._require_channels("img2img", self.latent_channels)
         extra = self._conditioning_arguments(sampling)
         return self._generate(
             prompt,
             negative_prompt,
-            self.sampling(**sampling),
+            self.sampling("img2img", **sampling),
             extra,
             "img2img",
             None,
             image,
             None,
-            strength,
+            self._strength("img2img", strength),
         )
 
     def inpaint(
@@ -337,15 +349,15 @@ class Pipeline(abc.ABC):
         prompt: str | Sequence[str],
         image: Any,
         mask: Any,
-        strength: float = 1.0,
+        strength: float | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         **sampling: Any,
     ) -> np.ndarray | list:
         """`image` repainted where `mask` is white (>= 0.5). An inpainting network (latent
         channels x 2 + 1 inputs) gets the mask and the masked image's latents as input
         channels; any other keeps the known region, re-imposed at every noise level.
-        `strength` < 1 starts from the noised image instead of pure noise. Other arguments as
-        `__call__`."""
+        `strength` (default: `mode_defaults`, 1) < 1 starts from the noised image instead of
+        pure noise. Other arguments as `__call__`."""
         if self.network_in_channels == 2 * self.latent_channels + 1:
             mode = "inpaint_channels"
         else:
@@ -355,13 +367,13 @@ class Pipeline(abc.ABC):
         return self._generate(
             prompt,
             negative_prompt,
-            self.sampling(**sampling),
+            self.sampling("inpaint", **sampling),
             extra,
             mode,
             None,
             image,
             mask,
-            strength,
+            self._strength("inpaint", strength),
         )
 
     def decode(self, latents: Any, output_type: str = "np") -> np.ndarray | list:

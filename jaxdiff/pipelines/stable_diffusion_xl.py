@@ -46,6 +46,10 @@ class StableDiffusionXL(Pipeline):
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"num_inference_steps": 50, "guidance_scale": 5.0, "sampler": "euler"}
     )
+    # diffusers' SDXL defaults: the refiner's low noise; inpainting from the noised image
+    mode_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+        {"img2img": {"strength": 0.3}, "inpaint": {"strength": 0.9999, "guidance_scale": 7.5}}
+    )
     conditioning_arguments: ClassVar[tuple[str, ...]] = (
         "original_size",
         "crops_coords_top_left",
@@ -137,32 +141,6 @@ class StableDiffusionXL(Pipeline):
 
     def grid(self, sampling: Sampling) -> Grid:
         return self.scheduler.call_grid(sampling)
-
-    def img2img(
-        self,
-        prompt: str | Sequence[str],
-        image: Any,
-        strength: float = 0.3,
-        negative_prompt: str | Sequence[str] | None = None,
-        **sampling: Any,
-    ) -> np.ndarray | list:
-        """As every pipeline's `img2img`, with diffusers' SDXL default strength, 0.3 (the
-        refiner's low noise)."""
-        return super().img2img(prompt, image, strength, negative_prompt, **sampling)
-
-    def inpaint(
-        self,
-        prompt: str | Sequence[str],
-        image: Any,
-        mask: Any,
-        strength: float = 0.9999,
-        negative_prompt: str | Sequence[str] | None = None,
-        **sampling: Any,
-    ) -> np.ndarray | list:
-        """As every pipeline's `inpaint`, with diffusers' SDXL defaults: strength 0.9999 (from
-        the noised image, all but one step) and guidance 7.5."""
-        sampling.setdefault("guidance_scale", 7.5)
-        return super().inpaint(prompt, image, mask, strength, negative_prompt, **sampling)
 
     def conditioning(
         self,

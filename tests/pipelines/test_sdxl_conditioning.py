@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 import torch
-from reference_models import build_clip, perturb, write_tokenizer
+from reference_models import build_unet, sdxl_text_encoders, sdxl_unet, write_tokenizer
 from transformers import AutoTokenizer
 
 from jaxdiff.convert import from_diffusers
@@ -18,25 +18,6 @@ PROJECTION = 20  # the second encoder's projected pooled output
 TOLERANCE = 1e-4  # of the reference's scale
 
 
-def _unet(time_numbers: int):
-    """A tiny SDXL-layout UNet whose added embedding takes `time_numbers` micro-conditioning
-    numbers (6: the base, 5: the refiner)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=2,
-        cross_attention_dim=64,
-        norm_num_groups=8,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=PROJECTION + 4 * time_numbers,
-    )
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(diffusers' SDXL pipeline, its refiner img2img pipeline, jaxdiff's two encoders and the
@@ -44,8 +25,7 @@ def models(tmp_path_factory):
     import diffusers
 
     folder = tmp_path_factory.mktemp("sdxl_text")
-    first, second = build_clip("gelu"), build_clip("projection")
-    perturb(second, seed=7)
+    first, second = sdxl_text_encoders()
     for name, model in (("text_encoder", first), ("text_encoder_2", second)):
         model.save_pretrained(folder / name)
     for name in ("tokenizer", "tokenizer_2"):
@@ -57,7 +37,7 @@ def models(tmp_path_factory):
         text_encoder_2=second,
         tokenizer=tokenizers[0],
         tokenizer_2=tokenizers[1],
-        unet=_unet(6),
+        unet=build_unet(sdxl_unet()),
         **common,
     )
     refiner = diffusers.StableDiffusionXLImg2ImgPipeline(
@@ -65,7 +45,7 @@ def models(tmp_path_factory):
         text_encoder_2=second,
         tokenizer=None,
         tokenizer_2=tokenizers[1],
-        unet=_unet(5),
+        unet=build_unet(sdxl_unet(refiner=True)),
         requires_aesthetics_score=True,
         **common,
     )

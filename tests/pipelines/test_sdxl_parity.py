@@ -12,10 +12,10 @@ import torch
 from flax import nnx
 from reference_models import (
     SD15_SCHEDULER,
-    build_clip,
     build_unet,
     near_deterministic_vae,
-    perturb,
+    sdxl_text_encoders,
+    sdxl_unet,
     write_tokenizer,
 )
 from sd_parity import assert_close, assert_misses, diffusers_run, input_images, torch_images
@@ -30,23 +30,6 @@ from jaxdiff.train.tasks import make_task
 
 PROMPTS = ["a red cat", "blue sky"]
 STEPS = 4
-# SDXL's layout at the tiny size: the text context is both encoders' 32 + 32 features, the
-# added embedding the second one's 20 pooled features and six (refiner: five) numbers x 4.
-UNET = dict(
-    block_out_channels=(16, 32),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    layers_per_block=1,
-    attention_head_dim=(1, 2),
-    cross_attention_dim=64,
-    norm_num_groups=8,
-    use_linear_projection=True,
-    transformer_layers_per_block=(1, 2),
-    addition_embed_type="text_time",
-    addition_time_embed_dim=4,
-    projection_class_embeddings_input_dim=20 + 6 * 4,
-    sample_size=8,
-)
 SCHEDULER = {
     **SD15_SCHEDULER,
     "_class_name": "EulerDiscreteScheduler",
@@ -61,8 +44,7 @@ def folders(tmp_path_factory) -> dict:
     """{"base": folder, "refiner": folder} of one tiny SDXL model and its refiner."""
     import diffusers
 
-    first, second = build_clip("gelu"), build_clip("projection")
-    perturb(second, seed=7)
+    first, second = sdxl_text_encoders()
     base_dir, refiner_dir = tmp_path_factory.mktemp("sdxl"), tmp_path_factory.mktemp("refiner")
     for name in ("tokenizer", "tokenizer_2"):
         write_tokenizer(base_dir / name)
@@ -75,19 +57,16 @@ def folders(tmp_path_factory) -> dict:
         text_encoder_2=second,
         tokenizer=tokenizers[0],
         tokenizer_2=tokenizers[1],
-        unet=build_unet(UNET),
+        unet=build_unet(sdxl_unet()),
         scheduler=scheduler,
     ).save_pretrained(base_dir)
-    refiner_unet = build_unet(
-        {**UNET, "cross_attention_dim": 32, "projection_class_embeddings_input_dim": 40}
-    )
     diffusers.StableDiffusionXLImg2ImgPipeline(
         vae=vae,
         text_encoder=None,
         text_encoder_2=second,
         tokenizer=None,
         tokenizer_2=tokenizers[1],
-        unet=refiner_unet,
+        unet=build_unet(sdxl_unet(refiner=True)),
         scheduler=scheduler,
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
