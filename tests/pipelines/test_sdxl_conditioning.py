@@ -127,6 +127,22 @@ def test_micro_conditioning_is_diffusers(models):
     [
         (dict(original_size=(1024,), crops_coords_top_left=(0, 0), target_size=(1, 1)), "two"),
         (dict(original_size=(8, 8), crops_coords_top_left=(0, 0)), "target_size .* or aesthetic"),
+        (
+            dict(original_size="ab", crops_coords_top_left=(0, 0), target_size=(1, 1)),
+            r"original_size='ab'; accepted: two numbers",
+        ),
+        (
+            dict(original_size=(8, 8), crops_coords_top_left=(0, None), target_size=(1, 1)),
+            r"crops_coords_top_left=\(0, None\); accepted: two numbers",
+        ),
+        (
+            dict(original_size=(8, 8), crops_coords_top_left=(0, 0), aesthetic_score="high"),
+            r"aesthetic_score='high'; accepted: a number",
+        ),
+        (
+            dict(original_size=(8, 8), crops_coords_top_left=(0, 0), aesthetic_score=float("nan")),
+            r"aesthetic_score=nan; accepted: a finite number",
+        ),
     ],
 )
 def test_bad_micro_conditioning_is_refused(arguments, message):

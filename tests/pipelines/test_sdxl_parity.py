@@ -4,6 +4,7 @@ diffusers saves: the final latents within 3e-4 of their scale and the images wit
 micro-conditioning away from its defaults; a deliberately wrong run (5% more initial noise, or
 other sizes) misses by more than 10x both."""
 
+import copy
 import json
 
 import numpy as np
@@ -22,7 +23,7 @@ from sd_parity import assert_close, assert_misses, diffusers_run, input_images, 
 from transformers import CLIPTokenizer
 
 from jaxdiff.configuration import load_config
-from jaxdiff.convert import convert
+from jaxdiff.convert import convert, load_pipeline_components
 from jaxdiff.errors import UserError
 from jaxdiff.models import ControlNet
 from jaxdiff.pipelines import StableDiffusion, StableDiffusionXL
@@ -186,3 +187,31 @@ def test_an_sdxl_folder_is_refused_by_the_sd_pipeline_and_back(folders, sd_folde
     unet = StableDiffusionXL.from_pretrained(folders["base"])._networks()[0]
     with pytest.raises(UserError, match=r"a ControlNet for an SDXL UNet .* is not supported"):
         ControlNet.from_unet(unet, rngs=nnx.Rngs(0))
+
+
+def test_parts_that_do_not_fit_are_refused_in_one_line(folders):
+    parts = load_pipeline_components(folders["base"])
+    given = dict(
+        unet=parts.unet,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer,
+        tokenizer_2=parts.tokenizer_2,
+        scheduler_config=parts.scheduler_config,
+    )
+    with pytest.raises(UserError, match=r"takes 44 features, not 20 pooled \+ 5 x 4 \(requires"):
+        StableDiffusionXL(**given, requires_aesthetics_score=True)
+    with pytest.raises(UserError, match="text_encoder and tokenizer: give both"):
+        StableDiffusionXL(**{**given, "tokenizer": None})
+    with pytest.raises(UserError, match="text_encoder_2 has no text projection"):
+        StableDiffusionXL(**{**given, "text_encoder_2": parts.text_encoder})
+    longer = copy.deepcopy(parts.tokenizer_2)
+    longer.model_max_length = 32
+    with pytest.raises(UserError, match=r"model_max_length differ \(\[16, 32\]\)"):
+        StableDiffusionXL(**{**given, "tokenizer_2": longer})
+    with pytest.raises(UserError, match=r"an SDXL UNet \(addition_embed_type='text_time'\); use"):
+        StableDiffusion(parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, {})
+    pipe = StableDiffusionXL(**given)
+    with pytest.raises(UserError, match=r"original_size=1024; accepted: two numbers"):
+        pipe(PROMPTS, num_inference_steps=2, original_size=1024)
