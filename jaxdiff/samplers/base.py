@@ -21,18 +21,34 @@ keyword-only; `register` wraps it so that every sampler, before it runs:
 
 Starting at sigma = inf. A flow's noise end, t = 1, is sigma = inf in the form
 `x = x0 + sigma * eps`, where x itself is infinite. The contract carries it by a limit: a
-sampler registered with `starts_at_infinity=True` accepts `sigmas[0] = inf`, its `x` there is
-the unit noise `eps` (the limit of `x / sigma`, and the flow's `x_t` at t = 1), and the
-denoiser is called at sigma = inf with that state and returns the limit of `D` (the network at
-t = 1; see `jaxdiff.diffusion.Diffusion.denoiser`). Its first step is the limit of its own step
-as `sigmas[0] -> inf` (`noise_direction` is the state's noise there: the state itself), taken in
-a `jnp.where` beside the finite step, so every finite step, and every result from a finite start,
-is unchanged. A limit is
+sampler registered with `starts_at_infinity` accepts `sigmas[0] = inf`, its `x` there is the
+limit of `x / sigma` (the unit noise `eps`, the flow's `x_t` at t = 1), and the denoiser is
+called at sigma = inf with that state and returns the limit of `D` (the network at t = 1; see
+`jaxdiff.diffusion.Diffusion.denoiser`). Every step from or through sigma = inf is the limit of
+the sampler's own step as `sigmas[0] -> inf` (`noise_direction` is the state's noise there:
+the state itself), taken in a `jnp.where` beside the finite step, so every finite step, and
+every result from a finite start, is unchanged. In those limits an intermediate level is the
+limit of its own formula (a midpoint in log sigma between inf and a finite sigma is inf), and a
+past value at sigma = inf drops out of a multistep formula (its weight tends to 0). A limit is
 used rather than another time variable because changing the variable changes the method (Heun
-in flow time is not Heun in sigma): `flow_heun` is that other method. A sampler whose step has no
-finite limit, or one that needs more than the denoiser's value at infinity, refuses sigma = inf:
-Heun's trapezoid over an infinite interval diverges, and DPM-2's midpoint step tends to a limit
-set by the derivative of D at t = 1. `starts_at_infinity(name)` says which samplers take it.
+in flow time is not Heun in sigma): `flow_heun` is that other method.
+
+A sampler whose step has no finite limit, or one that needs more than the denoiser's value at
+infinity, refuses sigma = inf; so do the options of a sampler that make it so (`register`'s
+`starts_at_infinity` then names them):
+
+- `heun`, `plms` and `pndm` (whose first step is a Heun or Runge-Kutta step): the trapezoid
+  over an infinite interval weighs the difference of D at its two ends by the interval's
+  length, so it diverges unless the two are equal;
+- `dpm_2`: the midpoint step tends to a limit set by the derivative of D at t = 1;
+- `dpm_2_ancestral`: that step again for eta < 1, and for its default eta = 1 a DPM-2 step
+  to `sigma_down = sigma_1^2 / sigma_0`, which diverges (for eta > 1, which clamps the noise,
+  the limit is the Euler step to D; it is not offered either);
+- `dpm_adaptive`: its error-controlled steps in lambda = -log sigma are finite, so from
+  lambda = -inf it never leaves;
+- `unipc` with variant "bh1" and the corrector: `B(h) = -h` is infinite on the first step.
+
+`starts_at_infinity(name)` says which samplers take it (with some options).
 """
 
 from __future__ import annotations
@@ -68,7 +84,10 @@ class Sampler(Protocol):
 _REGISTRY: dict[str, Sampler] = {}
 _EVALS_PER_STEP: dict[str, int] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
-_STARTS_AT_INFINITY: set[str] = set()
+# Why the options [defaults | given] of a sampler that starts at sigma = inf have no limit there
+# ("" when they have one).
+InfiniteStartRefusal = Callable[[dict[str, Any]], str]
+_STARTS_AT_INFINITY: dict[str, InfiniteStartRefusal] = {}
 
 
 def check_sigmas(sigmas: jax.Array, infinite_start: bool = False) -> None:
@@ -115,10 +134,13 @@ def check_start(name: str, sigmas: jax.Array, options: dict[str, Any]) -> None:
     s = np.asarray(sigmas)
     if s.ndim != 1 or not s.size or s[0] != np.inf:
         return
-    if name not in _STARTS_AT_INFINITY:
+    refusal = _STARTS_AT_INFINITY.get(name)
+    why = "" if refusal is None else refusal(_DEFAULTS[name] | options)
+    if refusal is None or why:
         raise UserError(
-            f"sampler {name!r} has no finite step from sigma = inf (t = 1 of a flow); start at a "
-            f"finite sigma, or use one of: {', '.join(sorted(_STARTS_AT_INFINITY))}"
+            f"sampler {name!r}{f' with {why}' if why else ''} has no finite step from sigma = "
+            "inf (t = 1 of a flow); start at a finite sigma, or use one of: "
+            f"{', '.join(sorted(_STARTS_AT_INFINITY))}"
         )
     if options.get("noise") == "brownian":
         raise UserError(
@@ -134,10 +156,13 @@ def noise_direction(x: jax.Array, denoised: jax.Array, sigma: jax.Array) -> jax.
 
 
 def register(
-    name: str, evals_per_step: int = 1, starts_at_infinity: bool = False
+    name: str,
+    evals_per_step: int = 1,
+    starts_at_infinity: bool | InfiniteStartRefusal = False,
 ) -> Callable[[Callable[..., jax.Array]], Sampler]:
     """Decorator: register a sampler function under `name` (see the module docstring);
-    `starts_at_infinity` says that it takes `sigmas[0] = inf`."""
+    `starts_at_infinity` says that it takes `sigmas[0] = inf`: True, or a function of its
+    options that names those without a limit there ("" for the others)."""
 
     def decorate(fn: Callable[..., jax.Array]) -> Sampler:
         if name in _REGISTRY:
@@ -156,7 +181,7 @@ def register(
         ) -> jax.Array:
             _check_options(name, options, accepted)
             check_start(name, sigmas, options)
-            check_sigmas(sigmas, infinite_start=starts_at_infinity)
+            check_sigmas(sigmas, infinite_start=bool(starts_at_infinity))
             x = jnp.asarray(x)
             dtype = jnp.promote_types(x.dtype, jnp.float32)
 
@@ -169,7 +194,9 @@ def register(
         _EVALS_PER_STEP[name] = evals_per_step
         _DEFAULTS[name] = defaults
         if starts_at_infinity:
-            _STARTS_AT_INFINITY.add(name)
+            _STARTS_AT_INFINITY[name] = (
+                starts_at_infinity if callable(starts_at_infinity) else lambda options: ""
+            )
         return sampler
 
     return decorate

@@ -235,7 +235,7 @@ def _singlestep_orders(n: int, order: int, lower_order_final: bool) -> np.ndarra
     return np.concatenate(groups)
 
 
-@register("dpm_solver")
+@register("dpm_solver", starts_at_infinity=True)
 def dpm_solver(
     denoise: Denoise,
     x: jax.Array,
@@ -256,6 +256,8 @@ def dpm_solver(
     `lower_order_final` grouping (as diffusers) and a first-order last step. `solver_type`
     picks the second-order coefficient and, for order 3, "midpoint" uses only the last
     difference (DPM-Solver-3) while "heun" uses both (a Taylor expansion to second order).
+    From `sigmas[0] = inf` the first group's steps take their limits, which need only D at
+    t = 1: its ratios `r` tend to 1, and the "heun" third-order step is expanded in `1 / h`.
     x: [B, ...]; sigmas: [n + 1].
     """
     check_choice("sampler 'dpm_solver': order", order, (1, 2, 3))
@@ -277,18 +279,30 @@ def dpm_solver(
         lam = -jnp.log(sigma)
         start = k == 1
         x0, lam0, d0 = jnp.where(start, x, x0), jnp.where(start, lam, lam0), jnp.where(start, d, d0)
-        h = -jnp.log(positive_or_half(sigma, sigma_next)) - lam0
-        r0 = (lam - lam0) / h  # 0 on the first step of a group, where it is not used
+        to = positive_or_half(sigma, sigma_next)
+        h = -jnp.log(to) - lam0
+
+        def ratio(lam_k: jax.Array) -> jax.Array:
+            """`(lam_k - lam0) / h`, which tends to 1 as the group's start goes to sigma = inf."""
+            return jnp.where(jnp.isinf(lam0), 1.0, (lam_k - lam0) / h)
+
+        r0 = ratio(lam)  # 0 on the first step of a group, where it is not used
 
         def third() -> jax.Array:
-            r1 = (lam1 - lam0) / h
+            r1 = ratio(lam1)
             d1_0, d1_1 = (d_1 - d0) / r1, (d - d0) / r0
             if midpoint:
                 return _exp_step(decayed, d0, h, d1_1)
             d1 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1)
-            return _exp_step(decayed, d0, h, d1, 2.0 * (d1_1 - d1_0) / (r0 - r1))
+            finite = _exp_step(decayed, d0, h, d1, 2.0 * (d1_1 - d1_0) / (r0 - r1))
+            # From sigma = inf, r0 - r1 -> 0 and terms growing like h cancel; expanded in 1 / h
+            # with lam0 -> -inf, the step tends to this (lam_next: the step's end).
+            lam_next = -jnp.log(to)
+            spread = (d - d0) * (lam_next - lam) - (d_1 - d0) * (lam_next - lam1) - (d - d_1)
+            limit = decayed + d_1 + d - d0 + spread / (lam - lam1)
+            return jnp.where(jnp.isinf(lam0), limit, finite)
 
-        decayed = jnp.exp(-h) * x0
+        decayed = decay(x0, jnp.exp(-lam0), to, h)
         x_next = jax.lax.switch(
             k - 1,
             [

@@ -97,27 +97,39 @@ def dpmpp_3m_sde(
 
 
 def _to(x: jax.Array, d: jax.Array, sigma: jax.Array, sigma_to: jax.Array) -> jax.Array:
-    """First-order DPM-Solver++ (DDIM / Euler) step from sigma to sigma_to with denoised d."""
-    return d + (sigma_to / sigma) * (x - d)
+    """First-order DPM-Solver++ (DDIM / Euler) step from sigma to sigma_to with denoised d; from
+    sigma = inf, where the state is the unit noise, its limit `d + sigma_to x`, or, to a level
+    that is infinite too (a midpoint in lambda), the state itself (the limit of
+    `x_to / sigma_to`). [B, ...]"""
+    at_infinity = jnp.where(jnp.isinf(sigma_to), x, d + sigma_to * x)
+    return jnp.where(jnp.isinf(sigma), at_infinity, d + (sigma_to / sigma) * (x - d))
 
 
 def _dpmpp_2s_step(
-    denoise: Denoise, x: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+    denoise: Denoise,
+    x: jax.Array,
+    sigma: jax.Array,
+    sigma_to: jax.Array,
+    mid_at_infinity: jax.Array | float = 0.0,
 ) -> jax.Array:
     """DPM-Solver++(2S) from sigma to sigma_to with its midpoint `sqrt(sigma * sigma_to)` in
-    lambda: two denoiser calls; into sigma_to = 0 the denoised sample (one call). [B, ...]"""
+    lambda: two denoiser calls; into sigma_to = 0 the denoised sample (one call). From
+    sigma = inf the midpoint is `mid_at_infinity`, the limit of `sqrt(sigma * sigma_to)` (0: none,
+    the step into sigma_to = 0 is one call). [B, ...]"""
     d = denoise(x, sigma)  # [B, ...]
+    at_infinity = jnp.isinf(sigma)
 
     def second_order() -> jax.Array:
         to = positive_or_half(sigma, sigma_to)
-        sigma_mid = jnp.sqrt(sigma * to)
+        sigma_mid = jnp.where(at_infinity, mid_at_infinity, jnp.sqrt(sigma * to))
         d_mid = denoise(_to(x, d, sigma, sigma_mid), sigma_mid)
-        return _to(x, d_mid, sigma, to)
+        return _to(x, d_mid, sigma, sigma_to)
 
-    return jax.lax.cond(sigma_to > 0, second_order, lambda: d)
+    has_midpoint = (sigma_to > 0) | (at_infinity & (mid_at_infinity > 0))
+    return jax.lax.cond(has_midpoint, second_order, lambda: d)
 
 
-@register("dpmpp_2s_ancestral", evals_per_step=2)
+@register("dpmpp_2s_ancestral", evals_per_step=2, starts_at_infinity=True)
 def dpmpp_2s_ancestral(
     denoise: Denoise,
     x: jax.Array,
@@ -133,13 +145,23 @@ def dpmpp_2s_ancestral(
     Each step goes deterministically to `sigma_down` with the singlestep second-order
     DPM-Solver++ (Lu et al. 2022, DPM-Solver++ Algorithm 1, r = 1/2; two denoiser calls), then
     adds noise `s_noise * sigma_up`. A step with `sigma_down = 0` (into sigma = 0) is one Euler
-    step, `x = D`. `eta = 0` is the deterministic DPM-Solver++(2S). x: [B, ...]; sigmas: [n + 1].
+    step, `x = D`. `eta = 0` is the deterministic DPM-Solver++(2S). From `sigmas[0] = inf` the
+    first step is `D_mid + sigma_down eps`, with the midpoint at sigma = inf for eta < 1 (so
+    `D_mid` is D at t = 1 again), at `sigma_1` for eta = 1 (where `sigma_down` tends to 0 like
+    `sigma_1^2 / sigma_0`) and none for eta > 1 (`D_mid = D`). x: [B, ...]; sigmas: [n + 1].
     """
     noise_fn = stochastic_noise("dpmpp_2s_ancestral", eta, noise, key, x, sigmas)
-    return ancestral_sample(_dpmpp_2s_step, denoise, x, sigmas, noise_fn, eta, s_noise)
+    # From sigma = inf, sigma_down tends to sigma_1 sqrt(1 - eta^2) for eta < 1 (the midpoint to
+    # inf), to sigma_1^2 / sigma for eta = 1 (the midpoint to sigma_1), and is 0 for eta > 1.
+    mid_at_infinity = jnp.inf if eta < 1 else (sigmas[1] if eta == 1 else 0.0)
+
+    def step(denoise: Denoise, x: jax.Array, sigma: jax.Array, sigma_to: jax.Array) -> jax.Array:
+        return _dpmpp_2s_step(denoise, x, sigma, sigma_to, mid_at_infinity)
+
+    return ancestral_sample(step, denoise, x, sigmas, noise_fn, eta, s_noise)
 
 
-@register("dpmpp_sde", evals_per_step=2)
+@register("dpmpp_sde", evals_per_step=2, starts_at_infinity=True)
 def dpmpp_sde(
     denoise: Denoise,
     x: jax.Array,
@@ -160,7 +182,10 @@ def dpmpp_sde(
     sigma_next with the combined denoised value `(1 - 1/(2r)) D + 1/(2r) D_s` and noise
     `noise(sigma, sigma_next)`. Two denoiser calls; a step into 0 is one Euler step, `x = D`.
     `noise="brownian"` draws both from one Brownian path, so the result converges as the steps
-    grow. `eta = 0` with r = 1/2 is `dpmpp_2s_ancestral` with `eta = 0`. x: [B, ...];
+    grow. `eta = 0` with r = 1/2 is `dpmpp_2s_ancestral` with `eta = 0`. From `sigmas[0] = inf`
+    the first point `sigma_s` is at sigma = inf too, where the state tends to
+    `sigma_down / sigma_s eps + s_noise sigma_up / sigma_s noise` with `sigma / sigma_s -> inf`
+    (the first noise replaces a share `min(1, eta)` of the start's). x: [B, ...];
     sigmas: [n + 1].
     """
     if not 0.0 < r < 1.0:
@@ -169,8 +194,11 @@ def dpmpp_sde(
     fac = 1.0 / (2.0 * r)
 
     def ancestral(x: jax.Array, d: jax.Array, sigma: jax.Array, to: jax.Array) -> jax.Array:
-        sigma_down, sigma_up = ancestral_step(sigma, to, eta)
-        x = _to(x, d, sigma, sigma_down)
+        # to = inf (the first stage from sigma = inf): the state there is the limit of x / to,
+        # reached with the factors sigma_down / to, sigma_up / to at to / sigma = 0.
+        at_infinity = jnp.isinf(to)
+        sigma_down, sigma_up = ancestral_step(sigma, jnp.where(at_infinity, 1.0, to), eta)
+        x = jnp.where(at_infinity, sigma_down * x, _to(x, d, sigma, sigma_down))
         return x if noise_fn is None else x + s_noise * sigma_up * noise_fn(sigma, to)
 
     def step(x: jax.Array, inp: tuple) -> tuple[jax.Array, None]:

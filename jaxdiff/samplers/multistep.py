@@ -28,6 +28,12 @@ PNDM's "transfer" `phi(x_t, eps, t, t')` (Liu et al. 2022, eq. 9; diffusers'
 `PNDMScheduler._get_prev_sample`) is, divided by `sqrt(alpha_bar)`, exactly the Euler step
 `x + (sigma' - sigma) eps` of the VE state, and `eps` is `d`. So PNDM's pseudo linear multistep
 and pseudo Runge-Kutta steps are ordinary linear multistep and Runge-Kutta steps in sigma.
+
+From `sigmas[0] = inf` (see `base`), the first step is Euler's limit `D + sigma_1 eps`. Later
+steps drop the derivative at sigma = inf: with a node at `u = inf`, each other basis polynomial
+tends to the one over the finite nodes and the infinite node's weight to 0 (like 1 / sigma_0 in
+sigma, 1 / log sigma_0 in log sigma), so the limit is the step of one order lower. PLMS and
+PNDM start with a Heun or Runge-Kutta step, which has no finite limit there.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError, check_choice
-from jaxdiff.samplers.base import Denoise, register
+from jaxdiff.samplers.base import Denoise, noise_direction, register
+from jaxdiff.samplers.ode import euler_step
 
 # The variable in which past derivatives are interpolated (module docstring).
 Variable = Literal["sigma", "log_sigma", "uniform"]
@@ -139,15 +146,22 @@ def _multistep(
     scan, keeping the last k derivatives; the first `warmup_steps` steps are `warmup` steps
     instead (which still record `d_i`). x: [B, ...]; sigmas: [n + 1]; orders: [n] int."""
     n = sigmas.shape[0] - 1
+    infinite_start = jnp.isinf(sigmas[0])
 
     def step(carry: tuple, inp: tuple) -> tuple[tuple, None]:
         x, ds = carry
         i, sigma, sigma_next, m = inp
-        d = (x - denoise(x, sigma)) / sigma  # [B, ...]
+        denoised = denoise(x, sigma)  # [B, ...]
+        d = noise_direction(x, denoised, sigma)
         ds = jnp.concatenate([d[None], ds[:-1]])  # [k, B, ...], newest first
         past = sigmas[jnp.maximum(i - jnp.arange(k), 0)]  # [k]
+        m = jnp.where(infinite_start, jnp.minimum(m, jnp.maximum(i, 1)), m)  # sigma_0 drops out
         w = _ab_weights(variable, past, sigma_next, m).astype(x.dtype)
-        x_ab = x + jnp.tensordot(w, ds, axes=1)
+        x_ab = jnp.where(
+            jnp.isinf(sigma),
+            euler_step(x, denoised, sigma, sigma_next),
+            x + jnp.tensordot(w, ds, axes=1),
+        )
         if warmup is None or warmup_steps == 0:
             return (x_ab, ds), None
 
@@ -191,7 +205,7 @@ def _transfer_rk(
     return x + (stages[-1] - sigma) * sum(w * dk for w, dk in zip(weights, ds, strict=True))
 
 
-@register("lms")
+@register("lms", starts_at_infinity=True)
 def lms(
     denoise: Denoise,
     x: jax.Array,
@@ -214,7 +228,7 @@ def lms(
     return _multistep(denoise, x, sigmas, orders, order, "sigma")
 
 
-@register("ipndm")
+@register("ipndm", starts_at_infinity=True)
 def ipndm(
     denoise: Denoise,
     x: jax.Array,
@@ -239,7 +253,7 @@ def ipndm(
     return _multistep(denoise, x, sigmas, orders, order, "sigma")
 
 
-@register("deis")
+@register("deis", starts_at_infinity=True)
 def deis(
     denoise: Denoise,
     x: jax.Array,

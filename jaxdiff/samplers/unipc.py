@@ -14,6 +14,13 @@ single node `rho = 1/2` (diffusers' simplification). The predictor UniP-p uses t
 predictions; the corrector UniC-p re-takes the previous step once `m_t = D(x_t, sigma_t)` is known,
 with those p - 1 nodes plus `m_t` (`r = 1`), so it reuses the evaluation the next step needs.
 The corrected `x_t` starts the next step; `m_t` (at the uncorrected `x_t`) joins the history.
+
+From `sigmas[0] = inf` (see `base`) the first step is its limit `sigma_1 eps + m_0`, and its
+correction `B(h) rho (m_1 - m_0)` with `B(h) -> -1` for "bh2" (`r = 1`; "bh1"'s `B(h) = -h` is
+infinite there, so it refuses sigma = inf with the corrector). Later steps drop the node at
+sigma = inf: its `r` tends to -inf, `D_k` to 0 and its `rho_k` to 0, and the other weights to
+the solution of the system without it (which for one remaining node is `b_1`, not the 1/2 of
+diffusers' single-node rule).
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ ORDERS = (1, 2, 3)
 VARIANTS = ("bh1", "bh2")
 
 
-def _rhos(r: jax.Array, q: jax.Array, hh: jax.Array, b_h: jax.Array) -> jax.Array:
+def _rhos(r: jax.Array, q: jax.Array, hh: jax.Array, b_h: jax.Array, halve: jax.Array) -> jax.Array:
     """The weights [K] of the first `q` of the K nodes `r` [K]: the `q x q` Vandermonde system
     in the top-left corner of an identity, so that the shape is static and unused nodes drop out
-    (`r` must be finite there); `rho = 1/2` for a single node."""
+    (`r` must be finite there); `rho = 1/2` for a single node where `halve`."""
     k = r.shape[0]
     b = []
     g = jnp.expm1(hh) / hh - 1.0  # (-h) phi_2(-h)
@@ -45,7 +52,7 @@ def _rhos(r: jax.Array, q: jax.Array, hh: jax.Array, b_h: jax.Array) -> jax.Arra
     powers = jnp.stack([r**j for j in range(k)])  # [K, K]: row j holds r^j
     system = jnp.where(used[:, None] & used[None, :], powers, jnp.eye(k, dtype=r.dtype))
     rho = jnp.linalg.solve(system, jnp.where(used, jnp.stack(b), 0.0))
-    return jnp.where(q == 1, jnp.where(idx == 0, 0.5, 0.0), rho)
+    return jnp.where(halve, jnp.where(idx == 0, 0.5, 0.0), rho)
 
 
 def _uni_bh_update(
@@ -61,22 +68,33 @@ def _uni_bh_update(
     """One UniP (or UniC) B(h) update of `x` [B, ...] at `sigma_s > 0`, whose x0 prediction is
     `m` [B, ...], to `sigma_t` (0 allowed when `q = 0`), with the first `q` of the nodes
     `node_m` [K, B, ...] at `node_lam` [K] (diffusers' `multistep_uni_p_bh_update` and
-    `multistep_uni_c_bh_update`)."""
+    `multistep_uni_c_bh_update`). `sigma_s = inf` and nodes at sigma = inf take their limits
+    (module docstring)."""
     lam_s, lam_t = -jnp.log(sigma_s), -jnp.log(sigma_t)
-    hh = lam_s - lam_t  # -h; -inf at sigma_t = 0, where expm1 gives -1
-    x_t = (sigma_t / sigma_s) * x - jnp.expm1(hh) * m
+    hh = lam_s - lam_t  # -h; -inf at sigma_t = 0 or sigma_s = inf, where expm1 gives -1
+    kept = jnp.where(jnp.isinf(sigma_s), sigma_t * x, (sigma_t / sigma_s) * x)
+    x_t = kept - jnp.expm1(hh) * m
     k = node_m.shape[0]
     if k == 0:
         return x_t
-    used = jnp.arange(k) < q
-    r = jnp.where(used, (node_lam - lam_s) / (lam_t - lam_s), 1.0)  # [K]
+    used = (jnp.arange(k) < q) & jnp.isfinite(node_lam)  # [K]; a node at sigma = inf drops out
+    r = jnp.where(node_lam == lam_t, 1.0, (node_lam - lam_s) / (lam_t - lam_s))
+    r = jnp.where(used, r, 1.0)
     b_h = jnp.expm1(hh) if bh2 else hh
-    coef = jnp.where(used, b_h * _rhos(r, q, hh, b_h), 0.0)  # [K]
+    rho = _rhos(r, jnp.sum(used), hh, b_h, halve=q == 1)
+    coef = jnp.where(used, b_h * rho, 0.0)  # [K]
     d = (node_m - m) / r.reshape((k,) + (1,) * m.ndim)  # [K, B, ...]
     return x_t - jnp.tensordot(coef, d, axes=1)
 
 
-@register("unipc")
+def _bh1_corrector(options: dict) -> str:
+    """The `unipc` options without a limit at sigma = inf (see the module docstring)."""
+    if options["variant"] == "bh1" and options["corrector"]:
+        return "variant='bh1' and corrector=True"
+    return ""
+
+
+@register("unipc", starts_at_infinity=_bh1_corrector)
 def unipc(
     denoise: Denoise,
     x: jax.Array,

@@ -176,70 +176,109 @@ def test_samplers_equal_diffusers_flow_schedulers(name, options, scheduler, set_
     assert_misses(wrong, want, TOLERANCE)
 
 
-# Every sampler that takes sigmas[0] = inf, with options that make it deterministic or give it
-# its noise from keys that do not depend on sigmas[0] (s_noise = 0 keeps the noise-free part).
-LIMIT_CASES = {
-    "euler": {},
-    "flow_heun": {},
-    "ddim": {},
-    "ddpm": {"s_noise": 0.0},
-    "euler_ancestral": {"s_noise": 0.0},
-    "dpmpp_2m": {},
-    "dpmpp_3m": {},
-    "dpmpp_2m_sde": {"s_noise": 0.0},
-    "dpmpp_3m_sde": {"s_noise": 0.0},
+# How a run from sigma_0 = S tends to the run from sigma = inf: the scales S it is measured at,
+# the factor by which the error must fall from each to the next, and the bound at the largest.
+# Euler-type steps converge like 1 / S; a midpoint at sqrt(S sigma_1) like 1 / sqrt(S); the steps
+# after the first of the exponential integrators and of DEIS like 1 / log S, since their weights
+# hold `h_1 = log(S / sigma_1)`. In float64 the steps in sigma lose D to rounding next to
+# x = S eps beyond S ~ 1e8.
+RATES = {
+    "1/S": ((1e2, 1e4, 1e6), 10, 1e-5),
+    "1/sqrt(S)": ((1e2, 1e6, 1e10), 10, 1e-5),
+    "1/log(S)": ((1e2, 1e8, 1e32), 3, 5e-3),
+    "1/log(S) in sigma": ((1e2, 1e4, 1e8), 2, 2e-3),
 }
-# DPM-Solver++ converges like 1 / log S (see below), the others like 1 / S.
-LOG_RATE = {"dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"}
-CHURN = {"s_churn": 2.0}  # Euler's churn draws per-step keys: the same noise from any start
+# Every sampler that takes sigmas[0] = inf, with options that make it deterministic or give it
+# its noise from keys that do not depend on sigmas[0] (s_noise = 0 keeps the noise-free part),
+# and the options that change its limit.
+LIMIT_CASES = [
+    ("euler", {}, "1/S"),
+    ("euler", {"s_churn": 2.0}, "1/S"),  # per-step keys: the same noise from any start
+    ("flow_heun", {}, "1/S"),
+    ("ddim", {}, "1/S"),
+    ("ddpm", {"s_noise": 0.0}, "1/S"),
+    ("euler_ancestral", {"s_noise": 0.0}, "1/S"),
+    ("lms", {}, "1/S"),
+    ("ipndm", {}, "1/S"),
+    ("deis", {}, "1/log(S) in sigma"),
+    ("dpmpp_2m", {}, "1/log(S)"),
+    ("dpmpp_3m", {}, "1/log(S)"),
+    ("dpmpp_2m_sde", {"s_noise": 0.0}, "1/log(S)"),
+    ("dpmpp_3m_sde", {"s_noise": 0.0}, "1/log(S)"),
+    ("unipc", {}, "1/log(S)"),
+    ("unipc", {"order": 3}, "1/log(S)"),  # the rho system without the node at inf
+    ("unipc", {"variant": "bh1", "corrector": False}, "1/log(S)"),
+    ("dpm_solver", {}, "1/log(S)"),
+    ("dpm_solver", {"order": 3, "solver_type": "heun"}, "1/log(S)"),  # expanded in 1 / h
+    ("dpmpp_2s_ancestral", {"s_noise": 0.0}, "1/S"),  # eta = 1: the midpoint at sigma_1
+    ("dpmpp_2s_ancestral", {"eta": 0.5, "s_noise": 0.0}, "1/sqrt(S)"),  # the midpoint at inf
+    ("dpmpp_2s_ancestral", {"eta": 1.5, "s_noise": 0.0}, "1/S"),  # no midpoint
+    ("dpmpp_sde", {"s_noise": 0.0}, "1/S"),
+    ("dpmpp_sde", {"eta": 0.0}, "1/sqrt(S)"),
+]
+# The samplers, and options, that refuse sigma = inf (`jaxdiff.samplers.base`), each shown to
+# have no limit there: the runs from S = 1e4 and 1e8 differ by at least this much.
+NO_LIMIT = {
+    ("heun", ()): 1e2,
+    ("plms", ()): 1e2,
+    ("pndm", ()): 1e2,
+    ("dpm_2_ancestral", (("s_noise", 0.0),)): 1e2,
+    ("unipc", (("variant", "bh1"),)): 0.1,
+}
+# dpm_2 tends to a limit that needs D's derivative at t = 1, and dpm_adaptive's finite steps in
+# lambda cannot start at lambda = -inf; neither is run here.
+REFUSED = {("dpm_2", ()), ("dpm_adaptive", ())} | set(NO_LIMIT)
+
+
+def _flow_run(name: str, options: dict, sigma0: float, x: jax.Array) -> np.ndarray:
+    """The sampler on the exact mixture from `sigma0` down a 6-step shifted flow grid."""
+    tail = times_to_sigmas(flow_match_times(6, shift=3.0))[1:]
+    sigmas = jnp.asarray(np.append(sigma0, tail))
+    return np.asarray(samplers.get(name)(jax_denoiser(), x, sigmas, jax.random.key(5), **options))
 
 
 def test_the_samplers_with_limit_cases_are_exactly_those_that_start_at_infinity():
-    assert {n for n in samplers.names() if samplers.starts_at_infinity(n)} == set(LIMIT_CASES)
+    starting = {n for n in samplers.names() if samplers.starts_at_infinity(n)}
+    assert starting == {name for name, _, _ in LIMIT_CASES}
+    assert starting.isdisjoint(name for name, _ in REFUSED - {("unipc", (("variant", "bh1"),))})
+    assert starting | {name for name, _ in REFUSED} == set(samplers.names())
 
 
-@pytest.mark.parametrize(
-    ("name", "options"), [*LIMIT_CASES.items(), ("euler", CHURN)], ids=lambda v: str(v)
-)
-def test_a_run_from_sigma_inf_is_the_limit_of_runs_from_large_sigma(name, options):
+@pytest.mark.parametrize(("name", "options", "rate"), LIMIT_CASES, ids=lambda v: str(v))
+def test_a_run_from_sigma_inf_is_the_limit_of_runs_from_large_sigma(name, options, rate):
     """From `sigma_0 = S` with `x = S eps` the result tends to the run from sigma = inf with the
-    state `eps` as S grows. The Euler-type steps converge like 1 / S (measured: 100x per 100x
-    in S); DPM-Solver++'s like 1 / log S, since its step after the first divides the
-    difference to the first by `r = h_1 / h` with `h_1 = log(S / sigma_1)`. A run whose first
-    step used the finite-sigma formula at inf would be NaN, and one that kept S's first step
-    would stay O(1) away."""
-    tail = times_to_sigmas(flow_match_times(6, shift=3.0))[1:]
-    key = jax.random.key(5)
+    state `eps` as S grows, at the rate of `RATES`. A run whose first step used the finite-sigma
+    formula at inf would be NaN, and one that took another limit would stay O(1e-3) or more
+    away (measured: 5e-3 for DPM-Solver++(2S) with its midpoint at inf where it tends to
+    sigma_1)."""
+    scales, factor, bound = RATES[rate]
     with jax.enable_x64(True):
         eps = jax.random.normal(jax.random.key(4), (16, MIXTURE.dim), jnp.float64)
-
-        def run(sigma0: float, x: jax.Array) -> np.ndarray:
-            sigmas = jnp.asarray(np.append(sigma0, tail))
-            return np.asarray(samplers.get(name)(jax_denoiser(), x, sigmas, key, **options))
-
-        limit = run(np.inf, eps)
-        # In float64 the 1 / S samplers lose D to rounding next to x = S eps beyond S ~ 1e8.
-        scales, factor, bound = (
-            ((1e2, 1e8, 1e32), 3, 2e-3)
-            if name in LOG_RATE
-            else (
-                (1e2, 1e4, 1e6),
-                10,
-                1e-5,
-            )
-        )
-        errors = [np.abs(run(s, s * eps) - limit).max() for s in scales]
+        limit = _flow_run(name, options, np.inf, eps)
+        errors = [np.abs(_flow_run(name, options, s, s * eps) - limit).max() for s in scales]
     assert np.all(np.isfinite(limit)) and np.abs(limit - np.asarray(eps)).max() > 0.5
     assert errors[2] < bound and errors[0] > factor * errors[1] > factor**2 * errors[2], errors
 
 
+@pytest.mark.parametrize(("name", "options"), sorted(NO_LIMIT), ids=lambda v: str(v))
+def test_the_refused_samplers_have_no_limit_at_sigma_inf(name, options):
+    with jax.enable_x64(True):
+        eps = jax.random.normal(jax.random.key(4), (16, MIXTURE.dim), jnp.float64)
+        near, far = (_flow_run(name, dict(options), s, s * eps) for s in (1e4, 1e8))
+    assert not np.abs(near - far).max() < NO_LIMIT[name, options]
+
+
 @pytest.mark.parametrize(
-    "name", [n for n in samplers.names() if n not in LIMIT_CASES], ids=lambda v: v
+    ("name", "options", "why"),
+    [(name, {}, "") for name in sorted({n for n, _ in REFUSED} - {"unipc"})]
+    + [("unipc", {"variant": "bh1"}, " with variant='bh1' and corrector=True")],
+    ids=lambda v: str(v),
 )
-def test_samplers_without_a_limit_refuse_sigma_inf(name):
+def test_samplers_without_a_limit_refuse_sigma_inf(name, options, why):
     sigmas = jnp.asarray([np.inf, 2.0, 0.0])
-    with pytest.raises(UserError, match=rf"sampler '{name}' has no finite step from sigma = inf"):
-        samplers.get(name)(jax_denoiser(dtype=jnp.float32), jnp.ones((2, 3)), sigmas)
+    message = rf"sampler '{name}'{why} has no finite step from sigma = inf"
+    with pytest.raises(UserError, match=message):
+        samplers.get(name)(jax_denoiser(dtype=jnp.float32), jnp.ones((2, 3)), sigmas, **options)
 
 
 def test_infinite_start_errors():
