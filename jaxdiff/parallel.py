@@ -6,6 +6,14 @@ fully sharded data parallel) and ``tensor`` (parameters split, batch replicated)
 logical axis names (``jaxdiff.models.LOGICAL_AXES``); the config's rules map each name to a mesh
 axis or to None. The batch is split along its first axis over ``data`` x ``fsdp``.
 
+Activations carry names too (``jaxdiff.models.layers.constrain``). Within
+``activation_sharding`` the batch axis is split over ``data`` x ``fsdp``, and the attention heads,
+the feed-forward width and the token positions (``seq``, a name only the rules of activations
+use) over the mesh axis their rules give, where it is still free: ``heads`` / ``mlp`` ->
+``tensor`` is Megatron-style tensor parallelism, ``seq`` -> ``tensor`` adds sequence parallelism
+in the residual stream. Under FSDP rules (``heads`` -> ``fsdp``) the batch already holds ``fsdp``
+and the heads stay whole.
+
 A run with several processes (one per host) starts with ``jax.distributed.initialize``; every
 process then builds the same global arrays, each supplying only the rows of the batch that its
 own devices hold (``jax.make_array_from_process_local_data``).
@@ -17,6 +25,7 @@ its share of the items (``process_share``), and the results are gathered on ever
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff.errors import UserError
+from jaxdiff.models import layers
 from jaxdiff.models.layers import LOGICAL_AXES
 
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
@@ -83,20 +93,24 @@ def make_mesh(shape: Mapping[str, int], devices: list[jax.Device] | None = None)
     )
 
 
+RULE_NAMES: tuple[str, ...] = (*LOGICAL_AXES, "seq")
+"""The names sharding rules map: the parameters' logical axes and the activations' ``seq``."""
+
+
 def check_rules(rules: Mapping[str, str | None]) -> dict[str, str | None]:
     """``rules`` (logical axis name -> mesh axis or None) validated; names not given are None."""
     for name, axis in rules.items():
-        if name not in LOGICAL_AXES:
+        if name not in RULE_NAMES:
             raise UserError(
                 f"unknown logical axis {name!r} in the sharding rules; "
-                f"accepted: {', '.join(LOGICAL_AXES)}"
+                f"accepted: {', '.join(RULE_NAMES)}"
             )
         if axis is not None and axis not in MESH_AXES:
             raise UserError(
                 f"sharding rule {name} -> {axis!r} names no mesh axis; "
                 f"accepted: {', '.join(MESH_AXES)} or None"
             )
-    return {name: rules.get(name) for name in LOGICAL_AXES}
+    return {name: rules.get(name) for name in RULE_NAMES}
 
 
 def partition_spec(
@@ -129,6 +143,27 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: dict) -> nnx.State:
         return variable.replace(NamedSharding(mesh, spec))
 
     return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def activation_sharding(mesh: Mesh, rules: dict) -> contextlib.AbstractContextManager[None]:
+    """The context in which a traced step lays out the models' named activations on ``mesh``
+    (see the module docstring); ``rules`` as ``check_rules`` returns them."""
+    batch_axes = tuple(axis for axis in BATCH_AXES if mesh.shape[axis] > 1)
+
+    def sharding_of(names: layers.Axes, shape: tuple[int, ...]) -> NamedSharding:
+        rows = shape[names.index("batch")] if "batch" in names else 0
+        split_rows = bool(batch_axes) and rows % math.prod(mesh.shape[a] for a in batch_axes) == 0
+        used = set(batch_axes) if split_rows else set()
+        spec: list[str | tuple[str, ...] | None] = []
+        for name, size in zip(names, shape, strict=True):
+            axis = rules[name] if name not in (None, "batch") else None
+            if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
+                axis = None
+            used.add(axis)
+            spec.append(batch_axes if name == "batch" and split_rows else axis)
+        return NamedSharding(mesh, P(*spec))
+
+    return layers.activation_sharding(sharding_of)
 
 
 def data_parallel_size(mesh: Mesh) -> int:

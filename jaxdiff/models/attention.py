@@ -13,7 +13,9 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.errors import UserError
-from jaxdiff.models.layers import GroupNorm, LayerNorm, conv2d, dense
+from jaxdiff.models.layers import Axes, GroupNorm, LayerNorm, constrain, conv2d, dense
+
+HEADS: Axes = ("batch", None, "heads", None)  # the axes of q, k, v [B, T, H, Dh]
 
 
 def attention(
@@ -26,9 +28,11 @@ def attention(
     products themselves in float32. `is_causal` lets position i attend to positions <= i only.
     """
     dtype = q.dtype
+    q, k, v = (constrain(t, HEADS) for t in (q, k, v))
     if upcast:
         q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
-    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal).astype(dtype)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
+    return constrain(out.astype(dtype), HEADS)
 
 
 class Attention(nnx.Module):
@@ -156,10 +160,9 @@ class FeedForward(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., dim] -> [..., dim]."""
-        for layer in self.net:
-            x = layer(x)
-        return x
+        """x [B, ..., dim] -> [B, ..., dim]."""
+        hidden = constrain(self.net[0](x), ("batch",) + (None,) * (x.ndim - 2) + ("mlp",))
+        return self.net[2](self.net[1](hidden))
 
 
 class BasicTransformerBlock(nnx.Module):

@@ -23,7 +23,16 @@ from jax.typing import DTypeLike
 from jaxdiff.errors import UserError
 from jaxdiff.models.attention import Attention, FeedForward
 from jaxdiff.models.embeddings import TimestepEmbedding, Timesteps
-from jaxdiff.models.layers import LayerNorm, architecture, block_runner, conv2d, dense, partitioned
+from jaxdiff.models.layers import (
+    TOKENS,
+    LayerNorm,
+    architecture,
+    block_runner,
+    constrain,
+    conv2d,
+    dense,
+    partitioned,
+)
 
 TIME_CHANNELS = 256  # width of the sinusoidal time projection (diffusers' fixed value)
 
@@ -340,10 +349,10 @@ class DiT(nnx.Module):
         p = self.patch_size
         check_patches(height, width, p, "DiT")
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
-        h = self.pos_embed(x.astype(self.dtype))  # [B, N, D]
+        h = constrain(self.pos_embed(x.astype(self.dtype)), TOKENS)  # [B, N, D]
         run = block_runner(self.remat)
         for block in self.transformer_blocks:
-            h = run(block, h, timesteps, class_labels)
+            h = constrain(run(block, h, timesteps, class_labels), TOKENS)
         conditioning = self.transformer_blocks[0].norm1.emb(timesteps, class_labels)  # [B, D]
         shift, scale = jnp.split(self.proj_out_1(jax.nn.silu(conditioning))[:, None], 2, -1)
         h = self.proj_out_2(self.norm_out(h) * (1 + scale) + shift)  # [B, N, p * p * Cout]

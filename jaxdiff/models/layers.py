@@ -9,11 +9,20 @@ Every parameter carries logical axis names (`nnx.with_partitioning`); a config m
 into shardings. No parameter carries a name twice, and the output-side names {heads, mlp,
 conv_out, vocab} never meet on one parameter, nor do the input-side names {embed, conv_in}: mapping
 either group to one mesh axis (FSDP) and the rest to None gives valid specs for every model.
+
+Activations name their axes too (`constrain`): the batch, a transformer's token positions
+(`ACTIVATION_AXES`), and the attention heads and feed-forward width with the parameters' names.
+Inside `activation_sharding` (the trainer's step: `jaxdiff.parallel.activation_sharding`) each
+named activation is constrained to the sharding its names map to, so that tensor and sequence
+parallelism over a `tensor` mesh axis are laid out as intended rather than as the compiler
+guesses; outside it `constrain` returns its input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -35,7 +44,39 @@ LOGICAL_AXES: dict[str, str] = {
 """The logical axis names parameters carry. Spatial kernel axes, position-table rows and the text
 projection's output are unnamed (None)."""
 
+ACTIVATION_AXES: dict[str, str] = {
+    "batch": "examples of a batch (split over the data-parallel mesh axes)",
+    "seq": "token positions of a transformer's residual stream (sequence parallelism)",
+}
+"""The logical axis names only activations carry; they also carry "heads" and "mlp"."""
+
 Axes = tuple[str | None, ...]
+TOKENS: Axes = ("batch", "seq", None)  # the axes of a transformer's residual stream [B, N, D]
+# sharding_of(axes, shape) -> the sharding of an activation whose axes carry the logical `axes`
+ShardingOf = Callable[[Axes, tuple[int, ...]], jax.sharding.Sharding]
+_ACTIVATION_SHARDING: contextvars.ContextVar[ShardingOf | None] = contextvars.ContextVar(
+    "activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(sharding_of: ShardingOf) -> Iterator[None]:
+    """Within it, `constrain` gives each named activation the sharding `sharding_of` picks.
+    Constraints are placed when a function is traced: wrap the traced body, not the call."""
+    token = _ACTIVATION_SHARDING.set(sharding_of)
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, axes: Axes) -> jax.Array:
+    """`x` constrained to the sharding of its logical `axes` (one per dimension, None unnamed)
+    inside `activation_sharding`; `x` itself outside."""
+    sharding_of = _ACTIVATION_SHARDING.get()
+    if sharding_of is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, sharding_of(axes, x.shape))
 
 
 def partitioned(init: nnx.Initializer, axes: Axes) -> nnx.Initializer:

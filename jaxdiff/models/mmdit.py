@@ -33,11 +33,13 @@ from jaxdiff.models.dit import (
 )
 from jaxdiff.models.embeddings import TimestepEmbedding, Timesteps
 from jaxdiff.models.layers import (
+    TOKENS,
     Buffer,
     LayerNorm,
     RMSNorm,
     architecture,
     block_runner,
+    constrain,
     conv2d,
     dense,
 )
@@ -393,12 +395,13 @@ class MMDiT(nnx.Module):
         b, height, width, _ = x.shape
         check_patches(height, width, self.patch_size, "MMDiT")
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
-        h = self.pos_embed(x.astype(self.dtype))  # [B, N, D]
+        h = constrain(self.pos_embed(x.astype(self.dtype)), TOKENS)  # [B, N, D]
         conditioning = self.time_text_embed(timesteps, pooled)  # [B, D]
-        c = self.context_embedder(context.astype(self.dtype))  # [B, T, D]
+        c = constrain(self.context_embedder(context.astype(self.dtype)), TOKENS)  # [B, T, D]
         run = block_runner(self.remat)
         for block in self.transformer_blocks:
             h, c = run(block, h, c, conditioning)
+            h, c = constrain(h, TOKENS), (c if c is None else constrain(c, TOKENS))
         h = self.proj_out(self.norm_out(h, conditioning))  # [B, N, p * p * Cout]
         return unpatchify(h, height, width, self.patch_size)
 

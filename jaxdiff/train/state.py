@@ -32,6 +32,7 @@ class StateLayout:
     abstract_ema: nnx.State  # the trainable parameters
     shardings: nnx.State  # NamedSharding per array of ``abstract``
     ema_shardings: nnx.State
+    rules: dict  # the sharding rules they come from (``parallel.check_rules``)
 
 
 def build_layout(
@@ -50,6 +51,7 @@ def build_layout(
         abstract_ema=abstract_ema,
         shardings=parallel.state_shardings(abstract, mesh, rules),
         ema_shardings=parallel.state_shardings(abstract_ema, mesh, rules),
+        rules=rules,
     )
 
 

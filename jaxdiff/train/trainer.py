@@ -232,7 +232,8 @@ def compile_step(
     unroll_micro_batches: bool | None = None,
 ) -> Callable:
     """The jitted ``step(state, ema, health, batch, root_key, step)`` on ``mesh``: state and EMA
-    in the layout's shardings and donated, the batch split over ``data`` x ``fsdp``. Micro-batch
+    in the layout's shardings and donated, the batch split over ``data`` x ``fsdp``, the models'
+    activations laid out by the layout's rules (``parallel.activation_sharding``). Micro-batch
     loops are unrolled on CPU devices unless ``unroll_micro_batches`` says otherwise."""
     if unroll_micro_batches is None:
         unroll_micro_batches = mesh.devices.flat[0].platform == "cpu"
@@ -248,8 +249,13 @@ def compile_step(
         batch_sharding=batch_sharding,
         unroll_micro_batches=unroll_micro_batches,
     )
+
+    def laid_out_step(*args: Any) -> Any:
+        with parallel.activation_sharding(mesh, layout.rules):  # placed as the step is traced
+            return step(*args)
+
     return jax.jit(
-        step,
+        laid_out_step,
         in_shardings=(
             layout.shardings,
             layout.ema_shardings,
