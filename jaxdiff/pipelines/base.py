@@ -206,11 +206,14 @@ class Pipeline(abc.ABC):
     def tokenize(self, prompts: list[str]) -> np.ndarray:
         """Token ids `[N, T]` int32 of prompts."""
 
-    def prompt_ids(self, prompt: Any, negative_prompt: Any) -> tuple[np.ndarray, np.ndarray]:
+    def prompt_ids(
+        self, prompt: Any, negative_prompt: Any, extra: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ids `[N, T]` of a call's N prompts and of their negative prompts (one each; None:
         the empty prompt): what `encode_prompts` takes. A family whose prompts are not text
-        (class labels) says here what they are. Checked first, before the call's images and
-        conditioning."""
+        (class labels), or that takes more of them among its `conditioning_arguments` (`extra`),
+        says here what they are. Checked first, before the call's images and conditioning."""
+        del extra
         prompts = prompt_list(prompt)
         negatives = negative_prompt_list(negative_prompt, len(prompts))
         ids = self.tokenize(prompts + negatives)  # unknown words fail before sampling
@@ -409,7 +412,7 @@ class Pipeline(abc.ABC):
         mask: Any = None,
         strength: float = 1.0,
     ) -> np.ndarray | list:
-        ids, negative_ids = self.prompt_ids(prompt, negative_prompt)  # [N, T] each
+        ids, negative_ids = self.prompt_ids(prompt, negative_prompt, extra)  # [N, T] each
         prompts = len(ids)
         repeat = sampling.num_images_per_prompt
         count = prompts * repeat

@@ -122,9 +122,12 @@ class DiT(Pipeline):
         names = [label] if isinstance(label, str) else list(label)
         return [int(i) for i in self.tokenize(names)[:, 0]]
 
-    def prompt_ids(self, prompt: Any, negative_prompt: Any) -> tuple[np.ndarray, np.ndarray]:
+    def prompt_ids(
+        self, prompt: Any, negative_prompt: Any, extra: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Class ids `[N, 1]` of the labels, and of the negative ones (the null class, id
         `num_classes`, when None)."""
+        del extra
         labels = self._class_ids(prompt, "class_labels")
         if negative_prompt is None:
             return labels, np.full_like(labels, self.num_classes)

@@ -26,16 +26,19 @@ def prompt_list(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:
     return prompts
 
 
-def negative_prompt_list(negative: str | Sequence[str] | None, count: int) -> list[str]:
-    """One negative prompt per prompt: None is the empty prompt, a string applies to all."""
+def negative_prompt_list(
+    negative: str | Sequence[str] | None, count: int, what: str = "negative_prompt"
+) -> list[str]:
+    """One negative prompt (or other per-prompt text, `what`) per prompt: None is the empty
+    prompt, a string applies to all."""
     if negative is None:
         return [""] * count
     if isinstance(negative, str):
         return [negative] * count
-    negatives = prompt_list(negative, "negative_prompt")
+    negatives = prompt_list(negative, what)
     require(
         len(negatives) == count,
-        f"{len(negatives)} negative prompts for {count} prompts; give one per prompt, one "
+        f"{what} has {len(negatives)} entries for {count} prompts; give one per prompt, one "
         "string for all, or None",
     )
     return negatives

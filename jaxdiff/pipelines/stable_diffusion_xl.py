@@ -8,7 +8,8 @@ shared loop, conditioned as diffusers' SDXL pipelines condition the UNet
 
 The micro-conditioning arguments are diffusers' (`original_size`, `crops_coords_top_left`,
 `target_size` and their `negative_` forms; the refiner's `aesthetic_score` and
-`negative_aesthetic_score`), in pixels, (height, width). Both text encoders read the same prompt;
+`negative_aesthetic_score`), in pixels, (height, width). The second text encoder reads
+`prompt_2` and `negative_prompt_2` where given, else the same prompts as the first;
 without a negative prompt a model with `force_zeros_for_empty_prompt` (SDXL's base) guides away
 from zero conditioning, not from the empty prompt's.
 """
@@ -26,10 +27,10 @@ import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxdiff.errors import UserError
+from jaxdiff.errors import UserError, require
 from jaxdiff.pipelines import sdxl_conditioning, vae_latents
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
-from jaxdiff.pipelines.prompts import tokenize
+from jaxdiff.pipelines.prompts import negative_prompt_list, prompt_list, tokenize
 from jaxdiff.pipelines.stable_diffusion import describe_unet_model
 
 ZERO_PROMPT = -1  # the ids of a negative prompt the model conditions on zeros for
@@ -51,6 +52,8 @@ class StableDiffusionXL(Pipeline):
         {"img2img": {"strength": 0.3}, "inpaint": {"strength": 0.9999, "guidance_scale": 7.5}}
     )
     conditioning_arguments: ClassVar[tuple[str, ...]] = (
+        "prompt_2",
+        "negative_prompt_2",
         "original_size",
         "crops_coords_top_left",
         "target_size",
@@ -131,13 +134,36 @@ class StableDiffusionXL(Pipeline):
         """Each tokenizer's ids of the prompts side by side, `[N, 2 T]` (the refiner's `[N, T]`)."""
         return np.concatenate([tokenize(t, prompts) for t in self.tokenizers], axis=1)
 
-    def prompt_ids(self, prompt: Any, negative_prompt: Any) -> tuple[np.ndarray, np.ndarray]:
-        """As every pipeline's; no negative prompt with `force_zeros_for_empty_prompt` gives
-        rows of `ZERO_PROMPT`, which `encode_prompts` turns into zero conditioning."""
-        ids, negative_ids = super().prompt_ids(prompt, negative_prompt)
+    def prompt_ids(
+        self, prompt: Any, negative_prompt: Any, extra: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each tokenizer's ids side by side (`tokenize`'s layout): the first tokenizer reads
+        `prompt` and `negative_prompt`, the second `prompt_2` and `negative_prompt_2` (as
+        diffusers: an empty or missing one is the first's; a string applies to every prompt),
+        the refiner's only tokenizer the first ones (it refuses `prompt_2`). No negative prompt
+        with `force_zeros_for_empty_prompt` gives rows of `ZERO_PROMPT`, which `encode_prompts`
+        turns into zero conditioning, whatever `negative_prompt_2` is."""
+        prompts = prompt_list(prompt)
+        count = len(prompts)
+        texts = [prompts + negative_prompt_list(negative_prompt, count)]
+        second = {k: extra.get(k) for k in ("prompt_2", "negative_prompt_2")}
+        if len(self.tokenizers) == 1:
+            given = sorted(k for k, v in second.items() if v)
+            require(
+                not given,
+                f"{given[0] if given else ''} is for a second tokenizer; this pipeline (a "
+                "refiner) has one, which reads prompt and negative_prompt",
+            )
+        else:
+            prompts_2 = negative_prompt_list(second["prompt_2"] or prompt, count, "prompt_2")
+            negatives = second["negative_prompt_2"] or negative_prompt
+            texts.append(prompts_2 + negative_prompt_list(negatives, count, "negative_prompt_2"))
+        ids = np.concatenate(
+            [tokenize(t, x) for t, x in zip(self.tokenizers, texts, strict=True)], axis=1
+        )
         if negative_prompt is None and self.force_zeros_for_empty_prompt:
-            negative_ids = np.full_like(negative_ids, ZERO_PROMPT)
-        return ids, negative_ids
+            ids[count:] = ZERO_PROMPT
+        return ids[:count], ids[count:]
 
     def grid(self, sampling: Sampling) -> Grid:
         return self.scheduler.call_grid(sampling)

@@ -43,7 +43,7 @@ def _raises(match: str):
         ),
         (
             lambda p: p(["a", "b"], negative_prompt=["c"]),
-            r"1 negative prompts for 2 prompts",
+            r"negative_prompt has 1 entries for 2 prompts",
         ),
         (lambda p: p("a", guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0"),
         (lambda p: p("a", guidance_rescale=2.0), r"guidance_rescale=2.0 must be in \[0, 1\]"),

@@ -84,14 +84,18 @@ def _jaxdiff_run(pipe, method: str, *args, **kwargs):
     return latents, pipe.decode(latents)
 
 
+# The second text encoder's own prompts, diffusers' `prompt_2` and `negative_prompt_2`.
+SECOND_PROMPTS = {"prompt_2": ["a blue dog", "red sun"], "negative_prompt_2": "cat"}
+
+
 @pytest.mark.parametrize(
-    ("sampler", "scheduler", "negative", "rescale"),
+    ("sampler", "scheduler", "negative", "rescale", "second"),
     [
-        ("euler", "EulerDiscreteScheduler", None, 0.0),  # zero negative conditioning
-        ("dpmpp_2m", "DPMSolverMultistepScheduler", ["dog", ""], 0.7),
+        ("euler", "EulerDiscreteScheduler", None, 0.0, {}),  # zero negative conditioning
+        ("dpmpp_2m", "DPMSolverMultistepScheduler", ["dog", ""], 0.7, SECOND_PROMPTS),
     ],
 )
-def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, rescale):
+def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, rescale, second):
     import diffusers
 
     reference = diffusers.StableDiffusionXLPipeline.from_pretrained(folders["base"])
@@ -102,6 +106,7 @@ def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, 
         guidance_scale=5.0,
         guidance_rescale=rescale,
         **SIZES,
+        **second,
     )
     want = diffusers_run(reference, PROMPTS, latents=_noise(), **settings)
     pipe = StableDiffusionXL.from_pretrained(folders["base"])
@@ -111,6 +116,8 @@ def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, 
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **wrong), want)
     other_sizes = dict(ours, original_size=(16, 16), crops_coords_top_left=(0, 0))
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **other_sizes), want)
+    for name in second:  # each of the second encoder's prompts reaches it
+        assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **dict(ours, **{name: None})), want)
 
 
 def test_base_img2img_with_negative_sizes_matches_diffusers(folders, monkeypatch):
@@ -215,3 +222,10 @@ def test_parts_that_do_not_fit_are_refused_in_one_line(folders):
     pipe = StableDiffusionXL(**given)
     with pytest.raises(UserError, match=r"original_size=1024; accepted: two numbers"):
         pipe(PROMPTS, num_inference_steps=2, original_size=1024)
+    with pytest.raises(
+        UserError, match=r"prompt_2 has 3 entries for 2 prompts; give one per prompt"
+    ):
+        pipe(PROMPTS, num_inference_steps=2, prompt_2=["a", "b", "c"])
+    refiner = StableDiffusionXL.from_pretrained(folders["refiner"])
+    with pytest.raises(UserError, match=r"negative_prompt_2 is for a second tokenizer; this"):
+        refiner(PROMPTS, num_inference_steps=2, negative_prompt_2="dog")
