@@ -291,6 +291,13 @@ class Pipeline(abc.ABC):
     def sampling(self, mode: str = "text", **settings: Any) -> Sampling:
         """The checked settings of a call in `mode`: `settings` over this pipeline's defaults
         (and the mode's, `mode_defaults`)."""
+        accepted = [field.name for field in dataclasses.fields(Sampling)]
+        unknown = sorted(set(settings) - set(accepted))
+        require(
+            not unknown,
+            f"{type(self).__name__} does not take {unknown[0] if unknown else ''!r}; accepted: "
+            f"{', '.join(accepted + list(self.conditioning_arguments))}",
+        )
         for_mode = {k: v for k, v in self.mode_defaults.get(mode, {}).items() if k != "strength"}
         return Sampling(**{**self.defaults, **for_mode, **settings})
 

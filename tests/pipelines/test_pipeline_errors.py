@@ -46,6 +46,7 @@ def _raises(match: str):
             r"negative_prompt has 1 entries for 2 prompts",
         ),
         (lambda p: p("a", guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0"),
+        (lambda p: p("a", prompt_2="b"), r"StableDiffusion does not take 'prompt_2'; accepted: "),
         (lambda p: p("a", guidance_rescale=2.0), r"guidance_rescale=2.0 must be in \[0, 1\]"),
         (lambda p: p("a", num_inference_steps=0), r"num_inference_steps=0"),
         (lambda p: p("a", num_images_per_prompt=0), r"num_images_per_prompt=0"),
