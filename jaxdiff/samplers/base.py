@@ -26,8 +26,9 @@ limit of `x / sigma` (the unit noise `eps`, the flow's `x_t` at t = 1), and the 
 called at sigma = inf with that state and returns the limit of `D` (the network at t = 1; see
 `jaxdiff.diffusion.Diffusion.denoiser`). Every step from or through sigma = inf is the limit of
 the sampler's own step as `sigmas[0] -> inf` (`noise_direction` is the state's noise there:
-the state itself), taken in a `jnp.where` beside the finite step, so every finite step, and
-every result from a finite start, is unchanged. In those limits an intermediate level is the
+the state itself), taken in a `jnp.where` beside the finite step, so every finite step is the
+same formula as before (results from a finite start may move by the compiler's rounding, about
+one float32 ulp). In those limits an intermediate level is the
 limit of its own formula (a midpoint in log sigma between inf and a finite sigma is inf), and a
 past value at sigma = inf drops out of a multistep formula (its weight tends to 0). A limit is
 used rather than another time variable because changing the variable changes the method (Heun

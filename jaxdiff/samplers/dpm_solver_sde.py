@@ -125,7 +125,8 @@ def _dpmpp_2s_step(
         d_mid = denoise(_to(x, d, sigma, sigma_mid), sigma_mid)
         return _to(x, d_mid, sigma, sigma_to)
 
-    has_midpoint = (sigma_to > 0) | (at_infinity & (mid_at_infinity > 0))
+    finite_mid = (mid_at_infinity > 0) & jnp.isfinite(mid_at_infinity)  # eta = 1, sigma_1 > 0
+    has_midpoint = (sigma_to > 0) | (at_infinity & finite_mid)
     return jax.lax.cond(has_midpoint, second_order, lambda: d)
 
 

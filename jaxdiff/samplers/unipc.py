@@ -78,7 +78,8 @@ def _uni_bh_update(
     if k == 0:
         return x_t
     used = (jnp.arange(k) < q) & jnp.isfinite(node_lam)  # [K]; a node at sigma = inf drops out
-    r = jnp.where(node_lam == lam_t, 1.0, (node_lam - lam_s) / (lam_t - lam_s))
+    # From sigma_s = inf the only node is the corrector's, at sigma_t: r = 1.
+    r = jnp.where(jnp.isinf(sigma_s), 1.0, (node_lam - lam_s) / (lam_t - lam_s))
     r = jnp.where(used, r, 1.0)
     b_h = jnp.expm1(hh) if bh2 else hh
     rho = _rhos(r, jnp.sum(used), hh, b_h, halve=q == 1)

@@ -60,6 +60,9 @@ def run(start: tuple, mesh_shape: dict, micro_batches: int = 1, devices=None, ru
     root = jax.random.key(1)
     for i in range(STEPS):
         batch = parallel.shard_batch(task.batch(i * size + rows), batch_sharding, size)
+        if i == 0 and mesh.size > 1:  # the activations are laid out in the compiled step
+            hlo = step.lower(state, ema, health, batch, root, jnp.int32(i)).as_text()
+            assert "sdy.sharding_constraint" in hlo
         state, ema, health, _ = step(state, ema, health, batch, root, jnp.int32(i))
     assert int(health["nonfinite_steps"]) == 0
     model, _ = nnx.merge(layout.graphdef, state)
