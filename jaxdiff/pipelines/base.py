@@ -59,7 +59,12 @@ class Sampling:
     unit noise `[B, h, w, c]` to start from; num_images_per_prompt; output_type: "np"
     (float32 `[B, H, W, 3]` in [0, 1]), "pil", or "latent" (float32 `[B, h, w, c]`, undecoded);
     lora_scale: the factor on every unfused LoRA adapter's output (diffusers'
-    `cross_attention_kwargs={"scale": ...}`).
+    `cross_attention_kwargs={"scale": ...}`); clip_skip: how many more of the text encoders'
+    last layers the prompts skip (the negative prompts skip none, as in diffusers; up to
+    `Pipeline.max_clip_skip`); denoising_end / denoising_start: diffusers' hand-off between
+    two pipelines (SDXL's base and refiner), a fraction in (0, 1) of the training timesteps at
+    which the run stops, returning its noisy state, or (img2img) at which it starts from the
+    state it is given (see `Pipeline.img2img`).
     """
 
     num_inference_steps: int = 50
@@ -76,6 +81,9 @@ class Sampling:
     num_images_per_prompt: int = 1
     output_type: str = "np"
     lora_scale: float = 1.0
+    clip_skip: int = 0
+    denoising_end: float | None = None
+    denoising_start: float | None = None
 
     def __post_init__(self) -> None:
         steps = self.num_inference_steps
@@ -102,6 +110,25 @@ class Sampling:
             f"seed={self.seed!r} must be an integer in [0, 2**32) (or pass key=)",
         )
         image_io.check_output_type(self.output_type)
+        skip = self.clip_skip
+        require(
+            isinstance(skip, int | np.integer) and not isinstance(skip, bool) and skip >= 0,
+            f"clip_skip={skip!r} must be an integer >= 0",
+        )
+        for name in ("denoising_end", "denoising_start"):
+            value = getattr(self, name)
+            number = isinstance(value, float | int) and not isinstance(value, bool)
+            require(
+                value is None or (number and 0.0 < value < 1.0),
+                f"{name}={value!r} must be a number in (0, 1), or None",
+            )
+        require(
+            self.denoising_start is None
+            or self.denoising_end is None
+            or self.denoising_start < self.denoising_end,
+            f"denoising_start={self.denoising_start} must be below "
+            f"denoising_end={self.denoising_end}",
+        )
         require(
             isinstance(self.lora_scale, int | float | np.number)
             and not isinstance(self.lora_scale, bool)
@@ -134,7 +161,10 @@ class Grid:
     timesteps (the sigma's timestep rounded), the std of the pure noise a run from noise starts
     with, the scale of the state where the grid ends (diffusers decodes the VP state
     `x / sqrt(1 + sigma^2)` of a grid ending above 0), and the x0 clipping range or dynamic
-    thresholding `(ratio, max value)` the sampler applies, if any."""
+    thresholding `(ratio, max value)` the sampler applies, if any. A grid from diffusers'
+    training timesteps also gives the timestep each step starts at `[n]` and whether its
+    scheduler holds that VP state (`vp_state`) or `x` itself (the Euler family), which
+    `denoising_end` / `denoising_start` cut and hand over by."""
 
     sigmas: np.ndarray
     start_std: float
@@ -142,6 +172,8 @@ class Grid:
     end_scale: float = 1.0
     clip_sample_range: float | None = None
     threshold: tuple[float, float] | None = None
+    timesteps: np.ndarray | None = None
+    vp_state: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +193,9 @@ class LoopSettings:
     clip_sample_range: float | None
     threshold: tuple[float, float] | None
     decode: bool  # False for output_type="latent"
+    clip_skip: int  # the text encoders' last layers the prompts skip
+    handed_state: bool  # img2img from a given state (`denoising_start`): no noise added
+    latent_images: bool  # the images given are latents, not pixels
 
 
 class Pipeline(abc.ABC):
@@ -223,11 +258,16 @@ class Pipeline(abc.ABC):
     def grid(self, sampling: Sampling) -> Grid:
         """The sigmas and settings the call's sampler runs along."""
 
+    max_clip_skip: int = 0
+    """How many more of its text encoders' last layers a call's prompts may skip (`clip_skip`):
+    0 for a family without CLIP text encoders."""
+
     @staticmethod
     @abc.abstractmethod
-    def encode_prompts(networks: Any, ids: jax.Array) -> Any:
+    def encode_prompts(networks: Any, ids: jax.Array, clip_skip: int = 0) -> Any:
         """Token ids `[B, T]` -> the network's context: `[B, T, D]`, or a pytree of arrays with
-        a leading batch axis (e.g. with pooled embeddings)."""
+        a leading batch axis (e.g. with pooled embeddings); read `clip_skip` (at most
+        `max_clip_skip`) layers further from the end."""
 
     @staticmethod
     @abc.abstractmethod
@@ -419,26 +459,42 @@ class Pipeline(abc.ABC):
         mask: Any = None,
         strength: float = 1.0,
     ) -> np.ndarray | list:
+        require(
+            sampling.clip_skip <= self.max_clip_skip,
+            f"clip_skip={sampling.clip_skip}; accepted: 0 to {self.max_clip_skip} "
+            f"({type(self).__name__} with these text encoders)",
+        )
         ids, negative_ids = self.prompt_ids(prompt, negative_prompt, extra)  # [N, T] each
         prompts = len(ids)
         repeat = sampling.num_images_per_prompt
         count = prompts * repeat
         check_first_index(sampling.first_index, count)
+        require(
+            sampling.denoising_start is None or mode == "img2img",
+            "denoising_start is img2img's: the run starts from the state it is given",
+        )
+        require(
+            sampling.denoising_end is None or mode != "inpaint",
+            "denoising_end: inpainting keeps the known region of a finished image; use "
+            "__call__ or img2img",
+        )
+        latent_images = mode == "img2img" and self._are_latents(image)
         images = masks = None
         if mode != "text":
             require(0.0 < strength <= 1.0, f"strength={strength} must be in (0, 1]")
-            images = image_io.image_batch(image, prompts, self.vae_scale_factor)
+            factor = 1 if latent_images else self.vae_scale_factor
+            if latent_images:  # [N, h, w, c]
+                images = image_io.latent_batch(image, prompts, self.latent_channels)
+            else:
+                images = image_io.image_batch(image, prompts, self.vae_scale_factor)
             if mask is not None:
                 masks = np.repeat(image_io.mask_batch(mask, images), repeat, axis=0)  # [B, H, W, 1]
-            images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3]
-            latent_size = (
-                images.shape[1] // self.vae_scale_factor,
-                images.shape[2] // self.vae_scale_factor,
-            )
+            images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3] (or latents)
+            latent_size = (images.shape[1] // factor, images.shape[2] // factor)
         size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
         conditioning = self.conditioning(extra, mode, prompts, repeat, size)
         grid = self.grid(sampling)
-        sigmas = _run_sigmas(grid.sigmas, strength, mode)
+        sigmas, start_std, end_scale = self._run(grid, sampling, strength, mode)
         samplers.check_start(sampling.sampler, sigmas, sampling.sampler_options or {})
         infinite = bool(np.isinf(sigmas[0]))  # from t = 1 of a flow: nothing of an image is kept
         keys = item_keys(sampling.root_key, count, sampling.first_index)  # [B]
@@ -456,6 +512,9 @@ class Pipeline(abc.ABC):
             clip_sample_range=grid.clip_sample_range,
             threshold=grid.threshold,
             decode=sampling.output_type != "latent",
+            clip_skip=sampling.clip_skip,
+            handed_state=sampling.denoising_start is not None,
+            latent_images=latent_images,
         )
         batch = parallel.split_rows(
             dict(
@@ -474,8 +533,8 @@ class Pipeline(abc.ABC):
             guidance=jnp.float32(sampling.guidance_scale),
             rescale=jnp.float32(sampling.guidance_rescale),
             sigmas=jnp.asarray(sigmas, jnp.float32),
-            start_std=jnp.float32(grid.start_std),
-            end_scale=jnp.float32(grid.end_scale),
+            start_std=jnp.float32(start_std),
+            end_scale=jnp.float32(end_scale),
             lora_scale=jnp.float32(sampling.lora_scale),
             **batch,
         )
@@ -483,6 +542,68 @@ class Pipeline(abc.ABC):
         if sampling.output_type == "latent":
             return out
         return image_io.to_output(out, sampling.output_type)
+
+    def _are_latents(self, image: Any) -> bool:
+        """Whether img2img's `image` is latents `[N, h, w, c]` (or `[h, w, c]`) with the
+        pipeline's latent channels (diffusers' rule for 4-channel images), not pixels."""
+        channels = self.latent_channels
+        return (
+            channels != 3
+            and isinstance(image, np.ndarray | jax.Array)
+            and image.ndim in (3, 4)
+            and image.shape[-1] == channels
+        )
+
+    def _run(
+        self, grid: Grid, sampling: Sampling, strength: float, mode: str
+    ) -> tuple[np.ndarray, float, float]:
+        """The run's sigmas, the factor of its start (the std of the noise a run from noise
+        starts with, or, from a handed state, the factor from its form to `x`), and the scale of
+        its end state (the form it hands on where `denoising_end` stops it early).
+
+        diffusers' hand-off: a fraction f cuts the training timesteps at
+        `c = round(T - f T)`; `denoising_end` keeps the steps starting at timesteps >= c, and
+        `denoising_start` runs the rest, from the state it is given (the same cut on both
+        sides, for first-order samplers as diffusers does). The state handed over is the
+        scheduler's: `x / sqrt(1 + sigma^2)` (`grid.vp_state`) or `x` (the Euler family)."""
+        end, begin = sampling.denoising_end, sampling.denoising_start
+        if end is None and begin is None:
+            return _run_sigmas(grid.sigmas, strength, mode), grid.start_std, grid.end_scale
+        require(
+            grid.timesteps is not None,
+            f"denoising_end / denoising_start cut diffusers' training timesteps; "
+            f"{type(self).__name__}'s grid has none",
+        )
+        n = grid.sigmas.shape[0] - 1
+        train_steps = self.diffusion.process.num_train_timesteps
+
+        def steps_above(fraction: float) -> int:
+            """How many steps start at a timestep >= the cut of `fraction`."""
+            cutoff = round(train_steps - fraction * train_steps)
+            return int(np.sum(grid.timesteps >= cutoff))
+
+        def state_scale(sigma: float) -> float:
+            """The factor from `x` to the state a diffusers scheduler holds at `sigma`."""
+            return float(self.diffusion.process.c_in(jnp.float32(sigma))) if grid.vp_state else 1.0
+
+        first = n + 1 - _run_sigmas(grid.sigmas, strength, mode).shape[0]
+        start_std = grid.start_std
+        if begin is not None:
+            first = steps_above(begin)
+            require(
+                first < n,
+                f"denoising_start={begin} with num_inference_steps={n} leaves no step to run",
+            )
+            start_std = 1.0 / state_scale(grid.sigmas[first])
+        last, end_scale = n, grid.end_scale
+        if end is not None:
+            last = steps_above(end)
+            require(
+                last > first,
+                f"denoising_end={end} with num_inference_steps={n} leaves no step to run",
+            )
+            end_scale = grid.end_scale if last == n else state_scale(grid.sigmas[last])
+        return grid.sigmas[first : last + 1], start_std, end_scale
 
 
 def _run_sigmas(sigmas: np.ndarray, strength: float, mode: str) -> np.ndarray:
@@ -581,12 +702,16 @@ def compiled_loop(settings: LoopSettings) -> Callable:
         networks = nnx.merge(settings.graphdef, state)
         lora.scale_weights(networks, lora_scale)
         count = ids.shape[0]
-        if settings.guided:  # one pass over both prompts; the context may be a pytree
+        skip = settings.clip_skip
+        if settings.guided and skip:  # the negative prompts skip no layers
+            context = family.encode_prompts(networks, ids, skip)
+            uncontext = family.encode_prompts(networks, negative_ids)
+        elif settings.guided:  # one pass over both prompts; the context may be a pytree
             both = family.encode_prompts(networks, jnp.concatenate([ids, negative_ids]))
             context = jax.tree.map(lambda a: a[:count], both)  # [B, T, D] leaves
             uncontext = jax.tree.map(lambda a: a[count:], both)
         else:
-            context = uncontext = family.encode_prompts(networks, ids)
+            context = uncontext = family.encode_prompts(networks, ids, skip)
         split = jax.vmap(_split)(keys)  # [B, 4]
         per_image: dict[str, Any] = {
             "noise": noise,
@@ -595,7 +720,9 @@ def compiled_loop(settings: LoopSettings) -> Callable:
             "key": split[:, 3],
             "conditioning": conditioning,
         }
-        if settings.mode in ("img2img", "inpaint") or not settings.from_noise:
+        if settings.latent_images:
+            per_image["known"] = images
+        elif settings.mode in ("img2img", "inpaint") or not settings.from_noise:
             per_image["known"] = family.encode_images(networks, images, split[:, 1])
         if inpainting:
             f = images.shape[1] // noise.shape[1]
@@ -636,6 +763,8 @@ def compiled_loop(settings: LoopSettings) -> Callable:
                 )
             if settings.from_noise:
                 start = one_["noise"] * start_std
+            elif settings.handed_state:  # the state a run handed over, in its scheduler's form
+                start = one_["known"] * start_std
             else:
                 start = one_["known"] + one_["noise"] * sigmas[0]
             x = sample(denoise, start, sigmas, key=inputs["key"], **options)

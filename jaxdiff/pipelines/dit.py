@@ -160,8 +160,10 @@ class DiT(Pipeline):
         return self.scheduler.call_grid(sampling)
 
     @staticmethod
-    def encode_prompts(networks: Any, ids: jax.Array) -> jax.Array:
-        """Class ids `[B, 1]` -> the transformer's labels `[B]`."""
+    def encode_prompts(networks: Any, ids: jax.Array, clip_skip: int = 0) -> jax.Array:
+        """Class ids `[B, 1]` -> the transformer's labels `[B]` (no text encoder: `clip_skip` is
+        0)."""
+        del clip_skip
         return ids[:, 0]
 
     @staticmethod

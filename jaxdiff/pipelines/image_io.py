@@ -72,6 +72,22 @@ def image_batch(image: Any, count: int, factor: int) -> np.ndarray:
     return np.broadcast_to(images * 2.0 - 1.0, (count, *images.shape[1:]))
 
 
+def latent_batch(latents: Any, count: int, channels: int) -> np.ndarray:
+    """One latent image or `count` of them -> `[count, h, w, channels]` float32, as given."""
+    array = np.asarray(latents, np.float32)
+    array = array[None] if array.ndim == 3 else array
+    require(
+        array.ndim == 4 and array.shape[-1] == channels and np.all(np.isfinite(array)),
+        f"latents of shape {array.shape}; accepted: finite [h, w, {channels}] or "
+        f"[N, h, w, {channels}]",
+    )
+    require(
+        array.shape[0] in (1, count),
+        f"{array.shape[0]} latent images for {count} prompts; give one or one per prompt",
+    )
+    return np.broadcast_to(array, (count, *array.shape[1:]))
+
+
 def mask_batch(mask: Any, images: np.ndarray) -> np.ndarray:
     """One mask or one per image -> `[N, H, W, 1]` float32 of 0 and 1 (1: paint)."""
     masks = as_batch(mask, "mask", 1)

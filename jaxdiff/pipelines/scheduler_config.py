@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion.processes import VPDiscrete
-from jaxdiff.diffusion.schedules import discrete, karras
+from jaxdiff.diffusion.schedules import discrete, discrete_timesteps, karras
 from jaxdiff.errors import UserError, require
 from jaxdiff.pipelines.base import Grid, Sampling
 
@@ -205,6 +205,15 @@ class SchedulerConfig:
         top = float(sigmas[0])
         unit_state = convention != "euler" or spacing == "leading"
         clip_range, threshold = self.x0_limits(sampler)
+        steps = sigmas.shape[0] - 1
+        if schedule == "karras":  # diffusers' `_sigma_to_t`, interpolated in log sigma
+            timesteps = np.asarray(self.process.sigma_to_t(np.asarray(sigmas[:-1], np.float64)))
+            timesteps = timesteps if convention == "euler" else np.round(timesteps)
+        else:
+            spaced_timesteps = discrete_timesteps(
+                n, self.process, spacing, self.steps_offset, convention
+            )
+            timesteps = np.asarray(spaced_timesteps, np.float64)[:steps]
         return Grid(
             sigmas=sigmas,
             start_std=(1.0 + top**2) ** 0.5 if unit_state else top,
@@ -212,6 +221,8 @@ class SchedulerConfig:
             end_scale=float(self.process.c_in(jnp.float32(sigmas[-1]))),
             clip_sample_range=clip_range,
             threshold=threshold,
+            timesteps=timesteps,
+            vp_state=convention != "euler",
         )
 
     def _final(self, spaced: np.ndarray, counterpart: Counterpart) -> np.ndarray:

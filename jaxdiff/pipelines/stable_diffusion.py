@@ -66,6 +66,7 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
             raise UserError("an SDXL UNet (addition_embed_type='text_time'); use StableDiffusionXL")
         controlnets = self._take_controlnets(controlnet, unet, vae.downsample_factor)
         self.tokenizer = tokenizer
+        self.max_clip_skip = len(text_encoder.encoder.layers) - 1
         diffusion = describe_unet_model(self, unet, vae, scheduler_config)
         super().__init__((unet, vae, text_encoder, controlnets), diffusion, devices)
 
@@ -123,9 +124,11 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
         return self.scheduler.call_grid(sampling)
 
     @staticmethod
-    def encode_prompts(networks: Any, ids: jax.Array) -> jax.Array:
+    def encode_prompts(networks: Any, ids: jax.Array, clip_skip: int = 0) -> jax.Array:
+        """The text encoder's hidden state `[B, T, D]`, `clip_skip` layers before the last,
+        through the final layer norm (diffusers' `clip_skip`)."""
         _, _, text_encoder, _ = networks
-        return text_encoder(ids).last_hidden_state  # [B, T, D]
+        return text_encoder(ids, skip_last_layers=clip_skip).last_hidden_state
 
     @staticmethod
     def predict(networks: Any, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:

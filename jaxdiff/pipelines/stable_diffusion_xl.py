@@ -93,6 +93,8 @@ class StableDiffusionXL(Pipeline):
                 f"the tokenizers' model_max_length differ ({sorted(lengths)}); accepted: one"
             )
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        encoders = [e for e in (text_encoder, text_encoder_2) if e is not None]
+        self.max_clip_skip = min(len(e.encoder.layers) for e in encoders) - 2
         self.requires_aesthetics_score = requires_aesthetics_score
         diffusion = describe_unet_model(self, unet, vae, scheduler_config)
         super().__init__((unet, vae, text_encoder, text_encoder_2), diffusion, devices)
@@ -231,7 +233,9 @@ class StableDiffusionXL(Pipeline):
         )
 
     @staticmethod
-    def encode_prompts(networks: Networks, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def encode_prompts(
+        networks: Networks, ids: jax.Array, clip_skip: int = 0
+    ) -> tuple[jax.Array, jax.Array]:
         """ids `[B, 2 T]` (`tokenize`'s; the refiner's `[B, T]`) -> (the text context
         `[B, T, D1 + D2]`, the pooled text `[B, P]`), zeros for `ZERO_PROMPT` rows."""
         _, _, text_encoder, text_encoder_2 = networks
@@ -239,7 +243,7 @@ class StableDiffusionXL(Pipeline):
         ids = jnp.maximum(ids, 0)
         first, second = (None, ids) if text_encoder is None else jnp.split(ids, 2, axis=1)
         hidden, pooled = sdxl_conditioning.encode_prompts(
-            text_encoder, text_encoder_2, first, second
+            text_encoder, text_encoder_2, first, second, clip_skip
         )
         return (
             jnp.where(zero[:, None, None], 0.0, hidden),

@@ -97,7 +97,8 @@ class TextToImagePipeline(LoRAMixin, ControlNetMixin, Pipeline):
         return Grid(sigmas=np.asarray(sigmas), start_std=start_std)
 
     @staticmethod
-    def encode_prompts(networks: Networks, ids: jax.Array) -> jax.Array:
+    def encode_prompts(networks: Networks, ids: jax.Array, clip_skip: int = 0) -> jax.Array:
+        del clip_skip  # max_clip_skip is 0: the encoder is trained with the model
         return networks[0].encode_text(ids)
 
     @staticmethod

@@ -47,6 +47,23 @@ def _raises(match: str):
         ),
         (lambda p: p("a", guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0"),
         (lambda p: p("a", prompt_2="b"), r"StableDiffusion does not take 'prompt_2'; accepted: "),
+        (lambda p: p("a", clip_skip=3), r"clip_skip=3; accepted: 0 to 2 \(StableDiffusion with"),
+        (lambda p: p("a", clip_skip=-1), r"clip_skip=-1 must be an integer >= 0"),
+        (lambda p: p("a", denoising_end=1.0), r"denoising_end=1.0 must be a number in \(0, 1\)"),
+        (lambda p: p("a", denoising_start=0.5), r"denoising_start is img2img's: the run starts"),
+        (
+            lambda p: p.img2img("a", IMAGE, denoising_start=0.5, denoising_end=0.4),
+            r"denoising_start=0.5 must be below denoising_end=0.4",
+        ),
+        (lambda p: p.inpaint("a", IMAGE, MASK, denoising_end=0.5), r"denoising_end: inpainting"),
+        (
+            lambda p: p("a", num_inference_steps=2, denoising_end=0.01),
+            r"denoising_end=0.01 with num_inference_steps=2 leaves no step to run",
+        ),
+        (
+            lambda p: p.img2img(["a", "b", "c"], np.zeros((2, 8, 8, 4)), denoising_start=0.5),
+            r"2 latent images for 3 prompts",
+        ),
         (lambda p: p("a", guidance_rescale=2.0), r"guidance_rescale=2.0 must be in \[0, 1\]"),
         (lambda p: p("a", num_inference_steps=0), r"num_inference_steps=0"),
         (lambda p: p("a", num_images_per_prompt=0), r"num_images_per_prompt=0"),

@@ -23,6 +23,8 @@ converts the combination to eps with the current sample; PLMS (Liu et al. 2022) 
 combine eps. The two agree for eps models only, so PNDM is compared on eps models.
 """
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,7 @@ from sd_parity import (
     CASES,
     FLIPPED,
     PROMPTS,
+    assert_misses,
     assert_parity,
     common,
     diffusers_run,
@@ -65,26 +68,37 @@ def test_image_output_is_the_decoded_latent_output(sd_folders):
 
 
 @pytest.mark.parametrize(
-    ("case", "prediction", "guidance", "rescale"),
+    ("case", "prediction", "guidance", "rescale", "clip_skip"),
     [
-        ("ddim", "v_prediction", 5.0, 0.7),
-        ("euler", "epsilon", 5.0, 0.5),
-        ("unipc", "epsilon", 1.0, 0),
+        ("ddim", "v_prediction", 5.0, 0.7, 0),
+        ("euler", "epsilon", 5.0, 0.5, 1),
+        ("unipc", "epsilon", 1.0, 0, 1),
     ],
 )
-def test_guidance_rescale_and_no_guidance_match_diffusers(
-    sd_folders, case, prediction, guidance, rescale
+def test_guidance_rescale_clip_skip_and_no_guidance_match_diffusers(
+    sd_folders, case, prediction, guidance, rescale, clip_skip
 ):
     """Guidance rescale acts on the network output as in diffusers; guidance <= 1 runs the
-    conditional model alone (the negative prompt is ignored), as diffusers does. Guidance x 1.1
-    misses (without guidance, 5% more initial noise: guidance > 1 would be another program)."""
+    conditional model alone (the negative prompt is ignored), as diffusers does; `clip_skip`
+    reads the prompts (not the negative ones) a layer earlier, as diffusers does. Guidance x 1.1
+    misses (without guidance, 5% more initial noise: guidance > 1 would be another program), and
+    so does the run without the skip."""
     folder = sd_folders[prediction]
     pipe = reference("StableDiffusionPipeline", folder, case, prediction)
     settings = dict(common(), guidance_scale=guidance, guidance_rescale=rescale)
+    if clip_skip:
+        settings["clip_skip"] = clip_skip
+        # diffusers reads `text_encoder.text_model.final_layer_norm`, which transformers 5's
+        # CLIPTextModel (its modules one level up) lacks: point it at the model's own norm.
+        encoder = pipe.text_encoder
+        encoder.text_model = types.SimpleNamespace(final_layer_norm=encoder.final_layer_norm)
     want = diffusers_run(pipe, PROMPTS, latents=noise(), **settings)
     wrong = dict(guidance_scale=1.1 * guidance) if guidance > 1 else more_noise()
     options = dict(jaxdiff_options(case), **settings)
     assert_parity(want, folder, "__call__", PROMPTS, wrong=wrong, **options)
+    if clip_skip:
+        options["clip_skip"] = 0
+        assert_misses(jaxdiff_run(folder, "__call__", PROMPTS, **options), want)
 
 
 @pytest.mark.parametrize(("case", "prediction"), ALTERNATING)

@@ -204,6 +204,12 @@ def test_network_conditioning_matches_diffusers(sampler, config_name, n):
         np.testing.assert_array_equal(np.round(t), timesteps[: t.shape[0]])
     else:
         np.testing.assert_allclose(t, timesteps[: t.shape[0]], rtol=0, atol=2e-3)
+    # The timesteps `denoising_end` / `denoising_start` cut are diffusers' own (a Karras grid's
+    # fractional ones found from its sigmas as diffusers does, to 2e-3).
+    atol = 2e-3 if "karras" in config_name and not grid.integer_timesteps else 0
+    want = timesteps[: grid.timesteps.shape[0]]
+    np.testing.assert_allclose(grid.timesteps, want, rtol=0, atol=atol)
+    assert grid.timesteps.shape[0] == grid.sigmas.shape[0] - 1
 
 
 @pytest.mark.parametrize(("sampler", "config_name", "n"), _cases())

@@ -84,8 +84,9 @@ def _jaxdiff_run(pipe, method: str, *args, **kwargs):
     return latents, pipe.decode(latents)
 
 
-# The second text encoder's own prompts, diffusers' `prompt_2` and `negative_prompt_2`.
-SECOND_PROMPTS = {"prompt_2": ["a blue dog", "red sun"], "negative_prompt_2": "cat"}
+# The second text encoder's own prompts, diffusers' `prompt_2` and `negative_prompt_2`, and the
+# prompts read a layer further down (`clip_skip`; the negative prompts are not).
+SECOND_PROMPTS = {"prompt_2": ["a blue dog", "red sun"], "negative_prompt_2": "cat", "clip_skip": 1}
 
 
 @pytest.mark.parametrize(
@@ -116,8 +117,9 @@ def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, 
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **wrong), want)
     other_sizes = dict(ours, original_size=(16, 16), crops_coords_top_left=(0, 0))
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **other_sizes), want)
-    for name in second:  # each of the second encoder's prompts reaches it
-        assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **dict(ours, **{name: None})), want)
+    for name in second:  # each of the second encoder's prompts reaches it; so does the skip
+        without = dict(ours, **{name: 0 if name == "clip_skip" else None})
+        assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **without), want)
 
 
 def test_base_img2img_with_negative_sizes_matches_diffusers(folders, monkeypatch):
@@ -179,6 +181,38 @@ def test_the_refiner_matches_diffusers_img2img(folders, monkeypatch):
     assert_close(_jaxdiff_run(pipe, "img2img", PROMPTS, images, **ours), want)
     wrong = dict(ours, aesthetic_score=2.0)
     assert_misses(_jaxdiff_run(pipe, "img2img", PROMPTS, images, **wrong), want)
+
+
+def test_the_base_hands_its_noisy_latents_to_the_refiner_as_diffusers(folders):
+    """diffusers' ensemble of experts: the base stops at `denoising_end` and returns its noisy
+    state, from which the refiner starts at `denoising_start`. The Euler family holds `x`,
+    DPM-Solver++ the VP state `x / sqrt(1 + sigma^2)`: a refiner of each kind takes the Euler
+    base's latents. The base without the cut misses, and so does a refiner cut elsewhere."""
+    import diffusers
+
+    base = diffusers.StableDiffusionXLPipeline.from_pretrained(folders["base"])
+    base.scheduler = diffusers.EulerDiscreteScheduler.from_config(SCHEDULER)
+    settings = dict(num_inference_steps=STEPS, guidance_scale=5.0, **SIZES)
+    want = diffusers_run(base, PROMPTS, latents=_noise(), denoising_end=0.6, **settings)
+    pipe = StableDiffusionXL.from_pretrained(folders["base"])
+    ours = dict(settings, sampler="euler", latents=_noise().permute(0, 2, 3, 1))
+    assert_close(_jaxdiff_run(pipe, "__call__", PROMPTS, denoising_end=0.6, **ours), want)
+    assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **ours), want)
+    handed = want[0]  # [2, 8, 8, 4]
+    reference = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folders["refiner"])
+    refiner = StableDiffusionXL.from_pretrained(folders["refiner"])
+    settings = dict(num_inference_steps=STEPS, guidance_scale=5.0, aesthetic_score=7.0)
+    for sampler, scheduler in [
+        ("euler", diffusers.EulerDiscreteScheduler),
+        ("dpmpp_2m", diffusers.DPMSolverMultistepScheduler),
+    ]:
+        reference.scheduler = scheduler.from_config(SCHEDULER)
+        image = torch.from_numpy(np.ascontiguousarray(handed)).permute(0, 3, 1, 2)
+        want = diffusers_run(reference, PROMPTS, image=image, denoising_start=0.6, **settings)
+        ours = dict(settings, sampler=sampler, denoising_start=0.6)
+        assert_close(_jaxdiff_run(refiner, "img2img", PROMPTS, handed, **ours), want)
+    elsewhere = dict(ours, denoising_start=0.3)
+    assert_misses(_jaxdiff_run(refiner, "img2img", PROMPTS, handed, **elsewhere), want)
 
 
 def test_an_sdxl_folder_is_refused_by_the_sd_pipeline_and_back(folders, sd_folders):
