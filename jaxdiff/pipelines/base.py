@@ -378,8 +378,12 @@ class Pipeline(abc.ABC):
     ) -> np.ndarray | list:
         """Images for `prompt` starting from `image` (one, or one per prompt) noised to the
         level `strength` (default: `mode_defaults`, 0.8) of the way up the schedule (SDEdit,
-        Meng et al. 2022): the last `int(num_inference_steps * strength)` steps are run. Other
-        arguments as `__call__`."""
+        Meng et al. 2022): the last `int(num_inference_steps * strength)` steps are run.
+        `image` may be latents (float `[N, h, w, c]` with the latent channels, N one, one per
+        prompt or one per image made), as diffusers takes 4-channel images. With
+        `denoising_start` the run starts at that cut of the schedule from the image's latents
+        as they are (no noise, `strength` unused): the noisy state another pipeline's
+        `denoising_end` returned (see `_run`). Other arguments as `__call__`."""
         self._require_channels("img2img", self.latent_channels)
         extra = self._conditioning_arguments(sampling)
         return self._generate(
@@ -483,13 +487,14 @@ class Pipeline(abc.ABC):
         if mode != "text":
             require(0.0 < strength <= 1.0, f"strength={strength} must be in (0, 1]")
             factor = 1 if latent_images else self.vae_scale_factor
-            if latent_images:  # [N, h, w, c]
-                images = image_io.latent_batch(image, prompts, self.latent_channels)
+            if latent_images:  # [N, h, w, c], or already one per image made
+                images = image_io.latent_batch(image, prompts, self.latent_channels, repeat)
             else:
                 images = image_io.image_batch(image, prompts, self.vae_scale_factor)
             if mask is not None:
                 masks = np.repeat(image_io.mask_batch(mask, images), repeat, axis=0)  # [B, H, W, 1]
-            images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3] (or latents)
+            if images.shape[0] != count:
+                images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3] (or latents)
             latent_size = (images.shape[1] // factor, images.shape[2] // factor)
         size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
         conditioning = self.conditioning(extra, mode, prompts, repeat, size)
@@ -544,12 +549,14 @@ class Pipeline(abc.ABC):
         return image_io.to_output(out, sampling.output_type)
 
     def _are_latents(self, image: Any) -> bool:
-        """Whether img2img's `image` is latents `[N, h, w, c]` (or `[h, w, c]`) with the
-        pipeline's latent channels (diffusers' rule for 4-channel images), not pixels."""
+        """Whether img2img's `image` is latents: a float array `[N, h, w, c]` (or `[h, w, c]`)
+        with the pipeline's latent channels (diffusers' rule for 4-channel images), not
+        pixels."""
         channels = self.latent_channels
         return (
             channels != 3
             and isinstance(image, np.ndarray | jax.Array)
+            and jnp.issubdtype(image.dtype, jnp.floating)  # not an RGBA picture's bytes
             and image.ndim in (3, 4)
             and image.shape[-1] == channels
         )
@@ -574,6 +581,7 @@ class Pipeline(abc.ABC):
             f"denoising_end / denoising_start cut diffusers' training timesteps; "
             f"{type(self).__name__}'s grid has none",
         )
+        _check_cut_sampler(sampling, end is not None)
         n = grid.sigmas.shape[0] - 1
         train_steps = self.diffusion.process.num_train_timesteps
 
@@ -586,9 +594,10 @@ class Pipeline(abc.ABC):
             """The factor from `x` to the state a diffusers scheduler holds at `sigma`."""
             return float(self.diffusion.process.c_in(jnp.float32(sigma))) if grid.vp_state else 1.0
 
-        first = n + 1 - _run_sigmas(grid.sigmas, strength, mode).shape[0]
         start_std = grid.start_std
-        if begin is not None:
+        if begin is None:
+            first = n + 1 - _run_sigmas(grid.sigmas, strength, mode).shape[0]
+        else:
             first = steps_above(begin)
             require(
                 first < n,
@@ -604,6 +613,38 @@ class Pipeline(abc.ABC):
             )
             end_scale = grid.end_scale if last == n else state_scale(grid.sigmas[last])
         return grid.sigmas[first : last + 1], start_std, end_scale
+
+
+# Samplers whose run on a cut grid takes the steps diffusers takes on it: `denoising_end` needs
+# steps that do not look at where the run ends (no lower order before the end but into 0), and
+# `denoising_start` needs steps of one model evaluation (diffusers cuts a second-order
+# scheduler's duplicated timesteps differently) that start afresh (PNDM does not honour the
+# start).
+CUT_END_SAMPLERS = ("ddim", "ddpm", "euler", "euler_ancestral", "lms", "ipndm", "dpmpp_2m")
+CUT_END_SAMPLERS += ("dpmpp_2m_sde",)
+CUT_START_REFUSED = ("plms", "pndm")
+
+
+def _check_cut_sampler(sampling: Sampling, cut_end: bool) -> None:
+    """A one-line error for a sampler whose cut run would not be diffusers' (see above)."""
+    name = sampling.sampler
+    if cut_end:
+        require(
+            name in CUT_END_SAMPLERS,
+            f"denoising_end with sampler {name!r}, whose last steps depend on where the run "
+            f"ends; accepted: {', '.join(CUT_END_SAMPLERS)}",
+        )
+        require(
+            not (sampling.sampler_options or {}).get("lower_order_final"),
+            "denoising_end with lower_order_final=True: the cut run's last step is not the "
+            "schedule's; leave lower_order_final off",
+        )
+    else:
+        require(
+            samplers.evals_per_step(name) == 1 and name not in CUT_START_REFUSED,
+            f"denoising_start with sampler {name!r}; accepted: samplers of one model "
+            "evaluation per step but plms and pndm",
+        )
 
 
 def _run_sigmas(sigmas: np.ndarray, strength: float, mode: str) -> np.ndarray:
@@ -710,8 +751,10 @@ def compiled_loop(settings: LoopSettings) -> Callable:
             both = family.encode_prompts(networks, jnp.concatenate([ids, negative_ids]))
             context = jax.tree.map(lambda a: a[:count], both)  # [B, T, D] leaves
             uncontext = jax.tree.map(lambda a: a[count:], both)
-        else:
+        elif skip:
             context = uncontext = family.encode_prompts(networks, ids, skip)
+        else:
+            context = uncontext = family.encode_prompts(networks, ids)
         split = jax.vmap(_split)(keys)  # [B, 4]
         per_image: dict[str, Any] = {
             "noise": noise,

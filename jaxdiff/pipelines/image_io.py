@@ -72,8 +72,10 @@ def image_batch(image: Any, count: int, factor: int) -> np.ndarray:
     return np.broadcast_to(images * 2.0 - 1.0, (count, *images.shape[1:]))
 
 
-def latent_batch(latents: Any, count: int, channels: int) -> np.ndarray:
-    """One latent image or `count` of them -> `[count, h, w, channels]` float32, as given."""
+def latent_batch(latents: Any, count: int, channels: int, repeat: int = 1) -> np.ndarray:
+    """One latent image, `count` (one per prompt) or `count * repeat` of them (one per image
+    made, as a pipeline with `num_images_per_prompt=repeat` returns them) -> `[count, h, w,
+    channels]` or `[count * repeat, h, w, channels]` float32, as given."""
     array = np.asarray(latents, np.float32)
     array = array[None] if array.ndim == 3 else array
     require(
@@ -81,11 +83,14 @@ def latent_batch(latents: Any, count: int, channels: int) -> np.ndarray:
         f"latents of shape {array.shape}; accepted: finite [h, w, {channels}] or "
         f"[N, h, w, {channels}]",
     )
+    accepted = sorted({1, count, count * repeat})
     require(
-        array.shape[0] in (1, count),
-        f"{array.shape[0]} latent images for {count} prompts; give one or one per prompt",
+        array.shape[0] in accepted,
+        f"{array.shape[0]} latent images for {count} prompts x {repeat} images; accepted: "
+        f"{' or '.join(map(str, accepted))}",
     )
-    return np.broadcast_to(array, (count, *array.shape[1:]))
+    rows = count if array.shape[0] == 1 else array.shape[0]
+    return np.broadcast_to(array, (rows, *array.shape[1:]))
 
 
 def mask_batch(mask: Any, images: np.ndarray) -> np.ndarray:

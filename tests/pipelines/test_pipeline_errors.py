@@ -62,7 +62,28 @@ def _raises(match: str):
         ),
         (
             lambda p: p.img2img(["a", "b", "c"], np.zeros((2, 8, 8, 4)), denoising_start=0.5),
-            r"2 latent images for 3 prompts",
+            r"2 latent images for 3 prompts x 1 images; accepted: 1 or 3",
+        ),
+        (
+            lambda p: p("a", sampler="unipc", denoising_end=0.5),
+            r"denoising_end with sampler 'unipc', whose last steps depend on where the run",
+        ),
+        (
+            lambda p: p(
+                "a",
+                sampler="dpmpp_2m",
+                sampler_options={"lower_order_final": True},
+                denoising_end=0.5,
+            ),
+            r"denoising_end with lower_order_final=True",
+        ),
+        (
+            lambda p: p.img2img("a", np.zeros((8, 8, 4)), sampler="heun", denoising_start=0.5),
+            r"denoising_start with sampler 'heun'; accepted: samplers of one model evaluation",
+        ),
+        (
+            lambda p: p.img2img("a", np.zeros((16, 16, 4), np.uint8)),
+            r"image of shape \(1, 16, 16, 4\)",
         ),
         (lambda p: p("a", guidance_rescale=2.0), r"guidance_rescale=2.0 must be in \[0, 1\]"),
         (lambda p: p("a", num_inference_steps=0), r"num_inference_steps=0"),

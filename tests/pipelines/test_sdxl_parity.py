@@ -209,7 +209,7 @@ def test_the_base_hands_its_noisy_latents_to_the_refiner_as_diffusers(folders):
         reference.scheduler = scheduler.from_config(SCHEDULER)
         image = torch.from_numpy(np.ascontiguousarray(handed)).permute(0, 3, 1, 2)
         want = diffusers_run(reference, PROMPTS, image=image, denoising_start=0.6, **settings)
-        ours = dict(settings, sampler=sampler, denoising_start=0.6)
+        ours = dict(settings, sampler=sampler, denoising_start=0.6, strength=0.1)  # unused
         assert_close(_jaxdiff_run(refiner, "img2img", PROMPTS, handed, **ours), want)
     elsewhere = dict(ours, denoising_start=0.3)
     assert_misses(_jaxdiff_run(refiner, "img2img", PROMPTS, handed, **elsewhere), want)
