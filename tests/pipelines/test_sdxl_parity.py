@@ -186,8 +186,9 @@ def test_the_refiner_matches_diffusers_img2img(folders, monkeypatch):
 def test_the_base_hands_its_noisy_latents_to_the_refiner_as_diffusers(folders):
     """diffusers' ensemble of experts: the base stops at `denoising_end` and returns its noisy
     state, from which the refiner starts at `denoising_start`. The Euler family holds `x`,
-    DPM-Solver++ the VP state `x / sqrt(1 + sigma^2)`: a refiner of each kind takes the Euler
-    base's latents. The base without the cut misses, and so does a refiner cut elsewhere."""
+    DPM-Solver++ the VP state `x / sqrt(1 + sigma^2)`: a base of each kind stops, and a refiner
+    of each kind takes the Euler base's latents. The base without the cut misses, and so does a
+    refiner cut elsewhere."""
     import diffusers
 
     base = diffusers.StableDiffusionXLPipeline.from_pretrained(folders["base"])
@@ -199,6 +200,10 @@ def test_the_base_hands_its_noisy_latents_to_the_refiner_as_diffusers(folders):
     assert_close(_jaxdiff_run(pipe, "__call__", PROMPTS, denoising_end=0.6, **ours), want)
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **ours), want)
     handed = want[0]  # [2, 8, 8, 4]
+    base.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(SCHEDULER)
+    vp = diffusers_run(base, PROMPTS, latents=_noise(), denoising_end=0.6, **settings)
+    ours_vp = dict(ours, sampler="dpmpp_2m", denoising_end=0.6)  # its VP state at the cut
+    assert_close(_jaxdiff_run(pipe, "__call__", PROMPTS, **ours_vp), vp)
     reference = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folders["refiner"])
     refiner = StableDiffusionXL.from_pretrained(folders["refiner"])
     settings = dict(num_inference_steps=STEPS, guidance_scale=5.0, aesthetic_score=7.0)
