@@ -156,6 +156,7 @@ VAE_CONFIGS = {
 PIPELINE_UNET = {**UNET_CONFIGS["sd1"], "layers_per_block": 1}
 PIPELINE_VAE = {**VAE_CONFIGS["sd"], "layers_per_block": 1}
 
+END_OF_TEXT = 54  # write_tokenizer's end-of-text id
 CLIP_BASE = dict(
     vocab_size=60,
     hidden_size=32,
@@ -167,11 +168,11 @@ CLIP_BASE = dict(
 CLIP_CONFIGS = {
     # OpenAI CLIP (SD 1.x): quick_gelu, legacy eos id 2 (pooled at the largest id).
     "quick_gelu": ("CLIPTextModel", dict(hidden_act="quick_gelu", eos_token_id=2)),
-    # OpenCLIP (SD 2.x): exact gelu, pooled at the first end-of-text id.
-    "gelu": ("CLIPTextModel", dict(hidden_act="gelu", eos_token_id=50)),
+    # OpenCLIP (SD 2.x): exact gelu, pooled at the first end-of-text id (write_tokenizer's).
+    "gelu": ("CLIPTextModel", dict(hidden_act="gelu", eos_token_id=END_OF_TEXT)),
     "projection": (
         "CLIPTextModelWithProjection",
-        dict(hidden_act="quick_gelu", eos_token_id=50, projection_dim=20),
+        dict(hidden_act="quick_gelu", eos_token_id=END_OF_TEXT, projection_dim=20),
     ),
 }
 
@@ -403,12 +404,17 @@ def build_clip(name: str):
     return model
 
 
-def write_tokenizer(directory: Path, max_length: int = 16) -> None:
+def write_tokenizer(
+    directory: Path, max_length: int = 16, pad_token: str = "<|endoftext|>"
+) -> None:
     """A CLIP BPE tokenizer folder as Stable Diffusion ships it (vocab.json, merges.txt,
-    tokenizer_config.json): single letters, one merge, start / end of text."""
+    tokenizer_config.json): single letters, one merge, start / end of text (id `END_OF_TEXT`),
+    padded with the end of text or, as SDXL's second tokenizer, with `pad_token="!"`."""
     directory.mkdir(parents=True, exist_ok=True)
     letters = list(string.ascii_lowercase)
     tokens = [*letters, *(c + "</w>" for c in letters), "re", "<|startoftext|>", "<|endoftext|>"]
+    tokens += [pad_token] if pad_token not in tokens else []
+    assert tokens.index("<|endoftext|>") == END_OF_TEXT
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (directory / "merges.txt").write_text("#version: 0.2\nr e\n")
     (directory / "tokenizer_config.json").write_text(
@@ -419,7 +425,7 @@ def write_tokenizer(directory: Path, max_length: int = 16) -> None:
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad_token,
             }
         )
     )

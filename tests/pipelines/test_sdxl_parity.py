@@ -47,9 +47,10 @@ def folders(tmp_path_factory) -> dict:
 
     first, second = sdxl_text_encoders()
     base_dir, refiner_dir = tmp_path_factory.mktemp("sdxl"), tmp_path_factory.mktemp("refiner")
-    for name in ("tokenizer", "tokenizer_2"):
-        write_tokenizer(base_dir / name)
+    write_tokenizer(base_dir / "tokenizer")
+    write_tokenizer(base_dir / "tokenizer_2", pad_token="!")  # as SDXL's second tokenizer
     tokenizers = [CLIPTokenizer.from_pretrained(base_dir / n) for n in ("tokenizer", "tokenizer_2")]
+    assert tokenizers[0].pad_token_id != tokenizers[1].pad_token_id
     vae = near_deterministic_vae()
     scheduler = diffusers.EulerDiscreteScheduler.from_config(SCHEDULER)
     diffusers.StableDiffusionXLPipeline(
