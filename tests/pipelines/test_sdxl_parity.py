@@ -76,8 +76,8 @@ def folders(tmp_path_factory) -> dict:
     return {"base": base_dir, "refiner": refiner_dir}
 
 
-def _noise(scale: float = 1.0) -> torch.Tensor:
-    return scale * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+def _noise(scale: float = 1.0, count: int = 2) -> torch.Tensor:
+    return scale * torch.randn(count, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
 def _jaxdiff_run(pipe, method: str, *args, **kwargs):
@@ -91,13 +91,17 @@ SECOND_PROMPTS = {"prompt_2": ["a blue dog", "red sun"], "negative_prompt_2": "c
 
 
 @pytest.mark.parametrize(
-    ("sampler", "scheduler", "negative", "rescale", "second"),
+    ("sampler", "scheduler", "negative", "rescale", "second", "per_prompt"),
     [
-        ("euler", "EulerDiscreteScheduler", None, 0.0, {}),  # zero negative conditioning
-        ("dpmpp_2m", "DPMSolverMultistepScheduler", ["dog", ""], 0.7, SECOND_PROMPTS),
+        # Zero negative conditioning; two images per prompt (diffusers' order: the first
+        # prompt's, then the second's).
+        ("euler", "EulerDiscreteScheduler", None, 0.0, {}, 2),
+        ("dpmpp_2m", "DPMSolverMultistepScheduler", ["dog", ""], 0.7, SECOND_PROMPTS, 1),
     ],
 )
-def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, rescale, second):
+def test_text_to_image_matches_diffusers(
+    folders, sampler, scheduler, negative, rescale, second, per_prompt
+):
     import diffusers
 
     reference = diffusers.StableDiffusionXLPipeline.from_pretrained(folders["base"])
@@ -107,14 +111,16 @@ def test_text_to_image_matches_diffusers(folders, sampler, scheduler, negative, 
         num_inference_steps=STEPS,
         guidance_scale=5.0,
         guidance_rescale=rescale,
+        num_images_per_prompt=per_prompt,
         **SIZES,
         **second,
     )
-    want = diffusers_run(reference, PROMPTS, latents=_noise(), **settings)
+    count = len(PROMPTS) * per_prompt
+    want = diffusers_run(reference, PROMPTS, latents=_noise(count=count), **settings)
     pipe = StableDiffusionXL.from_pretrained(folders["base"])
-    ours = dict(settings, sampler=sampler, latents=_noise().permute(0, 2, 3, 1))
+    ours = dict(settings, sampler=sampler, latents=_noise(count=count).permute(0, 2, 3, 1))
     assert_close(_jaxdiff_run(pipe, "__call__", PROMPTS, **ours), want)
-    wrong = dict(ours, latents=_noise(1.05).permute(0, 2, 3, 1))
+    wrong = dict(ours, latents=_noise(1.05, count).permute(0, 2, 3, 1))
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **wrong), want)
     other_sizes = dict(ours, original_size=(16, 16), crops_coords_top_left=(0, 0))
     assert_misses(_jaxdiff_run(pipe, "__call__", PROMPTS, **other_sizes), want)
