@@ -1,5 +1,5 @@
-"""The ``jaxdiff`` command: ``train``, ``sample``, ``compare-samplers``, ``convert``, ``eval`` and
-``prepare-data``.
+"""The ``jaxdiff`` command: ``train``, ``sample``, ``upscale``, ``compare-samplers``, ``convert``,
+``eval`` and ``prepare-data``.
 
     jaxdiff train --config configs/shapes_t2i.py[:tiny] --workdir W [--config.train.steps=100 ...]
     jaxdiff train --config shapes_t2i:tiny --workdir W   # a config jaxdiff ships, by name
@@ -7,7 +7,10 @@
     jaxdiff sample --workdir W --prompt "a red circle in the center" --seed 0 --steps 20
     jaxdiff sample --pretrained stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a fox" \
         [--negative-prompt ...] [--image in.png [--strength 0.6] [--mask mask.png]] \
-        [--controlnet sd15-canny --control-image edges.png [--control-scale 0.8]]
+        [--controlnet sd15-canny --control-image edges.png [--control-scale 0.8]] \
+        [--upscale stabilityai/stable-diffusion-x4-upscaler]
+    jaxdiff upscale --pretrained stabilityai/stable-diffusion-x4-upscaler --image small.png \
+        --prompt "a fox" [--noise-level 20] [--steps 75] --out large.png
     jaxdiff compare-samplers --config configs/compare_samplers_gmm.py --out DIR
     jaxdiff compare-samplers --config configs/compare_samplers_shapes.py --workdir W --out DIR
     jaxdiff convert stable-diffusion-v1-5/stable-diffusion-v1-5 sd15-jaxdiff --to jaxdiff
@@ -145,11 +148,37 @@ def build_parser(config_help: bool = False) -> argparse.ArgumentParser:
         "(default diffusers': 1; img2img 0.8; inpaint 0.5)",
     )
     sample.add_argument(
+        "--upscale",
+        metavar="DIR",
+        help="then upscale each image 4x with this diffusers x4 upscaler folder or hub id (its "
+        "default steps and guidance, the same prompts and seed)",
+    )
+    _add_noise_level(sample)
+    sample.add_argument(
         "--out",
         help="a .png file, or a folder (one that exists or a path ending in /) for the grid "
         "(default: the folder WORKDIR/samples/, or samples/ with --pretrained)",
     )
     _add_config_help(sample, "the --workdir run's saved config")
+
+    upscale = commands.add_parser(
+        "upscale", help="upscale an image 4x, guided by a prompt (Stable Diffusion's x4 upscaler)"
+    )
+    upscale.add_argument("--pretrained", required=True, help="a diffusers x4 upscaler folder")
+    upscale.add_argument("--image", required=True, type=Path, help="the image to upscale")
+    upscale.add_argument("--prompt", required=True, help="what the image shows")
+    upscale.add_argument("--negative-prompt", help="steers away from this prompt")
+    upscale.add_argument("--seed", type=int, default=0)
+    for flag, kind, text in (
+        ("--steps", int, "sampler steps (> 0)"),
+        ("--guidance", float, "classifier-free guidance >= 0 (on when > 1)"),
+        ("--sampler", str, "a name from jaxdiff.samplers.names()"),
+    ):
+        upscale.add_argument(flag, type=kind, help=f"{text} (default: the pipeline's)")
+    _add_noise_level(upscale)
+    upscale.add_argument(
+        "--out", help="a .png file or a folder (default: samples/IMAGE_x4_seedS.png)"
+    )
 
     compare = _config_command(
         commands,
@@ -225,6 +254,14 @@ def _config_command(commands, name: str, help_text: str) -> argparse.ArgumentPar
     return parser
 
 
+def _add_noise_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--noise-level",
+        type=int,
+        help="the upscaler's noise on the image, 0 to its max_noise_level (default 20)",
+    )
+
+
 def _add_config_help(parser: argparse.ArgumentParser, source: str) -> None:
     parser.add_argument(
         "--config-help",
@@ -259,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides, rest = _split_overrides(argv)
         config_help = "--config-help" in rest
         args = build_parser(config_help).parse_args(rest)
-        if overrides and args.command in ("sample", "convert", "prepare-data"):
+        if overrides and args.command in ("sample", "upscale", "convert", "prepare-data"):
             raise UserError(f"{args.command!r} takes no config overrides, got {overrides[0]!r}")
         _quiet_read_only_checkpoints()
         if config_help:
@@ -274,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args, overrides)
         if args.command == "prepare-data":
             return _prepare_data(args)
+        if args.command == "upscale":
+            return _upscale(args)
         return _sample(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -412,6 +451,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError(f"--strength {args.strength} must be in (0, 1]")
     if args.lora and args.pretrained is None:
         raise UserError("--lora goes with --pretrained (Stable Diffusion weights)")
+    if args.noise_level is not None and args.upscale is None:
+        raise UserError("--noise-level goes with --upscale (the upscaler's noise on the image)")
     control = _control_settings(args)
     image = None if args.image is None else _read_image(args.image, "RGB", "--image")
     mask = None if args.mask is None else _read_image(args.mask, "L", "--mask")
@@ -460,8 +501,65 @@ def _sample(args: argparse.Namespace) -> int:
         strength = 1.0 if args.strength is None else args.strength
         pictures = pipe.inpaint(args.prompt, image, mask, strength=strength, **settings)
         text |= {"image": args.image, "mask": args.mask, "strength": strength}
+    if args.upscale is not None:
+        pictures = _upscaled(
+            args, pictures, [p for p in args.prompt for _ in range(args.num_images)]
+        )
+        text |= {"upscaler": args.upscale, "noise_level": args.noise_level or 20}
     grid = images.grid(images.to_uint8(pictures, (0.0, 1.0)), columns=args.num_images)
     images.save_png(out, grid, text, scale=display_scale(pictures.shape[1]))
+    print(f"wrote {out}")
+    return 0
+
+
+def _upscaled(args: argparse.Namespace, pictures: Any, prompts: list[str]) -> Any:
+    """`jaxdiff sample --upscale`: each image 4x larger, with its prompt, the same seed."""
+    from jaxdiff.pipelines import StableDiffusionUpscale
+
+    pipe = StableDiffusionUpscale.from_pretrained(args.upscale)
+    level = {} if args.noise_level is None else {"noise_level": args.noise_level}
+    return pipe(prompts, image=pictures, seed=args.seed, **level)
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    """`jaxdiff upscale`: one image 4x larger, written as a PNG that says how it was made; every
+    argument is checked before the weights are loaded."""
+    from jaxdiff import images, samplers
+    from jaxdiff.pipelines import StableDiffusionUpscale
+    from jaxdiff.pipelines.sample_png import sample_text
+
+    for flag, value, ok in (
+        ("--steps", args.steps, args.steps is None or args.steps > 0),
+        ("--guidance", args.guidance, args.guidance is None or args.guidance >= 0),
+        ("--seed", args.seed, 0 <= args.seed < 2**32),
+        ("--noise-level", args.noise_level, args.noise_level is None or args.noise_level >= 0),
+    ):
+        if not ok:
+            raise UserError(f"{flag} must be {_ACCEPTED[flag]}, got {value}")
+    if args.sampler is not None:
+        samplers.get(args.sampler)
+    out = _out_path(args.out, Path("samples") / f"{_slug(args.image.stem)}_x4_seed{args.seed}.png")
+    image = _read_image(args.image, "RGB", "--image")
+    pipe = StableDiffusionUpscale.from_pretrained(args.pretrained)
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    given |= {"sampler": args.sampler, "noise_level": args.noise_level}
+    settings = {k: v for k, v in given.items() if v is not None}
+    picture = pipe(args.prompt, args.negative_prompt, image=image, seed=args.seed, **settings)
+    used = pipe.sampling(**{k: v for k, v in settings.items() if k != "noise_level"})
+    text = {
+        "model": args.pretrained,
+        "image": args.image,
+        "noise_level": settings.get("noise_level", 20),
+        **sample_text(
+            [args.prompt],
+            args.seed,
+            used.sampler,
+            used.num_inference_steps,
+            used.guidance_scale,
+            [args.negative_prompt or ""],
+        ),
+    }
+    images.save_png(out, images.to_uint8(picture[0], (0.0, 1.0)), text)
     print(f"wrote {out}")
     return 0
 
@@ -471,6 +569,7 @@ _ACCEPTED = {
     "--guidance": ">= 0",
     "--num-images": "> 0",
     "--seed": "in [0, 2**32)",
+    "--noise-level": ">= 0",
 }
 
 

@@ -56,8 +56,9 @@ UNET_CONFIGS = {
         cross_attention_dim=32,
         norm_num_groups=8,
     ),
-    # The remaining options: first attention to the context, two transformer blocks per level
-    # (given per level), the other time-projection convention.
+    # The remaining options: first attention to the context (given per level, as the x4
+    # upscaler's), two transformer blocks per level (given per level), the other time-projection
+    # convention, a table of class embeddings (the x4 upscaler's noise level).
     "options": dict(
         block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -66,10 +67,11 @@ UNET_CONFIGS = {
         attention_head_dim=(2, 4),
         cross_attention_dim=(24, 24),
         norm_num_groups=8,
-        only_cross_attention=True,
+        only_cross_attention=(False, True),
         transformer_layers_per_block=(2, 2),
         flip_sin_to_cos=False,
         freq_shift=1,
+        num_class_embeds=7,
     ),
     # SDXL's layout: no attention at the top level, transformer depth per level, heads per level,
     # Linear projections, the pooled text and six micro-conditioning numbers added to the time
@@ -93,10 +95,13 @@ UNET_CONFIGS = {
 
 def added_conditioning(config: dict, batch: int = 2, seed: int = 2) -> dict[str, np.ndarray]:
     """An SDXL-layout UNet's `text_embeds` [B, P] and `time_ids` [B, 6] (sizes and crop
-    offsets in pixels); {} for the others."""
+    offsets in pixels), a UNet with class embeddings its `class_labels` [B]; {} for the
+    others."""
+    rng = np.random.RandomState(seed)
+    if config.get("num_class_embeds"):
+        return {"class_labels": rng.permutation(config["num_class_embeds"])[:batch]}
     if config.get("addition_embed_type") != "text_time":
         return {}
-    rng = np.random.RandomState(seed)
     width = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
     time_ids = rng.choice([0.0, 64.0, 512.0, 1024.0], (batch, 6)).astype(np.float32)
     return {"text_embeds": rng.randn(batch, width).astype(np.float32), "time_ids": time_ids}

@@ -39,6 +39,7 @@ def unet_table(arguments: dict[str, Any]) -> NameTable:
             Rule(r".+\.proj_(in|out)", "weight", "kernel", projection),
             Rule(_LINEAR, "weight", "kernel", Layout.LINEAR),
             Rule(_NORM, "weight", "scale"),
+            Rule(r"class_embedding", "weight", "embedding"),
             Rule(r".+", "bias", "bias"),
         )
     )
@@ -168,6 +169,7 @@ UNET_CONFIG = ReferenceConfig(
         "addition_embed_type",
         "addition_time_embed_dim",
         "projection_class_embeddings_input_dim",
+        "num_class_embeds",
     ),
 )
 
@@ -351,7 +353,7 @@ MMDIT_CONFIG = ReferenceConfig(
 )
 
 # diffusers lets these be one value per level; jaxdiff's UNet takes one value for all levels.
-_UNIFORM_PER_LEVEL = ("layers_per_block", "only_cross_attention", "cross_attention_dim")
+_UNIFORM_PER_LEVEL = ("layers_per_block", "cross_attention_dim")
 
 
 def _uniform_arguments(

@@ -2,6 +2,7 @@
 
     model_index.json   unet/  vae/  text_encoder/  tokenizer/  scheduler/
                        text_encoder_2/  tokenizer_2/      (SDXL; its refiner has these only)
+                       low_res_scheduler/                 (the x4 upscaler)
 
 Each network folder is read by `from_diffusers`, or by `jaxdiff.convert.native` when it was
 converted with `jaxdiff convert --to jaxdiff`; the tokenizer by transformers; the scheduler config
@@ -34,7 +35,8 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 @dataclasses.dataclass
 class PipelineComponents:
-    """The parts of a text-to-image model; `scheduler_config` is scheduler/scheduler_config.json."""
+    """The parts of a text-to-image model; `scheduler_config` is scheduler/scheduler_config.json
+    (`low_res_scheduler_config` the x4 upscaler's low_res_scheduler/scheduler_config.json)."""
 
     unet: nnx.Module
     vae: nnx.Module
@@ -44,6 +46,7 @@ class PipelineComponents:
     model_index: dict[str, Any]
     text_encoder_2: nnx.Module | None = None  # SDXL's
     tokenizer_2: Any = None
+    low_res_scheduler_config: dict[str, Any] | None = None
 
 
 def network_patterns(folder: str, variant: str | None) -> list[str]:
@@ -65,7 +68,8 @@ def network_patterns(folder: str, variant: str | None) -> list[str]:
 def hub_patterns(variant: str | None) -> list[str]:
     """The files of a hub model the components need: the networks' (`network_patterns`), the
     tokenizer and the scheduler."""
-    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
+    patterns = ["model_index.json", "scheduler/*", "low_res_scheduler/*", "tokenizer/*"]
+    patterns += ["tokenizer_2/*"]
     for network in (*NETWORKS, "text_encoder_2"):
         patterns += network_patterns(network, variant)
     return patterns
@@ -151,9 +155,13 @@ def read_model_index(directory: Path) -> dict[str, Any]:
 
 def model_networks(directory: Path) -> tuple[list[str], list[str]]:
     """The network folders of a checked model folder (`read_model_index`), and the folders
-    copied as they are (tokenizers, scheduler)."""
+    copied as they are (tokenizers, then the schedulers)."""
     pairs = [pair for pair in TEXT_PAIRS if (directory / pair[0]).is_dir()]
-    return ["unet", "vae", *(p[0] for p in pairs)], [*(p[1] for p in pairs), "scheduler"]
+    schedulers = [
+        "scheduler",
+        *(["low_res_scheduler"] * (directory / "low_res_scheduler").is_dir()),
+    ]
+    return ["unet", "vae", *(p[0] for p in pairs)], [*(p[1] for p in pairs), *schedulers]
 
 
 def load_pipeline_components(
@@ -192,11 +200,13 @@ def load_pipeline_components(
         parts[name] = load_network(
             directory / name, dtype=dtype, param_dtype=param_dtype, variant=variant
         )
-    for name in copied[:-1]:
-        parts[name] = AutoTokenizer.from_pretrained(directory / name)
-    scheduler_path = directory / "scheduler" / "scheduler_config.json"
-    if not scheduler_path.is_file():
-        raise UserError(f"{directory} has no scheduler/scheduler_config.json")
-    return PipelineComponents(
-        **parts, scheduler_config=read_json_object(scheduler_path), model_index=model_index
-    )
+    for name in copied:
+        if name.startswith("tokenizer"):
+            parts[name] = AutoTokenizer.from_pretrained(directory / name)
+    configs = {}
+    for name in ("scheduler", "low_res_scheduler"):
+        path = directory / name / "scheduler_config.json"
+        if name in copied and not path.is_file():
+            raise UserError(f"{directory} has no {name}/scheduler_config.json")
+        configs[f"{name}_config"] = read_json_object(path) if name in copied else None
+    return PipelineComponents(**parts, **configs, model_index=model_index)

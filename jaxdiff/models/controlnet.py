@@ -92,7 +92,7 @@ class ControlNet(UNetEncoder):
         freq_shift: int = 0,
         use_linear_projection: bool = False,
         upcast_attention: bool = False,
-        only_cross_attention: bool = False,
+        only_cross_attention: bool | Sequence[bool] = False,
         transformer_layers_per_block: int | Sequence[int] = 1,
         conditioning_channels: int = 3,
         conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256),

@@ -252,19 +252,23 @@ class UNetEncoder(nnx.Module):
         freq_shift: int,
         use_linear_projection: bool,
         upcast_attention: bool,
-        only_cross_attention: bool,
+        only_cross_attention: bool | Sequence[bool],
         transformer_layers_per_block: int | Sequence[int],
         remat: bool,
         dtype: DTypeLike,
         param_dtype: DTypeLike,
         rngs: nnx.Rngs,
-    ) -> tuple[ResnetFactory, TransformerFactory, list[int], list[int]]:
-        """Builds the shared modules; returns the resnet and transformer factories, and the heads
-        and transformer depths of each level, for the modules a subclass adds."""
+    ) -> tuple[ResnetFactory, TransformerFactory, list[int], list[int], list[bool]]:
+        """Builds the shared modules; returns the resnet and transformer factories, and the heads,
+        transformer depths and `only_cross_attention` of each level, for the modules a subclass
+        adds."""
         levels = len(block_out_channels)
         heads = _per_level("attention_head_dim", attention_head_dim, block_out_channels)
         depths = _per_level(
             "transformer_layers_per_block", transformer_layers_per_block, block_out_channels
+        )
+        cross_only = _per_level_flag(
+            "only_cross_attention", only_cross_attention, block_out_channels
         )
         _check_block_types("down_block_types", down_block_types, DOWN_BLOCK_TYPES, levels)
         self.dtype = dtype
@@ -303,9 +307,7 @@ class UNetEncoder(nnx.Module):
             )
             if block_type == "CrossAttnDownBlock2D":
                 level = functools.partial(transformer, num_layers=depths[i])
-                down_blocks.append(
-                    CrossAttnDownBlock2D(*args, level, heads[i], only_cross_attention)
-                )
+                down_blocks.append(CrossAttnDownBlock2D(*args, level, heads[i], cross_only[i]))
             else:
                 down_blocks.append(DownBlock2D(*args))
         self.down_blocks = nnx.List(down_blocks)
@@ -316,7 +318,7 @@ class UNetEncoder(nnx.Module):
             heads[-1],
         )
         self.time_embed_dim = time_embed_dim
-        return resnet, transformer, heads, depths
+        return resnet, transformer, heads, depths, cross_only
 
     def _check_size(self, x: jax.Array) -> None:
         _, height, width, _ = x.shape
@@ -363,7 +365,8 @@ class UNet(UNetEncoder):
       flip_sin_to_cos, freq_shift: the sinusoidal time projection (SD: True, 0).
       use_linear_projection: transformers project in/out with Linear instead of 1x1 convs (SD 2).
       upcast_attention: attention products in float32 (SD 2.1).
-      only_cross_attention: each transformer's first attention also attends to the context.
+      only_cross_attention: each transformer's first attention also attends to the context; one
+        bool or one per level (the x4 upscaler: True, True, True, False). Never in the mid block.
       transformer_layers_per_block: transformer blocks inside each spatial transformer; one int
         or one per level (SDXL: 1, 2, 10). The mid block uses the last level's; up blocks mirror.
       addition_embed_type: None, or "text_time" (SDXL): `add_time_proj` (sinusoidal,
@@ -371,6 +374,9 @@ class UNet(UNetEncoder):
         (an MLP from the pooled text embedding and those, `projection_class_embeddings_input_dim`
         wide in all) add to the time embedding; the call then takes `text_embeds` and
         `time_ids`.
+      num_class_embeds: None, or the size of a table of class embeddings (`class_embedding`)
+        added to the time embedding; the call then takes `class_labels` (the x4 upscaler's
+        noise level).
       sample_size: the latent size the weights were trained at (pipelines' default image size is
         this times the autoencoder's factor), or None; the computation does not use it.
       remat: recompute each block's activations in the backward pass instead of keeping them
@@ -394,11 +400,12 @@ class UNet(UNetEncoder):
         freq_shift: int = 0,
         use_linear_projection: bool = False,
         upcast_attention: bool = False,
-        only_cross_attention: bool = False,
+        only_cross_attention: bool | Sequence[bool] = False,
         transformer_layers_per_block: int | Sequence[int] = 1,
         addition_embed_type: str | None = None,
         addition_time_embed_dim: int | None = None,
         projection_class_embeddings_input_dim: int | None = None,
+        num_class_embeds: int | None = None,
         sample_size: int | None = None,
         remat: bool = False,
         dtype: DTypeLike = jnp.float32,
@@ -407,7 +414,7 @@ class UNet(UNetEncoder):
         rngs: nnx.Rngs,
     ):
         self.architecture = architecture(locals())
-        resnet, transformer, heads, depths = self._build_encoder(
+        resnet, transformer, heads, depths, cross_only = self._build_encoder(
             **encoder_arguments(locals()),
             remat=remat,
             dtype=dtype,
@@ -435,12 +442,19 @@ class UNet(UNetEncoder):
                 "'text_time'"
             )
         self.add_time_proj, self.add_embedding = add_time_proj, add_embedding
+        class_embedding = None
+        if num_class_embeds is not None:
+            if not isinstance(num_class_embeds, int) or num_class_embeds < 1:
+                raise UserError(f"num_class_embeds={num_class_embeds!r}; accepted: None or >= 1")
+            class_embedding = nnx.Embed(num_class_embeds, self.time_embed_dim, **kw)
+        self.class_embedding = class_embedding
         upsample = functools.partial(Upsample2D, **kw)
 
         up_blocks: list[UpBlock2D] = []
         reversed_channels = list(reversed(block_out_channels))
         reversed_heads = list(reversed(heads))
         reversed_depths = list(reversed(depths))
+        reversed_cross_only = list(reversed(cross_only))
         out_ch = reversed_channels[0]
         for i, block_type in enumerate(up_block_types):
             prev_ch, out_ch = out_ch, reversed_channels[i]
@@ -449,7 +463,7 @@ class UNet(UNetEncoder):
             if block_type == "CrossAttnUpBlock2D":
                 level = functools.partial(transformer, num_layers=reversed_depths[i])
                 up_blocks.append(
-                    CrossAttnUpBlock2D(*args, level, reversed_heads[i], only_cross_attention)
+                    CrossAttnUpBlock2D(*args, level, reversed_heads[i], reversed_cross_only[i])
                 )
             else:
                 up_blocks.append(UpBlock2D(*args))
@@ -470,13 +484,15 @@ class UNet(UNetEncoder):
         *,
         text_embeds: jax.Array | None = None,
         time_ids: jax.Array | None = None,
+        class_labels: jax.Array | None = None,
     ) -> jax.Array:
         """x [B, H, W, Cin], timesteps [B] or [] (broadcast), context [B, T, D] -> [B, H, W, Cout].
 
         A ControlNet's residuals (`ControlNet.__call__`) are added to the skip activations (one
         per skip, conv_in's first) and to the mid block's output. A "text_time" UNet (SDXL)
         takes the pooled text embedding `text_embeds` [B, P] and the micro-conditioning
-        `time_ids` [B, K] (diffusers' `added_cond_kwargs`). H and W must be multiples of
+        `time_ids` [B, K] (diffusers' `added_cond_kwargs`); one with `num_class_embeds`, integer
+        `class_labels` [B]. H and W must be multiples of
         2 ** (levels - 1). The output is in the compute dtype.
         """
         self._check_size(x)
@@ -485,6 +501,13 @@ class UNet(UNetEncoder):
             temb = temb + self._added_embedding(text_embeds, time_ids)
         elif text_embeds is not None or time_ids is not None:
             raise UserError("text_embeds / time_ids given to a UNet without addition_embed_type")
+        if (self.class_embedding is None) != (class_labels is None):
+            raise UserError(
+                "class_labels: a UNet with num_class_embeds takes them, and only such a UNet"
+            )
+        if class_labels is not None:
+            labels = jnp.broadcast_to(jnp.asarray(class_labels, jnp.int32), (x.shape[0],))
+            temb = temb + self.class_embedding(labels).astype(temb.dtype)  # [B, 4 * C0]
         context = context.astype(self.dtype)
         h = self.conv_in(x.astype(self.dtype))  # [B, H, W, C0]
         h, skips = self._encode(h, temb, context)
@@ -537,6 +560,25 @@ def _check_block_types(
     for block_type in types:
         if block_type not in accepted:
             raise UserError(f"unknown {name} entry {block_type!r}; accepted: {', '.join(accepted)}")
+
+
+def _per_level_flag(
+    name: str, value: bool | Sequence[bool], block_out_channels: Sequence[int]
+) -> list[bool]:
+    """A per-level switch as diffusers gives it, one bool for all levels or one per level."""
+    if isinstance(value, bool):
+        return [value] * len(block_out_channels)
+    given = isinstance(value, Sequence) and not isinstance(value, str)
+    if (
+        not given
+        or len(value) != len(block_out_channels)
+        or not all(isinstance(v, bool) for v in value)
+    ):
+        raise UserError(
+            f"{name}={tuple(value) if given else value!r}; accepted: one bool, or one per entry "
+            f"of block_out_channels ({len(block_out_channels)})"
+        )
+    return list(value)
 
 
 def _per_level(

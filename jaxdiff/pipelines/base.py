@@ -304,11 +304,14 @@ class Pipeline(abc.ABC):
         prompts: int,
         repeat: int,
         size: tuple[int, int],
+        keys: jax.Array,
     ) -> Any:
         """The conditioning arguments of a call in `mode` with `prompts` prompts, `repeat`
         images each, of image size `size` -> a pytree of host arrays with one row per image
-        (`[B, ...]` leaves), or None; checked here, before sampling."""
-        del arguments, mode, prompts, repeat, size
+        (`[B, ...]` leaves), or None; checked here, before sampling. `keys` `[B]` are the
+        images' keys, for a family that draws noise into its conditioning (fold in a stream
+        of its own, `CONDITIONING_STREAM`)."""
+        del arguments, mode, prompts, repeat, size, keys
         return None
 
     @staticmethod
@@ -497,12 +500,12 @@ class Pipeline(abc.ABC):
                 images = np.repeat(images, repeat, axis=0)  # [B, H, W, 3] (or latents)
             latent_size = (images.shape[1] // factor, images.shape[2] // factor)
         size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
-        conditioning = self.conditioning(extra, mode, prompts, repeat, size)
+        keys = item_keys(sampling.root_key, count, sampling.first_index)  # [B]
+        conditioning = self.conditioning(extra, mode, prompts, repeat, size, keys)
         grid = self.grid(sampling)
         sigmas, start_std, end_scale = self._run(grid, sampling, strength, mode)
         samplers.check_start(sampling.sampler, sigmas, sampling.sampler_options or {})
         infinite = bool(np.isinf(sigmas[0]))  # from t = 1 of a flow: nothing of an image is kept
-        keys = item_keys(sampling.root_key, count, sampling.first_index)  # [B]
         noise = _noise(sampling.latents, keys, (*latent_size, self.latent_channels))
         settings = LoopSettings(
             family=type(self),
@@ -685,6 +688,11 @@ def draw_noise(keys: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
 def _split(key: jax.Array) -> jax.Array:
     """An image's key -> keys for its noise, image posterior, masked-image posterior, sampler."""
     return jax.random.split(key, 4)
+
+
+CONDITIONING_STREAM = 4
+"""What a family folds into an image's key for noise of its conditioning (the x4 upscaler's
+augmentation of the low-resolution image): a stream apart from `_split`'s."""
 
 
 def _limited(denoise: samplers.Denoise, settings: LoopSettings) -> samplers.Denoise:

@@ -234,7 +234,9 @@ class ControlNetMixin:
         prompts: int,
         repeat: int,
         size: tuple[int, int],
+        keys: jax.Array,
     ) -> Any:
+        del keys
         if not self._controlled(arguments):
             return None
         return control_rows(arguments, self.controlnet_architectures, mode, prompts, repeat, size)

@@ -64,6 +64,11 @@ class StableDiffusion(LoRAMixin, ControlNetMixin, Pipeline):
     ):
         if unet.add_embedding is not None:
             raise UserError("an SDXL UNet (addition_embed_type='text_time'); use StableDiffusionXL")
+        if unet.class_embedding is not None:
+            raise UserError(
+                "an upscaler UNet (num_class_embeds: the noise level as class labels); use "
+                "StableDiffusionUpscale"
+            )
         controlnets = self._take_controlnets(controlnet, unet, vae.downsample_factor)
         self.tokenizer = tokenizer
         self.max_clip_skip = len(text_encoder.encoder.layers) - 1

@@ -177,6 +177,7 @@ class StableDiffusionXL(Pipeline):
         prompts: int,
         repeat: int,
         size: tuple[int, int],
+        keys: jax.Array,
     ) -> dict[str, np.ndarray]:
         """The micro-conditioning of each image, `time_ids` and `negative_time_ids` `[B, 6]`
         (the refiner's `[B, 5]`), defaulted as diffusers' SDXL pipelines do: the sizes to the
@@ -184,6 +185,7 @@ class StableDiffusionXL(Pipeline):
         text-to-image uses the positive ones unless both negative sizes are given; img2img and
         inpainting default each negative size to its positive one and use the positive crop;
         the refiner uses its negative crop."""
+        del keys
         pair = sdxl_conditioning.size_pair
 
         def given(name: str, default: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -77,14 +77,17 @@ def test_unet_matches_diffusers(name, saved_unets):
     added = added_conditioning(UNET_CONFIGS[name])  # SDXL's pooled text and micro-conditioning
     with torch.no_grad():
         torch_added = {k: torch.tensor(v) for k, v in added.items()}
+        labels = torch_added.pop("class_labels", None)
         inputs = (_nchw(x), torch.tensor(t), torch.tensor(ctx))
-        expected = ref(*inputs, added_cond_kwargs=torch_added or None).sample.numpy()
-    expected = expected.transpose(0, 2, 3, 1)
+        expected = ref(*inputs, class_labels=labels, added_cond_kwargs=torch_added or None)
+    expected = expected.sample.numpy().transpose(0, 2, 3, 1)
     run = _jit_call(unet)
     _assert_close(run(x, t, ctx, **added), expected)
     _assert_misses(run(x, t, ctx, weights=nudged(nnx.state(unet)), **added), expected)
-    if added:  # the micro-conditioning counts: other sizes miss
+    if "time_ids" in added:  # the micro-conditioning counts: other sizes miss
         _assert_misses(run(x, t, ctx, **{**added, "time_ids": added["time_ids"] + 64}), expected)
+    if labels is not None:  # so do the class labels
+        _assert_misses(run(x, t, ctx, class_labels=added["class_labels"][::-1]), expected)
 
 
 def _residuals(down, mid) -> np.ndarray:

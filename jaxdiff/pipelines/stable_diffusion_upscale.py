@@ -1,0 +1,233 @@
+"""Stable Diffusion's x4 upscaler (diffusers' `StableDiffusionUpscalePipeline`) on the shared
+loop.
+
+    pipe = StableDiffusionUpscale.from_pretrained("stabilityai/stable-diffusion-x4-upscaler")
+    large = pipe("a white cat", image=small)      # small [h, w, 3] -> large [1, 4h, 4w, 3]
+
+The low-resolution image is noised to `noise_level` by the model's `low_res_scheduler` (DDPM's
+`add_noise` at that timestep), and the level is the UNet's class label; the latents are the
+image's size and the UNet sees them with the noised image concatenated. The VAE (three levels,
+scaling factor 0.08333) decodes them to 4x the image's size.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import DTypeLike
+
+from jaxdiff.errors import UserError, require
+from jaxdiff.pipelines import image_io, vae_latents
+from jaxdiff.pipelines.base import CONDITIONING_STREAM, Grid, Pipeline, Sampling
+from jaxdiff.pipelines.prompts import tokenize
+from jaxdiff.pipelines.scheduler_config import SchedulerConfig
+from jaxdiff.pipelines.stable_diffusion import describe_unet_model
+
+IMAGE_CHANNELS = 3  # the low-resolution image's channels the UNet takes beside the latents
+
+
+class StableDiffusionUpscale(Pipeline):
+    """Text-guided 4x upscaling (`__call__(prompt, image=...)`) with a UNet that takes the noise
+    level as class labels, a VAE, a CLIP text encoder and the two schedulers in diffusers'
+    layout; defaults as diffusers' (75 DDIM steps, guidance 9, `noise_level` 20).
+
+    Call arguments beside `Sampling`'s: `image`, the low-resolution image(s) (one, or one per
+    prompt; PIL, uint8 or float in [0, 1]; sides multiples of the UNet's `2 ** (levels - 1)`);
+    `noise_level`, an integer in [0, `max_noise_level`]; `image_noise`, the unit noise
+    `[B, h, w, 3]` of the image's augmentation (default: each image's own draw, as `latents`
+    are). Each image made gets its prompt's image, noised on its own (diffusers repeats a batch
+    of several prompts and images out of step with `num_images_per_prompt > 1`).
+    """
+
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"num_inference_steps": 75, "guidance_scale": 9.0, "sampler": "ddim"}
+    )
+    conditioning_arguments: ClassVar[tuple[str, ...]] = ("image", "noise_level", "image_noise")
+
+    def __init__(
+        self,
+        unet: nnx.Module,
+        vae: nnx.Module,
+        text_encoder: nnx.Module,
+        tokenizer: Any,
+        scheduler_config: dict[str, Any],
+        low_res_scheduler_config: dict[str, Any],
+        max_noise_level: int = 350,
+        devices: Sequence[jax.Device] | None = None,
+    ):
+        if unet.class_embedding is None:
+            raise UserError(
+                "an upscaler UNet takes the noise level as class labels; this one has no "
+                "num_class_embeds (use StableDiffusion)"
+            )
+        self.tokenizer = tokenizer
+        self.max_clip_skip = len(text_encoder.encoder.layers) - 1
+        diffusion = describe_unet_model(self, unet, vae, scheduler_config)
+        require(
+            self.network_in_channels == self.latent_channels + IMAGE_CHANNELS,
+            f"the UNet takes {self.network_in_channels} channels; an upscaler's takes the "
+            f"{self.latent_channels} latent channels and the image's {IMAGE_CHANNELS}",
+        )
+        # The loop's network is `predict`, which concatenates the image itself.
+        self.network_in_channels = self.latent_channels
+        self.levels = len(dict(unet.architecture)["block_out_channels"])
+        labels = unet.class_embedding.num_embeddings
+        require(
+            isinstance(max_noise_level, int) and 0 <= max_noise_level < labels,
+            f"max_noise_level={max_noise_level!r}; accepted: 0 to {labels - 1} (the UNet's "
+            "class labels)",
+        )
+        self.max_noise_level = max_noise_level
+        self.low_res_scheduler_config = dict(low_res_scheduler_config)
+        low_res = SchedulerConfig.from_dict(self.low_res_scheduler_config).process
+        self.low_res_alphas_cumprod = low_res.alphas_cumprod  # [T] float64
+        require(
+            max_noise_level < low_res.num_train_timesteps,
+            f"max_noise_level={max_noise_level} is beyond the low_res_scheduler's "
+            f"{low_res.num_train_timesteps} timesteps",
+        )
+        super().__init__((unet, vae, text_encoder), diffusion, devices)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir_or_hub_id: str | Path,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike | None = None,
+        variant: str | None = None,
+        devices: Sequence[jax.Device] | None = None,
+    ) -> StableDiffusionUpscale:
+        """An upscaler folder or hub id in diffusers' layout (`low_res_scheduler/` beside the
+        usual components; `max_noise_level` from `model_index.json`)."""
+        from jaxdiff.convert.pipeline_components import load_pipeline_components
+
+        param_dtype = dtype if param_dtype is None else param_dtype
+        parts = load_pipeline_components(
+            model_dir_or_hub_id, dtype=dtype, param_dtype=param_dtype, variant=variant, sdxl=False
+        )
+        if parts.low_res_scheduler_config is None:
+            raise UserError(
+                f"{model_dir_or_hub_id} has no low_res_scheduler/: not an upscaler; use "
+                "StableDiffusion"
+            )
+        return cls(
+            parts.unet,
+            parts.vae,
+            parts.text_encoder,
+            parts.tokenizer,
+            parts.scheduler_config,
+            parts.low_res_scheduler_config,
+            max_noise_level=parts.model_index.get("max_noise_level", 350),
+            devices=devices,
+        )
+
+    def tokenize(self, prompts: list[str]) -> np.ndarray:
+        return tokenize(self.tokenizer, prompts)
+
+    def grid(self, sampling: Sampling) -> Grid:
+        return self.scheduler.call_grid(sampling)
+
+    def img2img(self, *args: Any, **kwargs: Any) -> np.ndarray | list:
+        raise UserError("StableDiffusionUpscale upscales: call it with image= (no img2img)")
+
+    def inpaint(self, *args: Any, **kwargs: Any) -> np.ndarray | list:
+        raise UserError("StableDiffusionUpscale upscales: call it with image= (no inpaint)")
+
+    def conditioning_size(self, arguments: dict[str, Any]) -> tuple[int, int]:
+        require("image" in arguments, "StableDiffusionUpscale upscales an image; give image=")
+        _, height, width, _ = image_io.as_batch(arguments["image"], "image", IMAGE_CHANNELS).shape
+        factor = 2 ** (self.levels - 1)
+        require(
+            height % factor == 0 and width % factor == 0,
+            f"image of size {height}x{width}; accepted: sides that are multiples of {factor} "
+            "(the UNet's levels)",
+        )
+        return height * self.vae_scale_factor, width * self.vae_scale_factor
+
+    def conditioning(
+        self,
+        arguments: dict[str, Any],
+        mode: str,
+        prompts: int,
+        repeat: int,
+        size: tuple[int, int],
+        keys: jax.Array,
+    ) -> dict[str, np.ndarray]:
+        """Each image's low-resolution image `[B, h, w, 3]`, noised to the level, and the level
+        `[B]` (its class label)."""
+        del mode
+        expected = self.conditioning_size(arguments)
+        require(
+            size == expected,
+            f"height and width {size[0]}x{size[1]}; accepted: {expected[0]}x{expected[1]}, 4x "
+            "the image's (or leave them out)",
+        )
+        level = arguments.get("noise_level", 20)
+        require(
+            isinstance(level, int | np.integer)
+            and not isinstance(level, bool)
+            and 0 <= level <= self.max_noise_level,
+            f"noise_level={level!r}; accepted: an integer in [0, {self.max_noise_level}]",
+        )
+        images = np.repeat(image_io.image_batch(arguments["image"], prompts, 1), repeat, axis=0)
+        shape = images.shape[1:]  # (h, w, 3)
+        noise = arguments.get("image_noise")
+        if noise is None:
+            noise = _augmentation_noise(keys, shape)
+        noise = np.asarray(noise, np.float32)
+        require(
+            noise.shape == images.shape,
+            f"image_noise of shape {noise.shape}; accepted: {images.shape} (images, h, w, 3)",
+        )
+        alpha = self.low_res_alphas_cumprod[int(level)]
+        noised = np.sqrt(alpha) * images + np.sqrt(1.0 - alpha) * noise
+        return {
+            "image": noised.astype(np.float32),
+            "noise_level": np.full(images.shape[0], level, np.int32),
+        }
+
+    @staticmethod
+    def step_context(
+        context: Any, uncontext: Any, conditioning: Any, step: jax.Array, steps: int
+    ) -> tuple[Any, Any]:
+        del step, steps
+        image, level = conditioning["image"], conditioning["noise_level"]
+        return (context, image, level), (uncontext, image, level)
+
+    @staticmethod
+    def encode_prompts(networks: Any, ids: jax.Array, clip_skip: int = 0) -> jax.Array:
+        """The text encoder's hidden state `[B, T, D]`, as `StableDiffusion`'s."""
+        return networks[2](ids, skip_last_layers=clip_skip).last_hidden_state
+
+    @staticmethod
+    def predict(networks: Any, x_in: jax.Array, t: jax.Array, context: Any) -> jax.Array:
+        """The UNet's output for the latents with the noised image concatenated, the text
+        context and the noise level as class labels."""
+        text, image, level = context
+        x_in = jnp.concatenate([x_in, image.astype(x_in.dtype)], axis=-1)
+        return networks[0](x_in, t, text, class_labels=level)
+
+    @staticmethod
+    def encode_images(networks: Any, images: jax.Array, keys: jax.Array) -> jax.Array:
+        return vae_latents.sample_latents(networks[1], images, keys)
+
+    @staticmethod
+    def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
+        return vae_latents.decode_latents(networks[1], latents)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _augmentation_noise(keys: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+    """Each image's unit noise for its low-resolution image. keys [B] -> [B, h, w, 3]"""
+    return jax.vmap(
+        lambda key: jax.random.normal(jax.random.fold_in(key, CONDITIONING_STREAM), shape)
+    )(keys)

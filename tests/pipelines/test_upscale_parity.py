@@ -1,0 +1,245 @@
+"""StableDiffusionUpscale against diffusers' StableDiffusionUpscalePipeline on a tiny random x4
+upscaler diffusers saves (a UNet with 7 input channels and the noise level as class labels, a
+three-level VAE with scaling factor 0.08333, a v-prediction DDIM scheduler and a DDPM
+low-resolution scheduler): the latents within 3e-4 of their scale and the images within 1e-3,
+both samplers given the same initial and augmentation noise; a run at another noise level, or
+with 5% more initial noise, misses by more than 10x both."""
+
+import numpy as np
+import pytest
+import torch
+from reference_models import build_clip, build_unet, build_vae, write_tokenizer
+from sd_parity import assert_close, assert_misses, diffusers_run, input_images
+from transformers import CLIPTokenizer
+
+from jaxdiff.errors import UserError
+from jaxdiff.pipelines import StableDiffusion, StableDiffusionUpscale
+
+PROMPTS = ["a red cat", "blue sky"]
+STEPS = 4
+UNET = dict(
+    in_channels=7,
+    out_channels=4,
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=1,
+    attention_head_dim=2,
+    cross_attention_dim=32,
+    norm_num_groups=8,
+    use_linear_projection=True,
+    only_cross_attention=(True, False),  # as the x4 upscaler's (True, True, True, False)
+    num_class_embeds=360,
+    sample_size=8,
+)
+VAE = dict(
+    block_out_channels=(8, 16, 16),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    scaling_factor=0.08333,
+)
+SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+LOW_RES_SCHEDULER = {
+    "_class_name": "DDPMScheduler",
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "num_train_timesteps": 1000,
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    import diffusers
+
+    folder = tmp_path_factory.mktemp("upscaler")
+    write_tokenizer(folder / "tokenizer")
+    diffusers.StableDiffusionUpscalePipeline(
+        vae=build_vae(VAE),
+        text_encoder=build_clip("gelu"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        unet=build_unet(UNET),
+        low_res_scheduler=diffusers.DDPMScheduler.from_config(LOW_RES_SCHEDULER),
+        scheduler=diffusers.DDIMScheduler.from_config(SCHEDULER),
+        max_noise_level=350,
+    ).save_pretrained(folder)
+    return folder
+
+
+def _noise(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "guidance", "negative"),
+    [
+        ("ddim", "DDIMScheduler", 6.0, ["dog", ""]),
+        ("dpmpp_2m", "DPMSolverMultistepScheduler", 1.0, None),  # no guidance
+    ],
+)
+def test_upscale_matches_diffusers(folder, monkeypatch, sampler, scheduler, guidance, negative):
+    import diffusers
+
+    low = input_images()[0][:, ::2, ::2]  # [2, 8, 8, 3] in [0, 1]
+    latents, image_noise = _noise((2, 4, 8, 8), 0), _noise((2, 3, 8, 8), 1)  # NCHW
+    module = "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale"
+    monkeypatch.setattr(f"{module}.randn_tensor", lambda *args, **kwargs: image_noise)
+    reference = diffusers.StableDiffusionUpscalePipeline.from_pretrained(folder)
+    reference.scheduler = getattr(diffusers, scheduler).from_config(reference.scheduler.config)
+    settings = dict(
+        negative_prompt=negative,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        noise_level=40,
+    )
+    want = diffusers_run(reference, PROMPTS, image=low, latents=latents, **settings)
+    pipe = StableDiffusionUpscale.from_pretrained(folder)
+    ours = dict(
+        settings,
+        image=low,
+        sampler=sampler,
+        latents=latents.permute(0, 2, 3, 1),
+        image_noise=image_noise.permute(0, 2, 3, 1),
+    )
+    got = pipe(PROMPTS, output_type="latent", **ours)
+    assert got.shape == (2, 8, 8, 4)
+    assert_close((got, pipe.decode(got)), want)
+    assert want[1].shape == (2, 32, 32, 3)
+    for wrong in (
+        {"noise_level": 20},
+        {"latents": _noise((2, 4, 8, 8), 0, 1.05).permute(0, 2, 3, 1)},
+    ):
+        latents_wrong = pipe(PROMPTS, output_type="latent", **{**ours, **wrong})
+        assert_misses((latents_wrong, pipe.decode(latents_wrong)), want)
+
+
+def test_upscale_draws_its_own_noise_per_image(folder):
+    """Without `image_noise` each image's augmentation is drawn from its own key: image i is the
+    same whatever the batch it is made in, and differs from the same call at another seed."""
+    pipe = StableDiffusionUpscale.from_pretrained(folder)
+    low = input_images()[0][:, ::2, ::2]
+    both = pipe(PROMPTS, image=low, num_inference_steps=2, output_type="latent")
+    second = pipe(
+        PROMPTS[1], image=low[1], first_index=1, num_inference_steps=2, output_type="latent"
+    )
+    np.testing.assert_allclose(second[0], both[1], atol=1e-5)
+    other = pipe(PROMPTS, image=low, num_inference_steps=2, seed=1, output_type="latent")
+    assert np.abs(other - both).max() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda p, low: p("a", num_inference_steps=1), "give image="),
+        (lambda p, low: p("a", image=low[:, :7, :7], num_inference_steps=1), "multiples of 2"),
+        (lambda p, low: p("a", image=low, noise_level=351), r"noise_level=351.*\[0, 350\]"),
+        (lambda p, low: p("a", image=low, noise_level=2.5), r"noise_level=2.5"),
+        (lambda p, low: p("a", image=low, height=64, width=64), r"accepted: 32x32"),
+        (lambda p, low: p("a", image=low, image_noise=np.zeros((1, 4, 4, 3))), "image_noise"),
+        (lambda p, low: p.img2img("a", low), "no img2img"),
+        (lambda p, low: p.inpaint("a", low, low[..., 0]), "no inpaint"),
+    ],
+)
+def test_upscale_refuses_bad_input(folder, call, match):
+    pipe = StableDiffusionUpscale.from_pretrained(folder)
+    low = input_images()[0][:1, ::2, ::2]
+    with pytest.raises(UserError, match=match):
+        call(pipe, low)
+
+
+def test_upscaler_folder_is_not_a_stable_diffusion_text_to_image_model(folder, tmp_path):
+    """StableDiffusion refuses the upscaler's UNet in one line, and the upscaler a folder without
+    a low-resolution scheduler."""
+    with pytest.raises(UserError, match="use StableDiffusionUpscale"):
+        StableDiffusion.from_pretrained(folder)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != "low_res_scheduler":
+            (plain / entry.name).symlink_to(entry)
+    with pytest.raises(UserError, match="no low_res_scheduler"):
+        StableDiffusionUpscale.from_pretrained(plain)
+
+
+def test_upscale_command_writes_the_api_image(folder, tmp_path):
+    from PIL import Image
+
+    from jaxdiff.cli import main
+    from jaxdiff.images import read_png_text
+
+    small = tmp_path / "small.png"
+    pixels = np.random.RandomState(0).randint(0, 256, (8, 8, 3), np.uint8)
+    Image.fromarray(pixels).save(small)
+    out = tmp_path / "large.png"
+    argv = ["upscale", "--pretrained", str(folder), "--image", str(small), "--prompt", "a cat"]
+    argv += ["--negative-prompt", "dog", "--steps", "3", "--guidance", "5", "--noise-level", "30"]
+    assert main([*argv, "--seed", "2", "--out", str(out)]) == 0
+    want = StableDiffusionUpscale.from_pretrained(folder)(
+        "a cat",
+        "dog",
+        image=Image.open(small),
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        noise_level=30,
+        seed=2,
+    )
+    written = np.asarray(Image.open(out))
+    assert written.shape == (32, 32, 3)
+    np.testing.assert_array_equal(written, np.round(want[0] * 255.0).astype(np.uint8))
+    text = read_png_text(out)
+    assert (text["prompt"], text["negative_prompt"], text["noise_level"]) == ("a cat", "dog", "30")
+    assert (text["steps"], text["guidance"], text["sampler"], text["seed"]) == (
+        "3",
+        "5.0",
+        "ddim",
+        "2",
+    )
+    assert main([*argv[:-2], "--noise-level", "-1"]) == 2
+
+
+def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path):
+    """`jaxdiff sample --upscale`: the text-to-image images, each upscaled with its prompt."""
+    from conftest import grid_cells
+
+    from jaxdiff.cli import main
+
+    sd = sd_folders["epsilon"]
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--pretrained", str(sd), "--prompt", "a red cat", "--prompt", "sky"]
+    argv += ["--steps", "2", "--seed", "4", "--upscale", str(folder), "--noise-level", "10"]
+    assert main([*argv, "--out", str(out)]) == 0
+    prompts = ["a red cat", "sky"]
+    small = StableDiffusion.from_pretrained(sd)(prompts, num_inference_steps=2, seed=4)
+    want = StableDiffusionUpscale.from_pretrained(folder)(
+        prompts, image=small, seed=4, noise_level=10
+    )
+    assert want.shape == (2, 64, 64, 3)
+    cells = grid_cells(out, rows=2, columns=1, size=64)
+    np.testing.assert_array_equal(cells, np.round(want * 255.0).astype(np.uint8))
+
+
+def test_converted_upscaler_gives_the_same_latents(folder, tmp_path):
+    """`jaxdiff convert` writes the networks in jaxdiff's format and copies the low-resolution
+    scheduler; the converted model upscales to the same latents, to the bit."""
+    from jaxdiff.convert import convert
+
+    written = convert(folder, tmp_path / "converted", to="jaxdiff")
+    assert "unet -> jaxdiff" in written and "low_res_scheduler (copied)" in written
+    low = input_images()[0][:, ::2, ::2]
+    settings = dict(image=low, num_inference_steps=2, noise_level=30, output_type="latent")
+    want = StableDiffusionUpscale.from_pretrained(folder)(PROMPTS, **settings)
+    got = StableDiffusionUpscale.from_pretrained(tmp_path / "converted")(PROMPTS, **settings)
+    np.testing.assert_array_equal(got, want)
