@@ -94,6 +94,7 @@ class StableDiffusionUpscale(Pipeline):
             f"max_noise_level={max_noise_level} is beyond the low_res_scheduler's "
             f"{low_res.num_train_timesteps} timesteps",
         )
+        vae = vae_latents.upcast_if_forced(vae)  # as diffusers: float32 when marked
         super().__init__((unet, vae, text_encoder), diffusion, devices)
 
     @classmethod

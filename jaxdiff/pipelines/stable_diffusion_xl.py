@@ -97,6 +97,7 @@ class StableDiffusionXL(Pipeline):
         self.max_clip_skip = min(len(e.encoder.layers) for e in encoders) - 2
         self.requires_aesthetics_score = requires_aesthetics_score
         diffusion = describe_unet_model(self, unet, vae, scheduler_config)
+        vae = vae_latents.upcast_if_forced(vae)  # as diffusers: float32 when marked
         super().__init__((unet, vae, text_encoder, text_encoder_2), diffusion, devices)
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxdiff.models.vae import AutoencoderKL
 
@@ -20,3 +21,14 @@ def sample_latents(vae: AutoencoderKL, images: jax.Array, keys: jax.Array) -> ja
 def decode_latents(vae: AutoencoderKL, latents: jax.Array) -> jax.Array:
     """Scaled latents `[B, h, w, c]` -> images `[B, H, W, 3]` float32 in about [-1, 1]."""
     return vae.decode(latents / vae.scaling_factor).astype(jnp.float32)
+
+
+def upcast_if_forced(vae: AutoencoderKL) -> AutoencoderKL:
+    """The autoencoder in float32 (compute and weights) when it is marked `force_upcast` and
+    computes in a 16-bit dtype, as diffusers' SDXL and upscaler pipelines encode and decode with
+    such a VAE (in float16 it overflows); otherwise `vae` itself."""
+    if not vae.force_upcast or jnp.dtype(vae.dtype).itemsize >= 4:
+        return vae
+    upcast = nnx.eval_shape(lambda: AutoencoderKL(**dict(vae.architecture), rngs=nnx.Rngs(0)))
+    nnx.update(upcast, jax.tree.map(lambda a: a.astype(jnp.float32), nnx.state(vae)))
+    return upcast

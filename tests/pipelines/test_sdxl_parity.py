@@ -7,6 +7,8 @@ other sizes) misses by more than 10x both."""
 import copy
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ from jaxdiff.configuration import load_config
 from jaxdiff.convert import convert, load_pipeline_components
 from jaxdiff.errors import UserError
 from jaxdiff.models import ControlNet
-from jaxdiff.pipelines import StableDiffusion, StableDiffusionXL
+from jaxdiff.pipelines import StableDiffusion, StableDiffusionXL, vae_latents
 from jaxdiff.train.tasks import make_task
 
 PROMPTS = ["a red cat", "blue sky"]
@@ -275,3 +277,17 @@ def test_parts_that_do_not_fit_are_refused_in_one_line(folders):
     refiner = StableDiffusionXL.from_pretrained(folders["refiner"])
     with pytest.raises(UserError, match=r"negative_prompt_2 is for a second tokenizer; this"):
         refiner(PROMPTS, num_inference_steps=2, negative_prompt_2="dog")
+
+
+def test_a_float16_pipeline_decodes_in_float32_as_diffusers(folders):
+    """`force_upcast`: a float16 pipeline's VAE computes in float32, as diffusers' SDXL
+    pipelines upcast it; latents large enough to overflow the float16 VAE decode to finite
+    images."""
+    pipe = StableDiffusionXL.from_pretrained(folders["base"], dtype=jnp.float16)
+    unet, vae = pipe._networks()[:2]
+    assert (unet.dtype, vae.dtype) == (jnp.float16, jnp.float32)
+    assert {a.dtype for a in jax.tree.leaves(nnx.state(vae))} == {np.dtype(np.float32)}
+    latents = 1e4 * np.random.RandomState(0).randn(1, 8, 8, 4).astype(np.float32)
+    assert np.isfinite(pipe.decode(latents)).all()
+    half = load_pipeline_components(folders["base"], dtype=jnp.float16, sdxl=True).vae
+    assert not np.isfinite(np.asarray(vae_latents.decode_latents(half, latents))).all()
