@@ -40,7 +40,7 @@ from jaxdiff.errors import UserError, require
 from jaxdiff.item_keys import check_first_index, item_keys
 from jaxdiff.models import lora
 from jaxdiff.pipelines import image_io
-from jaxdiff.pipelines.prompts import negative_prompt_list, prompt_list
+from jaxdiff.pipelines.prompts import per_prompt_texts, prompt_list
 from jaxdiff.samplers.inpainting import blend_known, reimpose_known
 from jaxdiff.samplers.x0_limits import clip_denoised, threshold_denoised
 
@@ -250,7 +250,7 @@ class Pipeline(abc.ABC):
         says here what they are. Checked first, before the call's images and conditioning."""
         del extra
         prompts = prompt_list(prompt)
-        negatives = negative_prompt_list(negative_prompt, len(prompts))
+        negatives = per_prompt_texts(negative_prompt, len(prompts))
         ids = self.tokenize(prompts + negatives)  # unknown words fail before sampling
         return ids[: len(prompts)], ids[len(prompts) :]
 

@@ -26,22 +26,22 @@ def prompt_list(prompt: str | Sequence[str], what: str = "prompt") -> list[str]:
     return prompts
 
 
-def negative_prompt_list(
-    negative: str | Sequence[str] | None, count: int, what: str = "negative_prompt"
+def per_prompt_texts(
+    texts: str | Sequence[str] | None, count: int, what: str = "negative_prompt"
 ) -> list[str]:
-    """One negative prompt (or other per-prompt text, `what`) per prompt: None is the empty
-    prompt, a string applies to all."""
-    if negative is None:
+    """One text per prompt of a call's per-prompt argument `what` (negative prompts, SDXL's
+    `prompt_2`): None is the empty prompt, a string applies to all."""
+    if texts is None:
         return [""] * count
-    if isinstance(negative, str):
-        return [negative] * count
-    negatives = prompt_list(negative, what)
+    if isinstance(texts, str):
+        return [texts] * count
+    given = prompt_list(texts, what)
     require(
-        len(negatives) == count,
-        f"{what} has {len(negatives)} entries for {count} prompts; give one per prompt, one "
+        len(given) == count,
+        f"{what} has {len(given)} entries for {count} prompts; give one per prompt, one "
         "string for all, or None",
     )
-    return negatives
+    return given
 
 
 def tokenize(

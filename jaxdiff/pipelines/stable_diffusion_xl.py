@@ -30,7 +30,7 @@ from jax.typing import DTypeLike
 from jaxdiff.errors import UserError, require
 from jaxdiff.pipelines import sdxl_conditioning, vae_latents
 from jaxdiff.pipelines.base import Grid, Pipeline, Sampling
-from jaxdiff.pipelines.prompts import negative_prompt_list, prompt_list, tokenize
+from jaxdiff.pipelines.prompts import per_prompt_texts, prompt_list, tokenize
 from jaxdiff.pipelines.stable_diffusion import describe_unet_model
 
 ZERO_PROMPT = -1  # the ids of a negative prompt the model conditions on zeros for
@@ -133,9 +133,13 @@ class StableDiffusionXL(Pipeline):
             devices=devices,
         )
 
-    def tokenize(self, prompts: list[str]) -> np.ndarray:
-        """Each tokenizer's ids of the prompts side by side, `[N, 2 T]` (the refiner's `[N, T]`)."""
-        return np.concatenate([tokenize(t, prompts) for t in self.tokenizers], axis=1)
+    def tokenize(self, prompts: list[str], prompts_2: list[str] | None = None) -> np.ndarray:
+        """Each tokenizer's ids side by side, `[N, 2 T]` (the refiner's `[N, T]`): the first
+        tokenizer reads `prompts`, the second `prompts_2` (default: `prompts`)."""
+        texts = [prompts, prompts if prompts_2 is None else prompts_2][: len(self.tokenizers)]
+        return np.concatenate(
+            [tokenize(t, x) for t, x in zip(self.tokenizers, texts, strict=True)], axis=1
+        )
 
     def prompt_ids(
         self, prompt: Any, negative_prompt: Any, extra: Mapping[str, Any]
@@ -148,8 +152,9 @@ class StableDiffusionXL(Pipeline):
         turns into zero conditioning, whatever `negative_prompt_2` is."""
         prompts = prompt_list(prompt)
         count = len(prompts)
-        texts = [prompts + negative_prompt_list(negative_prompt, count)]
+        texts = prompts + per_prompt_texts(negative_prompt, count)
         second = {k: extra.get(k) for k in ("prompt_2", "negative_prompt_2")}
+        texts_2 = None
         if len(self.tokenizers) == 1:
             given = sorted(k for k, v in second.items() if v)
             require(
@@ -158,12 +163,10 @@ class StableDiffusionXL(Pipeline):
                 "refiner) has one, which reads prompt and negative_prompt",
             )
         else:
-            prompts_2 = negative_prompt_list(second["prompt_2"] or prompt, count, "prompt_2")
+            prompts_2 = per_prompt_texts(second["prompt_2"] or prompt, count, "prompt_2")
             negatives = second["negative_prompt_2"] or negative_prompt
-            texts.append(prompts_2 + negative_prompt_list(negatives, count, "negative_prompt_2"))
-        ids = np.concatenate(
-            [tokenize(t, x) for t, x in zip(self.tokenizers, texts, strict=True)], axis=1
-        )
+            texts_2 = prompts_2 + per_prompt_texts(negatives, count, "negative_prompt_2")
+        ids = self.tokenize(texts, texts_2)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:
             ids[count:] = ZERO_PROMPT
         return ids[:count], ids[count:]
