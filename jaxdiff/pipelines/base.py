@@ -230,10 +230,29 @@ class Pipeline(abc.ABC):
         changing them leaves the pipeline as it is until `_set_networks`."""
         return nnx.merge(self._graphdef, jax.tree.map(lambda leaf: leaf, self._state))
 
+    sharded_parameters: bool = False  # `shard_parameters`: weights split over the devices
+
     def _set_networks(self, networks: Any) -> None:
-        """Makes `networks` the pipeline's, their state whole on every local device."""
+        """Makes `networks` the pipeline's, their state whole on every local device or, after
+        `shard_parameters`, split over them."""
         self._graphdef, state = nnx.split(networks)
-        self._state = parallel.local_replica(state, self.mesh)
+        if self.sharded_parameters:
+            rules = {name: "data" if axis else None for name, axis in parallel.FSDP_RULES.items()}
+            self._state = jax.device_put(
+                state, parallel.state_shardings(state, self.mesh, parallel.check_rules(rules))
+            )
+        else:
+            self._state = parallel.local_replica(state, self.mesh)
+
+    def shard_parameters(self, sharded: bool = True) -> Pipeline:
+        """Splits every weight over the pipeline's devices by the FSDP rules (along its
+        output-side axis, where the device count divides it) instead of keeping a whole copy on
+        each, for a model larger than one device's memory; the compiled loop gathers each
+        weight where it is used. The images are the same. `sharded=False` undoes it. Returns
+        the pipeline."""
+        self.sharded_parameters = sharded
+        self._set_networks(self._networks())
+        return self
 
     # -- what a family supplies --------------------------------------------------------------
 

@@ -66,3 +66,19 @@ def test_new_prompt_seed_and_guidance_do_not_recompile(sd_folders):
         assert np.abs(first - second).max() > 0.05
         pipe(["a"], seed=1, guidance_scale=3.0, num_inference_steps=3)  # more steps compile
         assert compiles
+
+
+def test_parameters_split_over_eight_devices_give_the_same_images(sd_folders):
+    """`shard_parameters`: the weights split over the devices by the FSDP rules (the state
+    really is split), the same images as a whole copy on each device, and back."""
+    pipe = StableDiffusion.from_pretrained(sd_folders["epsilon"], devices=jax.local_devices()[:8])
+    settings = dict(num_inference_steps=2, sampler="dpmpp_2m", guidance_scale=4.0, seed=3)
+    whole = pipe(["a cat", "b"], **settings)
+    leaves = jax.tree.leaves(pipe.shard_parameters()._state)
+    split = [a for a in leaves if not a.sharding.is_fully_replicated]
+    assert len(split) > len(leaves) // 2, (len(split), len(leaves))
+    biggest = max(leaves, key=lambda a: a.size)
+    assert biggest.addressable_shards[0].data.size == biggest.size // 8
+    np.testing.assert_allclose(pipe(["a cat", "b"], **settings), whole, rtol=0, atol=TOLERANCE)
+    leaves = jax.tree.leaves(pipe.shard_parameters(False)._state)
+    assert all(a.sharding.is_fully_replicated for a in leaves)
