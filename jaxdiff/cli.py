@@ -177,6 +177,13 @@ def build_parser(config_help: bool = False) -> argparse.ArgumentParser:
         upscale.add_argument(flag, type=kind, help=f"{text} (default: the pipeline's)")
     _add_noise_level(upscale)
     upscale.add_argument(
+        "--tile-size",
+        type=int,
+        help="upscale in overlapping tiles of this many pixels of the image (needed above the "
+        "upscaler's max_untiled_size), blended where they overlap",
+    )
+    upscale.add_argument("--tile-overlap", type=int, help="pixels tiles share (tile size / 4)")
+    upscale.add_argument(
         "--out", help="a .png file or a folder (default: samples/IMAGE_x4_seedS.png)"
     )
 
@@ -544,12 +551,17 @@ def _upscale(args: argparse.Namespace) -> int:
     given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     given |= {"sampler": args.sampler, "noise_level": args.noise_level}
     settings = {k: v for k, v in given.items() if v is not None}
-    picture = pipe(args.prompt, args.negative_prompt, image=image, seed=args.seed, **settings)
+    tiling = {"tile_size": args.tile_size, "tile_overlap": args.tile_overlap}
+    tiling = {k: v for k, v in tiling.items() if v is not None}
+    picture = pipe(
+        args.prompt, args.negative_prompt, image=image, seed=args.seed, **settings, **tiling
+    )
     used = pipe.sampling(**{k: v for k, v in settings.items() if k != "noise_level"})
     text = {
         "model": args.pretrained,
         "image": args.image,
         "noise_level": settings.get("noise_level", 20),
+        **tiling,
         **sample_text(
             [args.prompt],
             args.seed,

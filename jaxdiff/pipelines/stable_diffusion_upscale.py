@@ -8,6 +8,11 @@ The low-resolution image is noised to `noise_level` by the model's `low_res_sche
 `add_noise` at that timestep), and the level is the UNet's class label; the latents are the
 image's size and the UNet sees them with the noised image concatenated. The VAE (three levels,
 scaling factor 0.08333) decodes them to 4x the image's size.
+
+    large = pipe("a white cat", image=big, tile_size=128, tile_overlap=32)   # in tiles
+
+An image larger than `max_untiled_size` is upscaled in overlapping tiles (`tile_size`), each on
+its own, blended where they overlap (`jaxdiff.pipelines.tiles`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from flax import nnx
 from jax.typing import DTypeLike
 
 from jaxdiff.errors import UserError, require
-from jaxdiff.pipelines import image_io, vae_latents
+from jaxdiff.pipelines import image_io, tiles, vae_latents
 from jaxdiff.pipelines.base import CONDITIONING_STREAM, Grid, Pipeline, Sampling
 from jaxdiff.pipelines.prompts import tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
@@ -45,6 +50,13 @@ class StableDiffusionUpscale(Pipeline):
     `[B, h, w, 3]` of the image's augmentation (default: each image's own draw, as `latents`
     are). Each image made gets its prompt's image, noised on its own (diffusers repeats a batch
     of several prompts and images out of step with `num_images_per_prompt > 1`).
+
+    `tile_size` (pixels of the low-resolution image, a multiple of the UNet's factor, at most
+    `max_untiled_size`, by default twice the UNet's `sample_size`) upscales overlapping tiles
+    of that size one by one, `tile_overlap` pixels apart (default a quarter of a tile): tile k
+    of a call is made as a call of its own with the key `fold_in(key, k)` (one tile: the call's
+    key, the image untiled), and the upscaled tiles are blended (`tiles.blend`). An image
+    larger than `max_untiled_size` needs tiles.
     """
 
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
@@ -62,6 +74,7 @@ class StableDiffusionUpscale(Pipeline):
         low_res_scheduler_config: dict[str, Any],
         max_noise_level: int = 350,
         devices: Sequence[jax.Device] | None = None,
+        max_untiled_size: int | None = None,
     ):
         if unet.class_embedding is None:
             raise UserError(
@@ -79,6 +92,7 @@ class StableDiffusionUpscale(Pipeline):
         # The loop's network is `predict`, which concatenates the image itself.
         self.network_in_channels = self.latent_channels
         self.levels = len(dict(unet.architecture)["block_out_channels"])
+        self.max_untiled_size = max_untiled_size or 2 * (unet.sample_size or 64)
         labels = unet.class_embedding.num_embeddings
         require(
             isinstance(max_noise_level, int) and 0 <= max_noise_level < labels,
@@ -137,6 +151,72 @@ class StableDiffusionUpscale(Pipeline):
     def grid(self, sampling: Sampling) -> Grid:
         return self.scheduler.call_grid(sampling)
 
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        *,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        **sampling: Any,
+    ) -> np.ndarray | list:
+        """The images upscaled 4x (see the class); with `tile_size`, tile by tile."""
+        if tile_size is None:
+            require(tile_overlap is None, "tile_overlap goes with tile_size")
+            return super().__call__(prompt, negative_prompt, height, width, **sampling)
+        factor = 2 ** (self.levels - 1)
+        require(
+            isinstance(tile_size, int)
+            and 0 < tile_size <= self.max_untiled_size
+            and tile_size % factor == 0,
+            f"tile_size={tile_size!r}; accepted: a multiple of {factor} up to "
+            f"{self.max_untiled_size}",
+        )
+        overlap = tile_size // 4 if tile_overlap is None else tile_overlap
+        require(
+            isinstance(overlap, int) and 0 <= overlap < tile_size,
+            f"tile_overlap={tile_overlap!r}; accepted: an integer in [0, {tile_size})",
+        )
+        given = sorted(k for k in ("latents", "image_noise") if sampling.get(k) is not None)
+        require(
+            not given,
+            f"{given[0] if given else ''} sets one call's noise; with tile_size each tile draws "
+            "its own",
+        )
+        require(height is None and width is None, "height and width: the image sets them")
+        require("image" in sampling, "StableDiffusionUpscale upscales an image; give image=")
+        images = image_io.as_batch(sampling.pop("image"), "image", IMAGE_CHANNELS)
+        output_type = sampling.pop("output_type", "np")
+        image_io.check_output_type(output_type)
+        require(output_type != "latent", "tile_size gives images; output_type 'latent' is not one")
+        root = self.sampling(seed=sampling.pop("seed", 0), key=sampling.pop("key", None))
+        _, h, w, _ = images.shape
+        corners = [
+            (y, x)
+            for y in tiles.origins(h, tile_size, overlap)
+            for x in tiles.origins(w, tile_size, overlap)
+        ]
+        made = [
+            super(StableDiffusionUpscale, self).__call__(
+                prompt,
+                negative_prompt,
+                image=images[:, y : y + tile_size, x : x + tile_size],
+                key=root.root_key if len(corners) == 1 else jax.random.fold_in(root.root_key, k),
+                **sampling,
+            )
+            for k, (y, x) in enumerate(corners)
+        ]  # [B, 4 t, 4 t, 3] each
+        scale = self.vae_scale_factor
+        upscaled = tiles.blend(
+            made,
+            [(y * scale, x * scale) for y, x in corners],
+            (h * scale, w * scale),
+            overlap * scale,
+        )
+        return image_io.to_output(upscaled, output_type)
+
     def img2img(self, *args: Any, **kwargs: Any) -> np.ndarray | list:
         raise UserError("StableDiffusionUpscale upscales: call it with image= (no img2img)")
 
@@ -151,6 +231,12 @@ class StableDiffusionUpscale(Pipeline):
             height % factor == 0 and width % factor == 0,
             f"image of size {height}x{width}; accepted: sides that are multiples of {factor} "
             "(the UNet's levels)",
+        )
+        largest = self.max_untiled_size
+        require(
+            max(height, width) <= largest,
+            f"image of size {height}x{width}; accepted: sides up to {largest} whole, or give "
+            f"tile_size= (a multiple of {factor} up to {largest}) to upscale it in tiles",
         )
         return height * self.vae_scale_factor, width * self.vae_scale_factor
 

@@ -208,6 +208,22 @@ def test_upscale_command_writes_the_api_image(folder, tmp_path):
         "2",
     )
     assert main([*argv[:-2], "--noise-level", "-1"]) == 2
+    tiled = tmp_path / "tiled.png"
+    assert main([*argv, "--seed", "2", "--tile-size", "4", "--out", str(tiled)]) == 0
+    want = StableDiffusionUpscale.from_pretrained(folder)(
+        "a cat",
+        "dog",
+        image=Image.open(small),
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        noise_level=30,
+        seed=2,
+        tile_size=4,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tiled)), np.round(want[0] * 255.0).astype(np.uint8)
+    )
+    assert read_png_text(tiled)["tile_size"] == "4"
 
 
 def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path):
@@ -243,3 +259,56 @@ def test_converted_upscaler_gives_the_same_latents(folder, tmp_path):
     want = StableDiffusionUpscale.from_pretrained(folder)(PROMPTS, **settings)
     got = StableDiffusionUpscale.from_pretrained(tmp_path / "converted")(PROMPTS, **settings)
     np.testing.assert_array_equal(got, want)
+
+
+def test_tiles_are_upscaled_on_their_own_and_blended(folder):
+    """With `tile_size`, a pixel one tile covers is that tile's own upscale (made with the key
+    `fold_in(key, k)`), a pixel in an overlap the tiles' weighted mean; one tile covering the
+    image is the image upscaled whole."""
+    import jax
+
+    from jaxdiff.pipelines import tiles
+
+    pipe = StableDiffusionUpscale.from_pretrained(folder)
+    low = np.random.RandomState(3).rand(1, 16, 16, 3).astype(np.float32)
+    settings = dict(num_inference_steps=2, guidance_scale=3.0, seed=5)
+    whole = pipe("a cat", image=low, **settings)
+    np.testing.assert_array_equal(pipe("a cat", image=low, tile_size=16, **settings), whole)
+    tiled = pipe("a cat", image=low, tile_size=8, tile_overlap=4, **settings)  # 3 x 3 tiles
+    assert tiled.shape == (1, 64, 64, 3)
+    corners = [(y, x) for y in (0, 4, 8) for x in (0, 4, 8)]
+    own = [
+        pipe(
+            "a cat",
+            image=low[:, y : y + 8, x : x + 8],
+            key=jax.random.fold_in(jax.random.key(5), k),
+            **{k_: v for k_, v in settings.items() if k_ != "seed"},
+        )
+        for k, (y, x) in enumerate(corners)
+    ]
+    np.testing.assert_array_equal(tiled[:, :16, :16], own[0][:, :16, :16])  # the first tile's alone
+    np.testing.assert_array_equal(tiled[:, 48:, 48:], own[8][:, 16:, 16:])  # the last tile's alone
+    blended = tiles.blend(own, [(4 * y, 4 * x) for y, x in corners], (64, 64), 16)
+    np.testing.assert_allclose(tiled, blended, rtol=0, atol=1e-7)
+    seam = tiled[:, 16:32, :16]  # tiles 0 and 3 overlap there
+    between = (seam - own[0][:, 16:32, :16]) * (seam - own[3][:, :16, :16])
+    assert (between <= 1e-7).all() and np.abs(seam - own[0][:, 16:32, :16]).max() > 1e-3
+    assert np.abs(tiled - whole).max() > 0.01  # the tiles do not see each other
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({}, r"sides up to 16 whole, or give tile_size="),
+        ({"tile_size": 7}, r"tile_size=7; accepted: a multiple of 2 up to 16"),
+        ({"tile_size": 8, "tile_overlap": 8}, r"tile_overlap=8; accepted: .*\[0, 8\)"),
+        ({"tile_overlap": 2}, "tile_overlap goes with tile_size"),
+        ({"tile_size": 8, "latents": np.zeros((1, 8, 8, 4))}, "latents sets one call's noise"),
+        ({"tile_size": 8, "output_type": "latent"}, "tile_size gives images"),
+    ],
+)
+def test_tiling_refuses_bad_input(folder, options, match):
+    pipe = StableDiffusionUpscale.from_pretrained(folder)
+    big = np.zeros((1, 24, 24, 3), np.float32)
+    with pytest.raises(UserError, match=match):
+        pipe("a", image=big, num_inference_steps=1, **options)
