@@ -520,12 +520,15 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _upscaled(args: argparse.Namespace, pictures: Any, prompts: list[str]) -> Any:
-    """`jaxdiff sample --upscale`: each image 4x larger, with its prompt, the same seed."""
+    """`jaxdiff sample --upscale`: each image 4x larger, with its prompt, the same seed; in
+    tiles of the upscaler's `max_untiled_size` when the images are larger."""
     from jaxdiff.pipelines import StableDiffusionUpscale
 
     pipe = StableDiffusionUpscale.from_pretrained(args.upscale)
-    level = {} if args.noise_level is None else {"noise_level": args.noise_level}
-    return pipe(prompts, image=pictures, seed=args.seed, **level)
+    options = {} if args.noise_level is None else {"noise_level": args.noise_level}
+    if max(pictures.shape[1:3]) > pipe.max_untiled_size:
+        options["tile_size"] = pipe.max_untiled_size
+    return pipe(prompts, image=pictures, seed=args.seed, **options)
 
 
 def _upscale(args: argparse.Namespace) -> int:

@@ -92,6 +92,11 @@ class StableDiffusionUpscale(Pipeline):
         # The loop's network is `predict`, which concatenates the image itself.
         self.network_in_channels = self.latent_channels
         self.levels = len(dict(unet.architecture)["block_out_channels"])
+        require(
+            max_untiled_size is None
+            or (isinstance(max_untiled_size, int) and max_untiled_size > 0),
+            f"max_untiled_size={max_untiled_size!r}; accepted: a positive integer, or None",
+        )
         self.max_untiled_size = max_untiled_size or 2 * (unet.sample_size or 64)
         labels = unet.class_embedding.num_embeddings
         require(
@@ -120,9 +125,11 @@ class StableDiffusionUpscale(Pipeline):
         param_dtype: DTypeLike | None = None,
         variant: str | None = None,
         devices: Sequence[jax.Device] | None = None,
+        max_untiled_size: int | None = None,
     ) -> StableDiffusionUpscale:
         """An upscaler folder or hub id in diffusers' layout (`low_res_scheduler/` beside the
-        usual components; `max_noise_level` from `model_index.json`)."""
+        usual components; `max_noise_level` from `model_index.json`); `max_untiled_size` as
+        the class takes it."""
         from jaxdiff.convert.pipeline_components import load_pipeline_components
 
         param_dtype = dtype if param_dtype is None else param_dtype
@@ -143,6 +150,7 @@ class StableDiffusionUpscale(Pipeline):
             parts.low_res_scheduler_config,
             max_noise_level=parts.model_index.get("max_noise_level", 350),
             devices=devices,
+            max_untiled_size=max_untiled_size,
         )
 
     def tokenize(self, prompts: list[str]) -> np.ndarray:

@@ -226,8 +226,9 @@ def test_upscale_command_writes_the_api_image(folder, tmp_path):
     assert read_png_text(tiled)["tile_size"] == "4"
 
 
-def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path):
-    """`jaxdiff sample --upscale`: the text-to-image images, each upscaled with its prompt."""
+def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path, monkeypatch):
+    """`jaxdiff sample --upscale`: the text-to-image images, each upscaled with its prompt; in
+    tiles of the upscaler's `max_untiled_size` when they are larger."""
     from conftest import grid_cells
 
     from jaxdiff.cli import main
@@ -243,6 +244,13 @@ def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path):
         prompts, image=small, seed=4, noise_level=10
     )
     assert want.shape == (2, 64, 64, 3)
+    cells = grid_cells(out, rows=2, columns=1, size=64)
+    np.testing.assert_array_equal(cells, np.round(want * 255.0).astype(np.uint8))
+
+    small_tiles = StableDiffusionUpscale.from_pretrained(folder, max_untiled_size=8)
+    monkeypatch.setattr(StableDiffusionUpscale, "from_pretrained", lambda *a, **k: small_tiles)
+    assert main([*argv, "--out", str(out)]) == 0
+    want = small_tiles(prompts, image=small, seed=4, noise_level=10, tile_size=8)
     cells = grid_cells(out, rows=2, columns=1, size=64)
     np.testing.assert_array_equal(cells, np.round(want * 255.0).astype(np.uint8))
 
