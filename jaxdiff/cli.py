@@ -179,8 +179,8 @@ def build_parser(config_help: bool = False) -> argparse.ArgumentParser:
     upscale.add_argument(
         "--tile-size",
         type=int,
-        help="upscale in overlapping tiles of this many pixels of the image (needed above the "
-        "upscaler's max_untiled_size), blended where they overlap",
+        help="upscale in overlapping tiles of this many pixels of the image, blended where they "
+        "overlap (default: whole, or tiles of the upscaler's max_untiled_size above it)",
     )
     upscale.add_argument("--tile-overlap", type=int, help="pixels tiles share (tile size / 4)")
     upscale.add_argument(
@@ -437,6 +437,7 @@ def _sample(args: argparse.Namespace) -> int:
         ("--guidance", args.guidance, args.guidance is None or args.guidance >= 0),
         ("--num-images", args.num_images, args.num_images > 0),
         ("--seed", args.seed, 0 <= args.seed < 2**32),
+        ("--noise-level", args.noise_level, args.noise_level is None or args.noise_level >= 0),
     ):
         if not ok:
             raise UserError(f"{flag} must be {_ACCEPTED[flag]}, got {value}")
@@ -509,26 +510,36 @@ def _sample(args: argparse.Namespace) -> int:
         pictures = pipe.inpaint(args.prompt, image, mask, strength=strength, **settings)
         text |= {"image": args.image, "mask": args.mask, "strength": strength}
     if args.upscale is not None:
-        pictures = _upscaled(
-            args, pictures, [p for p in args.prompt for _ in range(args.num_images)]
-        )
-        text |= {"upscaler": args.upscale, "noise_level": args.noise_level or 20}
+        pictures = _upscaled(args, pictures, negatives)
+        from jaxdiff.pipelines.stable_diffusion_upscale import DEFAULT_NOISE_LEVEL
+
+        level = DEFAULT_NOISE_LEVEL if args.noise_level is None else args.noise_level
+        text |= {"upscaler": args.upscale, "noise_level": level}
     grid = images.grid(images.to_uint8(pictures, (0.0, 1.0)), columns=args.num_images)
     images.save_png(out, grid, text, scale=display_scale(pictures.shape[1]))
     print(f"wrote {out}")
     return 0
 
 
-def _upscaled(args: argparse.Namespace, pictures: Any, prompts: list[str]) -> Any:
-    """`jaxdiff sample --upscale`: each image 4x larger, with its prompt, the same seed; in
-    tiles of the upscaler's `max_untiled_size` when the images are larger."""
+def _upscaled(args: argparse.Namespace, pictures: Any, negatives: list[str]) -> Any:
+    """`jaxdiff sample --upscale`: each image 4x larger, with its prompt and negative prompt,
+    the same seed; in tiles of the upscaler's `max_untiled_size` when the images are larger."""
     from jaxdiff.pipelines import StableDiffusionUpscale
+
+    def per_image(texts: list[str]) -> list[str]:
+        texts = texts * len(args.prompt) if len(texts) == 1 else texts
+        return [text for text in texts for _ in range(args.num_images)]
 
     pipe = StableDiffusionUpscale.from_pretrained(args.upscale)
     options = {} if args.noise_level is None else {"noise_level": args.noise_level}
-    if max(pictures.shape[1:3]) > pipe.max_untiled_size:
-        options["tile_size"] = pipe.max_untiled_size
-    return pipe(prompts, image=pictures, seed=args.seed, **options)
+    options |= _tiles_for(pipe, pictures.shape[1:3])
+    negative = per_image(negatives) if any(negatives) else None
+    return pipe(per_image(args.prompt), negative, image=pictures, seed=args.seed, **options)
+
+
+def _tiles_for(pipe: Any, size: tuple[int, int]) -> dict[str, int]:
+    """The upscaler's tiles for images of `size` (H, W): none when it takes them whole."""
+    return {} if max(size) <= pipe.max_untiled_size else {"tile_size": pipe.max_untiled_size}
 
 
 def _upscale(args: argparse.Namespace) -> int:
@@ -537,6 +548,7 @@ def _upscale(args: argparse.Namespace) -> int:
     from jaxdiff import images, samplers
     from jaxdiff.pipelines import StableDiffusionUpscale
     from jaxdiff.pipelines.sample_png import sample_text
+    from jaxdiff.pipelines.stable_diffusion_upscale import DEFAULT_NOISE_LEVEL
 
     for flag, value, ok in (
         ("--steps", args.steps, args.steps is None or args.steps > 0),
@@ -556,6 +568,8 @@ def _upscale(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in given.items() if v is not None}
     tiling = {"tile_size": args.tile_size, "tile_overlap": args.tile_overlap}
     tiling = {k: v for k, v in tiling.items() if v is not None}
+    if args.tile_size is None:  # in tiles when the upscaler takes the image whole no more
+        tiling |= _tiles_for(pipe, (image.height, image.width))
     picture = pipe(
         args.prompt, args.negative_prompt, image=image, seed=args.seed, **settings, **tiling
     )
@@ -563,7 +577,7 @@ def _upscale(args: argparse.Namespace) -> int:
     text = {
         "model": args.pretrained,
         "image": args.image,
-        "noise_level": settings.get("noise_level", 20),
+        "noise_level": settings.get("noise_level", DEFAULT_NOISE_LEVEL),
         **tiling,
         **sample_text(
             [args.prompt],

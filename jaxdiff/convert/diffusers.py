@@ -374,8 +374,13 @@ def _uniform_arguments(
 
 
 def unet_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
-    """`UNet` arguments of a diffusers `UNet2DConditionModel` config."""
-    return _uniform_arguments(UNET_CONFIG, config, source)
+    """`UNet` arguments of a diffusers `UNet2DConditionModel` config; `only_cross_attention`
+    given per level with one value for all is that value."""
+    arguments = _uniform_arguments(UNET_CONFIG, config, source)
+    flags = arguments["only_cross_attention"]
+    if isinstance(flags, tuple) and len(set(flags)) == 1:
+        arguments["only_cross_attention"] = flags[0]
+    return arguments
 
 
 def controlnet_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:

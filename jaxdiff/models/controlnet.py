@@ -246,6 +246,11 @@ def arguments_for(unet: UNet, **conditioning: Any) -> dict[str, Any]:
             "a ControlNet for an SDXL UNet (addition_embed_type='text_time') is not supported; "
             "accepted: UNets without an added embedding"
         )
+    if unet.class_embedding is not None:
+        raise UserError(
+            "a ControlNet for a UNet with class embeddings (num_class_embeds, the x4 "
+            "upscaler's) is not supported; accepted: UNets without them"
+        )
     return {**encoder_arguments(dict(unet.architecture)), **conditioning}
 
 

@@ -365,8 +365,9 @@ class UNet(UNetEncoder):
       flip_sin_to_cos, freq_shift: the sinusoidal time projection (SD: True, 0).
       use_linear_projection: transformers project in/out with Linear instead of 1x1 convs (SD 2).
       upcast_attention: attention products in float32 (SD 2.1).
-      only_cross_attention: each transformer's first attention also attends to the context; one
-        bool or one per level (the x4 upscaler: True, True, True, False). Never in the mid block.
+      only_cross_attention: each transformer's first attention attends to the context instead
+        of to itself; one bool or one per level (the x4 upscaler: True, True, True, False).
+        Never in the mid block.
       transformer_layers_per_block: transformer blocks inside each spatial transformer; one int
         or one per level (SDXL: 1, 2, 10). The mid block uses the last level's; up blocks mirror.
       addition_embed_type: None, or "text_time" (SDXL): `add_time_proj` (sinusoidal,
@@ -444,7 +445,8 @@ class UNet(UNetEncoder):
         self.add_time_proj, self.add_embedding = add_time_proj, add_embedding
         class_embedding = None
         if num_class_embeds is not None:
-            if not isinstance(num_class_embeds, int) or num_class_embeds < 1:
+            count = num_class_embeds
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise UserError(f"num_class_embeds={num_class_embeds!r}; accepted: None or >= 1")
             class_embedding = nnx.Embed(num_class_embeds, self.time_embed_dim, **kw)
         self.class_embedding = class_embedding
@@ -497,17 +499,11 @@ class UNet(UNetEncoder):
         """
         self._check_size(x)
         temb = self._time_embed(timesteps, x.shape[0])  # [B, 4 * C0]
+        temb = self._class_embedded(temb, class_labels)
         if self.add_embedding is not None:
             temb = temb + self._added_embedding(text_embeds, time_ids)
         elif text_embeds is not None or time_ids is not None:
             raise UserError("text_embeds / time_ids given to a UNet without addition_embed_type")
-        if (self.class_embedding is None) != (class_labels is None):
-            raise UserError(
-                "class_labels: a UNet with num_class_embeds takes them, and only such a UNet"
-            )
-        if class_labels is not None:
-            labels = jnp.broadcast_to(jnp.asarray(class_labels, jnp.int32), (x.shape[0],))
-            temb = temb + self.class_embedding(labels).astype(temb.dtype)  # [B, 4 * C0]
         context = context.astype(self.dtype)
         h = self.conv_in(x.astype(self.dtype))  # [B, H, W, C0]
         h, skips = self._encode(h, temb, context)
@@ -527,6 +523,22 @@ class UNet(UNetEncoder):
             skips = skips[:-n]
         h = jax.nn.silu(self.conv_norm_out(h))
         return self.conv_out(h)  # [B, H, W, Cout]
+
+    def _class_embedded(self, temb: jax.Array, class_labels: jax.Array | None) -> jax.Array:
+        """The time embedding `[B, 4 * C0]` plus the class labels' embeddings, as diffusers adds
+        them (before SDXL's added embedding)."""
+        if self.class_embedding is None:
+            if class_labels is not None:
+                raise UserError("class_labels given to a UNet without num_class_embeds")
+            return temb
+        count = self.class_embedding.num_embeddings
+        if class_labels is None or not jnp.issubdtype(jnp.asarray(class_labels).dtype, jnp.integer):
+            raise UserError(
+                f"this UNet has num_class_embeds={count}: give class_labels, integers [B] in "
+                f"[0, {count})"
+            )
+        labels = jnp.broadcast_to(jnp.asarray(class_labels, jnp.int32), temb.shape[:1])  # [B]
+        return temb + self.class_embedding(labels).astype(temb.dtype)
 
     def _added_embedding(
         self, text_embeds: jax.Array | None, time_ids: jax.Array | None

@@ -37,6 +37,7 @@ from jaxdiff.pipelines.scheduler_config import SchedulerConfig
 from jaxdiff.pipelines.stable_diffusion import describe_unet_model
 
 IMAGE_CHANNELS = 3  # the low-resolution image's channels the UNet takes beside the latents
+DEFAULT_NOISE_LEVEL = 20  # diffusers' `noise_level` default
 
 
 class StableDiffusionUpscale(Pipeline):
@@ -53,7 +54,8 @@ class StableDiffusionUpscale(Pipeline):
 
     `tile_size` (pixels of the low-resolution image, a multiple of the UNet's factor, at most
     `max_untiled_size`, by default twice the UNet's `sample_size`) upscales overlapping tiles
-    of that size one by one, `tile_overlap` pixels apart (default a quarter of a tile): tile k
+    of that size one by one, neighbours sharing `tile_overlap` pixels (default a quarter of a
+    tile): tile k
     of a call is made as a call of its own with the key `fold_in(key, k)` (one tile: the call's
     key, the image untiled), and the upscaled tiles are blended (`tiles.blend`). An image
     larger than `max_untiled_size` needs tiles.
@@ -92,12 +94,20 @@ class StableDiffusionUpscale(Pipeline):
         # The loop's network is `predict`, which concatenates the image itself.
         self.network_in_channels = self.latent_channels
         self.levels = len(dict(unet.architecture)["block_out_channels"])
+        factor = 2 ** (self.levels - 1)
         require(
             max_untiled_size is None
-            or (isinstance(max_untiled_size, int) and max_untiled_size > 0),
-            f"max_untiled_size={max_untiled_size!r}; accepted: a positive integer, or None",
+            or (
+                isinstance(max_untiled_size, int)
+                and max_untiled_size > 0
+                and max_untiled_size % factor == 0
+            ),
+            f"max_untiled_size={max_untiled_size!r}; accepted: a positive multiple of {factor} "
+            "(the UNet's levels), or None",
         )
-        self.max_untiled_size = max_untiled_size or 2 * (unet.sample_size or 64)
+        self.max_untiled_size = max_untiled_size or 2 * factor * -(
+            -(unet.sample_size or 64) // factor
+        )
         labels = unet.class_embedding.num_embeddings
         require(
             isinstance(max_noise_level, int) and 0 <= max_noise_level < labels,
@@ -193,7 +203,10 @@ class StableDiffusionUpscale(Pipeline):
             f"{given[0] if given else ''} sets one call's noise; with tile_size each tile draws "
             "its own",
         )
-        require(height is None and width is None, "height and width: the image sets them")
+        require(
+            height is None and width is None,
+            f"height={height}, width={width} with tile_size: the image sets them; leave them out",
+        )
         require("image" in sampling, "StableDiffusionUpscale upscales an image; give image=")
         images = image_io.as_batch(sampling.pop("image"), "image", IMAGE_CHANNELS)
         output_type = sampling.pop("output_type", "np")
@@ -266,7 +279,7 @@ class StableDiffusionUpscale(Pipeline):
             f"height and width {size[0]}x{size[1]}; accepted: {expected[0]}x{expected[1]}, 4x "
             "the image's (or leave them out)",
         )
-        level = arguments.get("noise_level", 20)
+        level = arguments.get("noise_level", DEFAULT_NOISE_LEVEL)
         require(
             isinstance(level, int | np.integer)
             and not isinstance(level, bool)

@@ -8,11 +8,13 @@ with 5% more initial noise, misses by more than 10x both."""
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from reference_models import build_clip, build_unet, build_vae, write_tokenizer
 from sd_parity import assert_close, assert_misses, diffusers_run, input_images
 from transformers import CLIPTokenizer
 
 from jaxdiff.errors import UserError
+from jaxdiff.models import ControlNet
 from jaxdiff.pipelines import StableDiffusion, StableDiffusionUpscale
 
 PROMPTS = ["a red cat", "blue sky"]
@@ -165,6 +167,9 @@ def test_upscaler_folder_is_not_a_stable_diffusion_text_to_image_model(folder, t
     a low-resolution scheduler."""
     with pytest.raises(UserError, match="use StableDiffusionUpscale"):
         StableDiffusion.from_pretrained(folder)
+    unet = StableDiffusionUpscale.from_pretrained(folder)._networks()[0]
+    with pytest.raises(UserError, match=r"a ControlNet for a UNet with class embeddings"):
+        ControlNet.from_unet(unet, rngs=nnx.Rngs(0))
     plain = tmp_path / "plain"
     plain.mkdir()
     for entry in folder.iterdir():
@@ -207,7 +212,8 @@ def test_upscale_command_writes_the_api_image(folder, tmp_path):
         "ddim",
         "2",
     )
-    assert main([*argv[:-2], "--noise-level", "-1"]) == 2
+    assert main([*argv[:-2], "--noise-level", "-1", "--out", str(tmp_path / "no.png")]) == 2
+    assert not (tmp_path / "no.png").exists()
     tiled = tmp_path / "tiled.png"
     assert main([*argv, "--seed", "2", "--tile-size", "4", "--out", str(tiled)]) == 0
     want = StableDiffusionUpscale.from_pretrained(folder)(
@@ -224,11 +230,24 @@ def test_upscale_command_writes_the_api_image(folder, tmp_path):
         np.asarray(Image.open(tiled)), np.round(want[0] * 255.0).astype(np.uint8)
     )
     assert read_png_text(tiled)["tile_size"] == "4"
+    big = tmp_path / "big.png"  # larger than the 16 pixels the upscaler takes whole: in tiles
+    Image.fromarray(np.tile(pixels, (3, 3, 1))).save(big)
+    big_out = tmp_path / "big_x4.png"
+    argv = ["upscale", "--pretrained", str(folder), "--image", str(big), "--prompt", "a"]
+    assert main([*argv, "--steps", "1", "--out", str(big_out)]) == 0
+    want = StableDiffusionUpscale.from_pretrained(folder)(
+        "a", image=Image.open(big), num_inference_steps=1, tile_size=16
+    )
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(big_out)), np.round(want[0] * 255.0).astype(np.uint8)
+    )
+    assert read_png_text(big_out)["tile_size"] == "16"
 
 
 def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path, monkeypatch):
-    """`jaxdiff sample --upscale`: the text-to-image images, each upscaled with its prompt; in
-    tiles of the upscaler's `max_untiled_size` when they are larger."""
+    """`jaxdiff sample --upscale`: the text-to-image images, each upscaled with its prompt and
+    negative prompt (two images per prompt: the order counts); in tiles of the upscaler's
+    `max_untiled_size` when they are larger."""
     from conftest import grid_cells
 
     from jaxdiff.cli import main
@@ -237,21 +256,24 @@ def test_sample_command_upscales_its_images(folder, sd_folders, tmp_path, monkey
     out = tmp_path / "grid.png"
     argv = ["sample", "--pretrained", str(sd), "--prompt", "a red cat", "--prompt", "sky"]
     argv += ["--steps", "2", "--seed", "4", "--upscale", str(folder), "--noise-level", "10"]
+    argv += ["--num-images", "2", "--negative-prompt", "dog"]
     assert main([*argv, "--out", str(out)]) == 0
     prompts = ["a red cat", "sky"]
-    small = StableDiffusion.from_pretrained(sd)(prompts, num_inference_steps=2, seed=4)
-    want = StableDiffusionUpscale.from_pretrained(folder)(
-        prompts, image=small, seed=4, noise_level=10
+    small = StableDiffusion.from_pretrained(sd)(
+        prompts, "dog", num_inference_steps=2, seed=4, num_images_per_prompt=2
     )
-    assert want.shape == (2, 64, 64, 3)
-    cells = grid_cells(out, rows=2, columns=1, size=64)
+    per_image = ["a red cat", "a red cat", "sky", "sky"]
+    upscale = dict(image=small, seed=4, noise_level=10)
+    want = StableDiffusionUpscale.from_pretrained(folder)(per_image, "dog", **upscale)
+    assert want.shape == (4, 64, 64, 3)
+    cells = grid_cells(out, rows=2, columns=2, size=64)
     np.testing.assert_array_equal(cells, np.round(want * 255.0).astype(np.uint8))
 
     small_tiles = StableDiffusionUpscale.from_pretrained(folder, max_untiled_size=8)
     monkeypatch.setattr(StableDiffusionUpscale, "from_pretrained", lambda *a, **k: small_tiles)
     assert main([*argv, "--out", str(out)]) == 0
-    want = small_tiles(prompts, image=small, seed=4, noise_level=10, tile_size=8)
-    cells = grid_cells(out, rows=2, columns=1, size=64)
+    want = small_tiles(per_image, "dog", tile_size=8, **upscale)
+    cells = grid_cells(out, rows=2, columns=2, size=64)
     np.testing.assert_array_equal(cells, np.round(want * 255.0).astype(np.uint8))
 
 
