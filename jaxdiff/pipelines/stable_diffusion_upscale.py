@@ -34,7 +34,7 @@ from jaxdiff.pipelines import image_io, tiles, vae_latents
 from jaxdiff.pipelines.base import CONDITIONING_STREAM, Grid, Pipeline, Sampling
 from jaxdiff.pipelines.prompts import tokenize
 from jaxdiff.pipelines.scheduler_config import SchedulerConfig
-from jaxdiff.pipelines.stable_diffusion import describe_unet_model
+from jaxdiff.pipelines.stable_diffusion import StableDiffusion, describe_unet_model
 
 IMAGE_CHANNELS = 3  # the low-resolution image's channels the UNet takes beside the latents
 DEFAULT_NOISE_LEVEL = 20  # diffusers' `noise_level` default
@@ -93,8 +93,8 @@ class StableDiffusionUpscale(Pipeline):
         )
         # The loop's network is `predict`, which concatenates the image itself.
         self.network_in_channels = self.latent_channels
-        self.levels = len(dict(unet.architecture)["block_out_channels"])
-        factor = 2 ** (self.levels - 1)
+        levels = len(dict(unet.architecture)["block_out_channels"])
+        self.size_factor = factor = 2 ** (levels - 1)  # the UNet's: image sides divide by it
         require(
             max_untiled_size is None
             or (
@@ -105,8 +105,9 @@ class StableDiffusionUpscale(Pipeline):
             f"max_untiled_size={max_untiled_size!r}; accepted: a positive multiple of {factor} "
             "(the UNet's levels), or None",
         )
-        self.max_untiled_size = max_untiled_size or 2 * factor * -(
-            -(unet.sample_size or 64) // factor
+        # By default twice the size the UNet was trained at, rounded up to the factor.
+        self.max_untiled_size = (
+            max_untiled_size or 2 * -(-(unet.sample_size or 64) // factor) * factor
         )
         labels = unet.class_embedding.num_embeddings
         require(
@@ -184,7 +185,7 @@ class StableDiffusionUpscale(Pipeline):
         if tile_size is None:
             require(tile_overlap is None, "tile_overlap goes with tile_size")
             return super().__call__(prompt, negative_prompt, height, width, **sampling)
-        factor = 2 ** (self.levels - 1)
+        factor = self.size_factor
         require(
             isinstance(tile_size, int)
             and 0 < tile_size <= self.max_untiled_size
@@ -247,7 +248,7 @@ class StableDiffusionUpscale(Pipeline):
     def conditioning_size(self, arguments: dict[str, Any]) -> tuple[int, int]:
         require("image" in arguments, "StableDiffusionUpscale upscales an image; give image=")
         _, height, width, _ = image_io.as_batch(arguments["image"], "image", IMAGE_CHANNELS).shape
-        factor = 2 ** (self.levels - 1)
+        factor = self.size_factor
         require(
             height % factor == 0 and width % factor == 0,
             f"image of size {height}x{width}; accepted: sides that are multiples of {factor} "
@@ -324,13 +325,9 @@ class StableDiffusionUpscale(Pipeline):
         x_in = jnp.concatenate([x_in, image.astype(x_in.dtype)], axis=-1)
         return networks[0](x_in, t, text, class_labels=level)
 
-    @staticmethod
-    def encode_images(networks: Any, images: jax.Array, keys: jax.Array) -> jax.Array:
-        return vae_latents.sample_latents(networks[1], images, keys)
-
-    @staticmethod
-    def decode_latents(networks: Any, latents: jax.Array) -> jax.Array:
-        return vae_latents.decode_latents(networks[1], latents)
+    # The networks hold the VAE second, as StableDiffusion's.
+    encode_images = staticmethod(StableDiffusion.encode_images)
+    decode_latents = staticmethod(StableDiffusion.decode_latents)
 
 
 @functools.partial(jax.jit, static_argnums=1)
